@@ -1,0 +1,1 @@
+"""Pieces every part of spendgate shares: settings, the error catalog."""

@@ -1,0 +1,109 @@
+"""spendgate's error catalog: every error code the app answers with, in one place.
+
+Every error leaves the app Stripe-shaped, so stripe-python and other Stripe clients
+raise the matching exception::
+
+    {"error": {"type": <type>, "code": <code>, "message": <text>, "param"?: <field>}}
+
+with a `Stripe-Should-Retry` header telling clients whether a retry is safe.
+
+    code                        status  type                    Stripe-Should-Retry
+    --------------------------  ------  ----------------------  -------------------
+    vault_key_invalid           401     invalid_request_error   false
+    vault_key_revoked           401     invalid_request_error   false
+    vault_key_expired           401     invalid_request_error   false
+    endpoint_not_allowed        403     invalid_request_error   false
+    spend_cap_exceeded          402     card_error              false
+    amount_invalid              400     invalid_request_error   false
+    currency_not_allowed        400     invalid_request_error   false
+    body_invalid                400     invalid_request_error   false
+    body_too_large              413     invalid_request_error   false
+    path_invalid                400     invalid_request_error   false
+    method_not_allowed          405     invalid_request_error   false
+    policy_invalid              400     invalid_request_error   false
+    not_found                   404     invalid_request_error   false
+    run_exists                  409     invalid_request_error   false
+    idempotency_key_in_use      409     invalid_request_error   true
+    idempotency_error           400     idempotency_error       false
+    upstream_unavailable        502     api_error               true
+    governance_unavailable      503     api_error               true
+
+Why 402 for a spent cap: stripe-python maps 402 to `CardError` and never retries it,
+while 429 and 409 are retried by many HTTP clients (see docs/errors.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """One entry of the catalog: how a code is answered."""
+
+    code: str
+    status: int
+    type: str
+    retryable: bool
+    summary: str
+
+
+_INVALID = "invalid_request_error"
+
+CATALOG: dict[str, ErrorKind] = {
+    k.code: k
+    for k in (
+        ErrorKind("vault_key_invalid", 401, _INVALID, False, "The vault key is malformed, unknown or wrong."),
+        ErrorKind("vault_key_revoked", 401, _INVALID, False, "The vault key was revoked."),
+        ErrorKind("vault_key_expired", 401, _INVALID, False, "The vault key has expired."),
+        ErrorKind("endpoint_not_allowed", 403, _INVALID, False, "The key's allowlist does not include this method and path."),
+        ErrorKind("spend_cap_exceeded", 402, "card_error", False, "The charge would take the key over its spend cap."),
+        ErrorKind("amount_invalid", 400, _INVALID, False, "The amount is missing, not a positive integer, or too large."),
+        ErrorKind("currency_not_allowed", 400, _INVALID, False, "Caps are in USD; the request names another currency."),
+        ErrorKind("body_invalid", 400, _INVALID, False, "The body is not valid form or JSON encoding."),
+        ErrorKind("body_too_large", 413, _INVALID, False, "The body exceeds 64 KB."),
+        ErrorKind("path_invalid", 400, _INVALID, False, "Only plain /v1/... paths are forwarded."),
+        ErrorKind("method_not_allowed", 405, _INVALID, False, "The HTTP method is not supported here."),
+        ErrorKind("policy_invalid", 400, _INVALID, False, "The key policy or request body is invalid (see `param`)."),
+        ErrorKind("not_found", 404, _INVALID, False, "No such key, run or resource."),
+        ErrorKind("run_exists", 409, _INVALID, False, "A billing run with this instance id already exists."),
+        ErrorKind("idempotency_key_in_use", 409, _INVALID, True, "A request with this Idempotency-Key is still in flight."),
+        ErrorKind("idempotency_error", 400, "idempotency_error", False, "This Idempotency-Key was used with different parameters."),
+        ErrorKind("upstream_unavailable", 502, "api_error", True, "Stripe could not be reached or answered ambiguously."),
+        ErrorKind("governance_unavailable", 503, "api_error", True, "The spend ledger is unreachable; nothing was forwarded."),
+    )
+}
+
+
+class SpendgateError(Exception):
+    """An error with a catalog code; raise it from domain code, shape it at the edge."""
+
+    def __init__(self, code: str, message: str | None = None, *, param: str | None = None) -> None:
+        if code not in CATALOG:
+            raise KeyError(f"unknown error code {code!r}: add it to core.errors.CATALOG")
+        self.kind = CATALOG[code]
+        self.code = code
+        self.message = message or self.kind.summary
+        self.param = param
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
+
+    def body(self) -> dict[str, dict[str, str]]:
+        """The Stripe-shaped error body."""
+        err: dict[str, str] = {"type": self.kind.type, "code": self.code, "message": self.message}
+        if self.param:
+            err["param"] = self.param
+        return {"error": err}
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "Stripe-Should-Retry": "true" if self.kind.retryable else "false",
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.body())

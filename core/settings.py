@@ -1,0 +1,142 @@
+"""The one place spendgate reads its configuration from.
+
+Every setting is read lazily from the environment (which Azure Functions, `func start`
+and devhost all fill from app settings / `local.settings.json`), so importing the app
+never fails; asking for a required setting that is missing raises
+`MissingSettingError` naming it. `local.settings.sample.json` and `infra/main.bicep`
+use exactly the names below (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+# Names of every setting the app code reads (the infra test compares this list with Bicep).
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+STORAGE_ACCOUNT_NAME = "AzureWebJobsStorage__accountName"
+STORAGE_TABLE_ENDPOINT = "AzureWebJobsStorage__tableServiceUri"
+STORAGE_CLIENT_ID = "AzureWebJobsStorage__clientId"
+STRIPE_API_BASE = "STRIPE_API_BASE"
+STRIPE_SECRET_KEY = "STRIPE_SECRET_KEY"
+STRIPE_TIMEOUT_SECONDS = "SPENDGATE_STRIPE_TIMEOUT_SECONDS"
+TABLE_PREFIX = "SPENDGATE_TABLE_PREFIX"
+IDEMPOTENCY_RETENTION_DAYS = "SPENDGATE_IDEMPOTENCY_RETENTION_DAYS"
+PROXY_URL = "SPENDGATE_PROXY_URL"
+WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
+
+APP_SETTING_NAMES: tuple[str, ...] = (
+    STORAGE_CONNECTION,
+    STORAGE_ACCOUNT_NAME,
+    STORAGE_TABLE_ENDPOINT,
+    STORAGE_CLIENT_ID,
+    STRIPE_API_BASE,
+    STRIPE_SECRET_KEY,
+    STRIPE_TIMEOUT_SECONDS,
+    TABLE_PREFIX,
+    IDEMPOTENCY_RETENTION_DAYS,
+    PROXY_URL,
+)
+
+
+class MissingSettingError(RuntimeError):
+    """A required app setting is absent; the message names it."""
+
+    def __init__(self, name: str, hint: str = "") -> None:
+        super().__init__(f"app setting {name} is not set{': ' + hint if hint else ''}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A read-only view of the app settings.
+
+    >>> s = Settings.from_mapping({"STRIPE_SECRET_KEY": "sk_test_x"})
+    >>> s.stripe_api_base
+    'https://api.stripe.com'
+    """
+
+    env: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(dict(os.environ))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        return cls(dict(values))
+
+    def _get(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name)
+        return value if value not in (None, "") else default
+
+    def _require(self, name: str, hint: str = "") -> str:
+        value = self._get(name)
+        if value is None:
+            raise MissingSettingError(name, hint)
+        return value
+
+    # --- storage -------------------------------------------------------------------
+    @property
+    def storage_connection_string(self) -> str | None:
+        """Connection string (Azurite locally); None when identity-based access is configured."""
+        return self._get(STORAGE_CONNECTION)
+
+    @property
+    def table_endpoint(self) -> str:
+        """Table service URL for identity-based access (Azure, no account keys)."""
+        explicit = self._get(STORAGE_TABLE_ENDPOINT)
+        if explicit:
+            return explicit
+        account = self._require(
+            STORAGE_ACCOUNT_NAME, f"set {STORAGE_CONNECTION} (local) or {STORAGE_ACCOUNT_NAME} (Azure)"
+        )
+        return f"https://{account}.table.core.windows.net"
+
+    @property
+    def storage_client_id(self) -> str | None:
+        """Client id of the user-assigned managed identity, if one is used."""
+        return self._get(STORAGE_CLIENT_ID)
+
+    @property
+    def table_prefix(self) -> str:
+        """Prefix of every table spendgate creates (letters and digits only)."""
+        prefix = self._get(TABLE_PREFIX, "spendgate") or "spendgate"
+        if not prefix.isalnum() or not prefix[0].isalpha():
+            raise ValueError(f"{TABLE_PREFIX} must be alphanumeric and start with a letter")
+        return prefix
+
+    # --- stripe --------------------------------------------------------------------
+    @property
+    def stripe_api_base(self) -> str:
+        return (self._get(STRIPE_API_BASE, "https://api.stripe.com") or "").rstrip("/")
+
+    @property
+    def stripe_secret_key(self) -> str:
+        return self._require(STRIPE_SECRET_KEY, "the real Stripe secret (Key Vault reference on Azure)")
+
+    @property
+    def stripe_timeout_seconds(self) -> float:
+        return float(self._get(STRIPE_TIMEOUT_SECONDS, "30") or 30)
+
+    # --- proxy ---------------------------------------------------------------------
+    @property
+    def idempotency_retention_days(self) -> int:
+        return int(self._get(IDEMPOTENCY_RETENTION_DAYS, "30") or 30)
+
+    @cached_property
+    def proxy_url(self) -> str:
+        """Base URL of this app's governance proxy (`…/api/stripe`), for activities and tools."""
+        explicit = self._get(PROXY_URL)
+        if explicit:
+            return explicit.rstrip("/")
+        host = self._require(WEBSITE_HOSTNAME, f"or set {PROXY_URL}")
+        scheme = "http" if host.startswith(("localhost", "127.")) else "https"
+        return f"{scheme}://{host}/api/stripe"
+
+
+def get_settings() -> Settings:
+    """Settings as the process sees them now (cheap; re-reads the environment)."""
+    return Settings.from_env()

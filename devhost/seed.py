@@ -1,0 +1,51 @@
+"""Demo data for the local Stripe (localstripe): customers that can really be charged.
+
+localstripe has no magic `tok_visa`; a chargeable customer is made by creating a card
+token, then a customer with that token as its source (see shared BRIEF). Customers
+carry `metadata[plan]` so billing runs can select them with a customer_query.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+GOOD_CARD = "4242424242424242"
+DECLINING_CARD = "4000000000000341"  # attaches fine, declined when charged
+
+
+def create_customer(
+    client: httpx.Client, *, name: str, plan: str = "pro", card: str = GOOD_CARD, extra_metadata: dict[str, str] | None = None
+) -> str:
+    """Create one customer with a card source; returns its id."""
+    token = client.post(
+        "/v1/tokens",
+        data={"card[number]": card, "card[exp_month]": "12", "card[exp_year]": "2030", "card[cvc]": "123"},
+    )
+    token.raise_for_status()
+    data = {"name": name, "source": token.json()["id"], "metadata[plan]": plan}
+    for k, v in (extra_metadata or {}).items():
+        data[f"metadata[{k}]"] = v
+    resp = client.post("/v1/customers", data=data)
+    resp.raise_for_status()
+    return str(resp.json()["id"])
+
+
+def seed_customers(base_url: str, secret_key: str, count: int = 5, *, plan: str = "pro", prefix: str = "Demo customer") -> list[str]:
+    """Create `count` chargeable customers on `plan`; returns their ids."""
+    with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
+        return [create_customer(client, name=f"{prefix} {i + 1}", plan=plan) for i in range(count)]
+
+
+def count_objects(base_url: str, secret_key: str, resource: str = "payment_intents") -> int:
+    """How many objects of `resource` the Stripe at base_url holds (pages through all)."""
+    total, after = 0, None
+    with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
+        while True:
+            params: dict[str, str | int] = {"limit": 100}
+            if after:
+                params["starting_after"] = after
+            page = client.get(f"/v1/{resource}", params=params).json()
+            total += len(page["data"])
+            if not page.get("has_more") or not page["data"]:
+                return total
+            after = page["data"][-1]["id"]

@@ -1,0 +1,1 @@
+"""The governance proxy: vault keys, the spend ledger, exactly-once forwarding, audit."""
