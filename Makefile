@@ -35,3 +35,39 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache .ruff_cache
+
+# --- infra (issue 6): checkov in its own venv, and the deploy smoke test --------------------------
+TOOLS_VENV := .venv-tools
+SMOKE_URL ?= http://localhost:7071
+SMOKE_FUNCTION_KEY ?= local-dev-function-key
+
+.PHONY: tools smoke
+
+$(TOOLS_VENV)/.installed: requirements-tools.txt
+	$(PY) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed
+setup: $(TOOLS_VENV)/.installed
+
+# Against `make run` by default; for Azure: make smoke SMOKE_URL=https://… SMOKE_FUNCTION_KEY=…
+smoke:
+	scripts/smoke.sh $(SMOKE_URL) $(SMOKE_FUNCTION_KEY)
+
+.PHONY: clean-tools
+clean-tools:
+	rm -rf $(TOOLS_VENV)
+clean: clean-tools
+
+# Bill the seeded local customers through a billing run (needs `make run` in another shell).
+DEMO_ARGS ?=
+demo: setup
+	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
+
+# --- console (issue 8): Debian chromium for the browser tests (playwright install can't work here)
+.PHONY: browser-deps
+browser-deps:
+	bash scripts/install_chromium.sh
+setup: browser-deps

@@ -25,6 +25,8 @@ STRIPE_TIMEOUT_SECONDS = "SPENDGATE_STRIPE_TIMEOUT_SECONDS"
 TABLE_PREFIX = "SPENDGATE_TABLE_PREFIX"
 IDEMPOTENCY_RETENTION_DAYS = "SPENDGATE_IDEMPOTENCY_RETENTION_DAYS"
 PROXY_URL = "SPENDGATE_PROXY_URL"
+BILLING_KEY = "SPENDGATE_BILLING_KEY"
+AUDIT_KEY = "SPENDGATE_AUDIT_KEY"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
 
 APP_SETTING_NAMES: tuple[str, ...] = (
@@ -38,6 +40,8 @@ APP_SETTING_NAMES: tuple[str, ...] = (
     TABLE_PREFIX,
     IDEMPOTENCY_RETENTION_DAYS,
     PROXY_URL,
+    BILLING_KEY,
+    AUDIT_KEY,
 )
 
 
@@ -135,6 +139,17 @@ class Settings:
         host = self._require(WEBSITE_HOSTNAME, f"or set {PROXY_URL}")
         scheme = "http" if host.startswith(("localhost", "127.")) else "https"
         return f"{scheme}://{host}/api/stripe"
+
+    # --- agent tools (agents/) -------------------------------------------------------
+    @property
+    def billing_key(self) -> str | None:
+        """Vault key the agent tools charge with (billing sub-agent only; never a raw sk_ key)."""
+        return self._get(BILLING_KEY)
+
+    @property
+    def audit_key(self) -> str | None:
+        """Read-only vault key the agent tools look charges up with (supervisor and billing agent)."""
+        return self._get(AUDIT_KEY)
 
 
 def get_settings() -> Settings:

@@ -30,10 +30,42 @@ def create_customer(
     return str(resp.json()["id"])
 
 
-def seed_customers(base_url: str, secret_key: str, count: int = 5, *, plan: str = "pro", prefix: str = "Demo customer") -> list[str]:
-    """Create `count` chargeable customers on `plan`; returns their ids."""
+def seed_customers(
+    base_url: str,
+    secret_key: str,
+    count: int = 5,
+    *,
+    plan: str = "pro",
+    prefix: str = "Demo customer",
+    extra_metadata: dict[str, str] | None = None,
+    start: int = 1,
+) -> list[str]:
+    """Create `count` chargeable customers on `plan` (numbered from `start`); returns their ids."""
     with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
-        return [create_customer(client, name=f"{prefix} {i + 1}", plan=plan) for i in range(count)]
+        return [
+            create_customer(client, name=f"{prefix} {start + i}", plan=plan, extra_metadata=extra_metadata)
+            for i in range(count)
+        ]
+
+
+def find_customers(base_url: str, secret_key: str, metadata: dict[str, str]) -> list[dict[str, object]]:
+    """Customers whose metadata includes all of `metadata` (filtered client-side: localstripe has no search)."""
+    found: list[dict[str, object]] = []
+    after = None
+    with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
+        while True:
+            params: dict[str, str | int] = {"limit": 100}
+            if after:
+                params["starting_after"] = after
+            resp = client.get("/v1/customers", params=params)
+            resp.raise_for_status()
+            page = resp.json()
+            found += [
+                c for c in page["data"] if all((c.get("metadata") or {}).get(k) == v for k, v in metadata.items())
+            ]
+            if not page.get("has_more") or not page["data"]:
+                return found
+            after = page["data"][-1]["id"]
 
 
 def count_objects(base_url: str, secret_key: str, resource: str = "payment_intents") -> int:

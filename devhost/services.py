@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -86,12 +87,32 @@ class Service:
         self.stop()
 
 
-def _spawn(args: list[str], log_path: Path | None, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Does something accept connections on host:port right now?"""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _spawn(
+    args: list[str],
+    log_path: Path | None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    *,
+    inherit_output: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group; output to log_path, the terminal (inherit) or nowhere."""
+    if inherit_output:
+        out: int | IO[bytes] | None = None
+    else:
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
         args,
         stdout=out,
-        stderr=subprocess.STDOUT,
+        stderr=None if inherit_output else subprocess.STDOUT,
         env=dict(env) if env is not None else None,
         cwd=str(cwd) if cwd else None,
         start_new_session=True,  # own process group, so stop() reaches grandchildren
@@ -164,17 +185,24 @@ def start_devhost(
     log_path: Path | None = None,
     ready_path: str | None = None,
     timeout: float = 60.0,
+    use_core_tools: bool = False,
+    inherit_output: bool = False,
 ) -> Service:
     """Start `python -m devhost` for the app in `app_dir` with the given app settings.
 
     `env` is merged over os.environ; it should carry AzureWebJobsStorage and whatever
     settings the app needs. Waits until the host answers (or `ready_path` returns <500).
+    `use_core_tools` runs `func start` in `app_dir` instead (where Core Tools exist);
+    `inherit_output` sends the host's log to this process's terminal (for `make run`).
     """
     port = port or free_port()
     full_env = {**os.environ, **env}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH", "")]))
-    args = [sys.executable, "-m", "devhost", "--port", str(port), "--app-dir", str(app_dir)]
-    proc = _spawn(args, log_path, full_env, cwd=REPO_ROOT)
+    if use_core_tools:
+        args, cwd = ["func", "start", "--port", str(port)], app_dir
+    else:
+        args, cwd = [sys.executable, "-m", "devhost", "--port", str(port), "--app-dir", str(app_dir)], REPO_ROOT
+    proc = _spawn(args, log_path, full_env, cwd=cwd, inherit_output=inherit_output)
     wait_for_port(port, timeout, proc)
     url = f"http://127.0.0.1:{port}"
     if ready_path:

@@ -1,0 +1,1 @@
+"""activities of spendgate's function app (see docs/billing.md)."""

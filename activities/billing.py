@@ -1,0 +1,64 @@
+"""Billing run activities: thin triggers over `billing.keys` and `billing.charging`.
+
+Each activity takes and returns a plain dict from `billing.payloads` (history-safe), builds
+its dependencies (the vault service, the one proxy client) and calls one domain function.
+Terminal outcomes are returned; transient faults raise so Durable retries them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import azure.durable_functions as df
+import httpx
+
+from billing import charging, keys
+from billing.payloads import ChargeRequest, FetchRequest, KeyRequest, RevokeRequest
+from core.settings import get_settings
+from proxy.client import ProxyClient
+from proxy.vault import vault_service
+
+bp = df.Blueprint()
+
+# Calls to the proxy from activities share one pooled connection pool per process.
+_http: httpx.Client | None = None
+_http_lock = threading.Lock()
+
+
+def proxy_http() -> httpx.Client:
+    """The process's HTTP client for the governance proxy (explicit timeouts and limits)."""
+    global _http
+    with _http_lock:
+        if _http is None:
+            _http = httpx.Client(
+                timeout=httpx.Timeout(30.0, connect=5.0),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            )
+        return _http
+
+
+def _proxy(vault_key: str) -> ProxyClient:
+    return ProxyClient(get_settings().proxy_url, vault_key, http=proxy_http())
+
+
+@bp.activity_trigger(input_name="payload")
+def issue_run_key(payload: dict[str, Any]) -> dict[str, Any]:
+    return keys.issue_run_key(vault_service(), KeyRequest.from_dict(payload)).to_dict()
+
+
+@bp.activity_trigger(input_name="payload")
+def fetch_customers(payload: dict[str, Any]) -> dict[str, Any]:
+    request = FetchRequest.from_dict(payload)
+    return charging.fetch_customers(_proxy(request.vault_key), request).to_dict()
+
+
+@bp.activity_trigger(input_name="payload")
+def charge_customer(payload: dict[str, Any]) -> dict[str, Any]:
+    request = ChargeRequest.from_dict(payload)
+    return charging.charge_customer(_proxy(request.vault_key), request).to_dict()
+
+
+@bp.activity_trigger(input_name="payload")
+def revoke_run_keys(payload: dict[str, Any]) -> list[str]:
+    return keys.revoke_run_keys(vault_service(), RevokeRequest.from_dict(payload).labels)

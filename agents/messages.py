@@ -1,0 +1,132 @@
+"""What the model reads when a tool fails: one JSON shape, one plain instruction per case.
+
+Tools never raise into the agent framework — an exception becomes a platform-level
+failure that frameworks retry (classic runs count it toward `max_retry`, a retried
+run re-submits the same call). Instead every failure is returned as data::
+
+    {"error": <code>, "message": <what happened and what to do>, "retryable": <bool>, "stop": <bool>}
+
+`retryable` is true only where calling the same tool again with the same arguments
+is safe and may help; `stop` is true where the agent must stop billing entirely and
+tell the user. The STOP texts are written for a model: imperative, no jargon, and
+they say that nothing was charged.
+
+    code                    retryable  stop   when
+    ----------------------  ---------  -----  ------------------------------------------
+    spend_cap_exceeded      false      true   the key's spend cap is used up
+    vault_key_revoked       false      true   the key was revoked (kill switch)
+    vault_key_expired       false      true   the key's time window is over
+    vault_key_invalid       false      true   the configured key is unknown or malformed
+    configuration_error     false      true   the tools are not configured (no key / raw sk_ key)
+    endpoint_not_allowed    false      false  this agent's key may not make this call (role)
+    card_declined           false      false  the customer's card was declined
+    no_payment_method       false      false  the customer has no saved card
+    invalid_arguments       false      false  the model's arguments are unusable
+    not_found               false      false  no such charge or customer
+    unknown_tool            false      false  the model named a tool that does not exist
+    upstream_unavailable    true       false  transient: Stripe or the proxy did not answer
+    internal_error          false      false  a bug in the tool; check before charging again
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+STOP_CODES = frozenset(
+    {"spend_cap_exceeded", "vault_key_revoked", "vault_key_expired", "vault_key_invalid", "configuration_error"}
+)
+
+_NOTHING_CHARGED = "Nothing was charged."
+_STOP_TAIL = (
+    " Do not call charge_stripe again in this conversation, do not retry with other arguments,"
+    " and do not try another way to charge. Tell the user plainly that billing could not be completed"
+    " and that a person has to {remedy}."
+)
+
+STOP_MESSAGES: dict[str, str] = {
+    "spend_cap_exceeded": "STOP: this agent's spending limit is used up, so the charge was refused. "
+    + _NOTHING_CHARGED
+    + _STOP_TAIL.format(remedy="review the spending and raise the limit or issue a new billing key"),
+    "vault_key_revoked": "STOP: this agent's billing key has been revoked, so the charge was refused. "
+    + _NOTHING_CHARGED
+    + _STOP_TAIL.format(remedy="review why billing was switched off before it is switched back on"),
+    "vault_key_expired": "STOP: this agent's billing key has expired, so the charge was refused. "
+    + _NOTHING_CHARGED
+    + _STOP_TAIL.format(remedy="issue a new billing key"),
+    "vault_key_invalid": "STOP: this agent's billing key is not recognised by the spend proxy. "
+    + _NOTHING_CHARGED
+    + _STOP_TAIL.format(remedy="fix the agent's key configuration"),
+    "configuration_error": "STOP: the billing tools are not configured correctly. "
+    + _NOTHING_CHARGED
+    + _STOP_TAIL.format(remedy="fix the agent's configuration"),
+}
+
+CHARGED = (
+    "Charged once. This charge is complete: do not call charge_stripe again for this customer and"
+    " billing period; use get_charge_status with charge_id to answer questions about it."
+)
+ALREADY_CHARGED = (
+    "This exact charge (same customer, amount and billing period) had already been made, so nothing"
+    " new was charged; these are the details of the existing charge. Do not call charge_stripe again"
+    " for it; use get_charge_status with charge_id to check on it."
+)
+NOT_ALLOWED_TO_CHARGE = (
+    "This agent's key is not allowed to create charges, so nothing was charged. Do not retry."
+    " Charging is done only by the billing agent; to check an existing charge use get_charge_status"
+    " or list_customer_charges."
+)
+NOT_ALLOWED_TO_READ = (
+    "This agent's key is not allowed to look up charges. Do not retry; tell the user that charge"
+    " lookups are not available to this agent."
+)
+DECLINED = (
+    "The customer's card was declined, so nothing was charged. Do not retry this charge; tell the user"
+    " that the customer needs to update their payment method."
+)
+TRANSIENT_CHARGE = (
+    "A temporary problem stopped the charge from being confirmed ({detail}). It may or may not have"
+    " gone through. You may call charge_stripe once more with exactly the same arguments: it carries"
+    " the same idempotency key, so it cannot charge twice. If that fails too, stop and tell the user."
+)
+TRANSIENT_READ = "A temporary problem stopped the lookup ({detail}). You may try the same lookup once more."
+REJECTED = (
+    "The request was rejected: {detail}. Nothing was charged. Do not retry with the same arguments;"
+    " tell the user what was rejected."
+)
+NOT_FOUND = "No charge with id {charge_id} exists. Check the id (from an earlier charge_stripe result) and do not guess."
+NO_PAYMENT_METHOD = (
+    "The customer has no saved payment method, so nothing was charged. Do not retry; tell the user that"
+    " the customer needs to add a card first."
+)
+NO_CUSTOMER = "No customer {customer_id} exists, so nothing was charged. Check the id with the user; do not guess."
+CARD_UNREADABLE = (
+    "The customer's saved payment method could not be read ({detail}), so nothing was charged. Do not retry;"
+    " tell the user."
+)
+INTERNAL_ERROR = (
+    "The tool failed unexpectedly ({detail}). Do not charge again: check with list_customer_charges or"
+    " get_charge_status first, and tell the user if the outcome is unclear."
+)
+
+
+def error_output(code: str, message: str, *, retryable: bool = False, stop: bool | None = None, **extra: Any) -> str:
+    """The JSON string a tool returns for a failure (see the module table).
+
+    A STOP code gets its STOP text; `stop=False` overrides that where the code does not end
+    billing (a revoked *audit* key only ends lookups).
+    """
+    stop = code in STOP_CODES if stop is None else stop
+    if stop and code in STOP_MESSAGES:
+        message, retryable = STOP_MESSAGES[code], False
+    body: dict[str, Any] = {"error": code, "message": message, "retryable": retryable, "stop": stop}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return json.dumps(body)
+
+
+def is_stop(output: str) -> bool:
+    """Whether a tool output tells the agent to stop billing (loops use it to end early)."""
+    try:
+        return bool(json.loads(output).get("stop"))
+    except (ValueError, AttributeError):
+        return False

@@ -1,0 +1,1 @@
+"""Billing runs: payloads, the deterministic plan, charging, keys and the run routes' logic."""

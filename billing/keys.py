@@ -1,0 +1,92 @@
+"""Issuing and revoking a billing run's vault keys, idempotently per label.
+
+Replays never re-run an activity whose result is in history, so the orchestrator cannot
+mint a second key. What remains is the activity being retried after it crashed between
+minting the key and reporting it: the first key then exists but nobody holds its secret
+(only its hash is stored). `issue_run_key` therefore revokes every still-active key under
+the run's label before minting, and caps the new key at the budget minus whatever keys
+under the label already spent or hold pending, so a run's keys together never exceed its
+budget and at most one of them is active.
+
+(If the host ever delivered a *successful* issue activity twice, the second execution
+would revoke the key the run is using: the run then stops with `revoked`. That fails
+closed; it can never spend more.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from billing.payloads import KeyIssued, KeyRequest
+
+
+class Vault(Protocol):
+    """The part of `proxy.vault.VaultService` used here."""
+
+    def issue(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def revoke(self, key_id: str) -> dict[str, Any]: ...
+
+    def list(self, label: str | None = None, limit: int = 100, continuation: str | None = None) -> dict[str, Any]: ...
+
+    def spend(self, label: str) -> dict[str, Any]: ...
+
+
+def usd(cents: int) -> str:
+    """Cents as the vault's dollar string: 290000 → "2900.00"."""
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def keys_with_label(vault: Vault, label: str) -> Iterator[dict[str, Any]]:
+    """Every key under `label`, across pages."""
+    continuation: str | None = None
+    while True:
+        page = vault.list(label=label, limit=100, continuation=continuation)
+        yield from (k for k in page.get("data", []) if k.get("label") == label)
+        continuation = page.get("continuation")
+        if not continuation:
+            return
+
+
+def issue_run_key(vault: Vault, request: KeyRequest) -> KeyIssued:
+    """Mint the run's key for one role; safe to call again after a crash (see module doc)."""
+    superseded = [k["key_id"] for k in keys_with_label(vault, request.label) if k.get("status") == "active"]
+    for key_id in superseded:
+        vault.revoke(key_id)
+    cap = request.cap_cents
+    if superseded:
+        used = vault.spend(request.label)
+        cap -= int(used.get("spent_cents", 0)) + int(used.get("pending_cents", 0))
+    if cap <= 0:
+        return KeyIssued(None, None, request.label, 0, superseded=tuple(superseded))
+    body = vault.issue(
+        {
+            "vendor": "stripe",
+            "label": request.label,
+            "daily_usd_cap": usd(cap),
+            "total_usd_cap": usd(cap),
+            "allowed_endpoints": list(request.allowed_endpoints),
+            "expires_in": request.expires_in,
+            "metadata": {**request.metadata, "role": request.role},
+        }
+    )
+    return KeyIssued(
+        key_id=body["key_id"],
+        vault_key=body["vault_key"],
+        label=request.label,
+        cap_cents=cap,
+        expires_at=body.get("expires_at"),
+        superseded=tuple(superseded),
+    )
+
+
+def revoke_run_keys(vault: Vault, labels: Iterable[str]) -> list[str]:
+    """Revoke every active key under the labels; returns the ids revoked now (idempotent)."""
+    revoked: list[str] = []
+    for label in labels:
+        for key in list(keys_with_label(vault, label)):
+            if key.get("status") == "active":
+                vault.revoke(key["key_id"])
+                revoked.append(key["key_id"])
+    return revoked

@@ -1,0 +1,337 @@
+"""The payloads that cross the Durable boundary in a billing run, in one stable module.
+
+Orchestrator input, activity inputs and outputs and sub-orchestration results are
+stored in orchestration history as JSON, so they travel as plain dicts (`to_dict` /
+`from_dict`) rather than pickled or class-tagged objects: a run already in flight keeps
+working when code around these classes changes, as long as the field names here stay.
+Add fields with defaults; never rename or remove one.
+
+Vault keys appear in `KeyIssued`, `FetchRequest`, `BatchRequest` and `ChargeRequest`
+(they must reach the activities, so they sit in history; they are short-lived and
+revoked at the end of the run). The Stripe secret never appears in any of them, and
+custom status and run output carry key ids only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ItemOutcome(StrEnum):
+    """What happened to one customer of a billing run."""
+
+    CHARGED = "charged"
+    DECLINED = "declined"  # the card was refused; terminal for this customer only
+    CAP_EXCEEDED = "cap_exceeded"  # the run's key is out of budget; the run stops
+    REVOKED = "revoked"  # the run's key was revoked; the run stops
+    EXPIRED = "expired"  # the run's key expired; the run stops
+    INVALID = "invalid"  # the request was refused as invalid (bad customer, no card, forbidden)
+    TRANSIENT_EXHAUSTED = "transient_exhausted"  # still failing after every retry; not confirmed
+    SKIPPED = "skipped"  # never attempted because the run had stopped (see `reason`)
+
+
+# Outcomes that mean the key cannot charge anyone any more: schedule no further batches.
+STOPPING_OUTCOMES: frozenset[ItemOutcome] = frozenset(
+    {ItemOutcome.CAP_EXCEEDED, ItemOutcome.REVOKED, ItemOutcome.EXPIRED}
+)
+
+
+class Endpoint(StrEnum):
+    """The Stripe endpoint a run charges through (the charge key's only allowed endpoint)."""
+
+    PAYMENT_INTENTS = "payment_intents"
+    CHARGES = "charges"
+
+
+@dataclass(frozen=True)
+class ChargeItem:
+    """One customer to bill: who, how much, and (for payment intents) which card."""
+
+    customer_id: str
+    amount_cents: int
+    payment_method: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChargeItem:
+        return cls(str(data["customer_id"]), int(data["amount_cents"]), data.get("payment_method"))
+
+
+@dataclass(frozen=True)
+class CustomerQuery:
+    """Select customers from Stripe by metadata, charging each the same amount."""
+
+    metadata: dict[str, str]
+    amount_cents: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metadata": dict(self.metadata), "amount_cents": self.amount_cents}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerQuery:
+        return cls({str(k): str(v) for k, v in data["metadata"].items()}, int(data["amount_cents"]))
+
+    def matches(self, customer: Mapping[str, Any]) -> bool:
+        """Does a Stripe customer object carry every metadata pair of the query?"""
+        metadata = customer.get("metadata") or {}
+        return all(metadata.get(k) == v for k, v in self.metadata.items())
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A validated `POST /api/billing/runs` body: the billing run orchestrator's input."""
+
+    billing_period: str
+    budget_cents: int
+    max_parallel: int = 50
+    expires_in: str = "2h"
+    endpoint: Endpoint = Endpoint.PAYMENT_INTENTS
+    customers: tuple[ChargeItem, ...] | None = None
+    customer_query: CustomerQuery | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "billing_period": self.billing_period,
+            "budget_cents": self.budget_cents,
+            "max_parallel": self.max_parallel,
+            "expires_in": self.expires_in,
+            "endpoint": str(self.endpoint),
+            "customers": None if self.customers is None else [c.to_dict() for c in self.customers],
+            "customer_query": None if self.customer_query is None else self.customer_query.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRequest:
+        customers = data.get("customers")
+        query = data.get("customer_query")
+        return cls(
+            billing_period=str(data["billing_period"]),
+            budget_cents=int(data["budget_cents"]),
+            max_parallel=int(data.get("max_parallel", 50)),
+            expires_in=str(data.get("expires_in", "2h")),
+            endpoint=Endpoint(data.get("endpoint", Endpoint.PAYMENT_INTENTS)),
+            customers=None if customers is None else tuple(ChargeItem.from_dict(c) for c in customers),
+            customer_query=None if query is None else CustomerQuery.from_dict(query),
+        )
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    """Input of the `issue_run_key` activity: one vault key for one role of a run."""
+
+    label: str
+    role: str  # "charge" or "customers"
+    cap_cents: int
+    allowed_endpoints: tuple[str, ...]
+    expires_in: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "allowed_endpoints": list(self.allowed_endpoints)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyRequest:
+        return cls(
+            label=str(data["label"]),
+            role=str(data["role"]),
+            cap_cents=int(data["cap_cents"]),
+            allowed_endpoints=tuple(data["allowed_endpoints"]),
+            expires_in=str(data["expires_in"]),
+            metadata=dict(data.get("metadata") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class KeyIssued:
+    """Output of `issue_run_key`. `vault_key` is None when the run's budget is already used up."""
+
+    key_id: str | None
+    vault_key: str | None
+    label: str
+    cap_cents: int
+    expires_at: str | None = None
+    superseded: tuple[str, ...] = ()  # ids of orphan keys (from a crashed attempt) revoked first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "superseded": list(self.superseded)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyIssued:
+        return cls(
+            key_id=data.get("key_id"),
+            vault_key=data.get("vault_key"),
+            label=str(data["label"]),
+            cap_cents=int(data["cap_cents"]),
+            expires_at=data.get("expires_at"),
+            superseded=tuple(data.get("superseded") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """Input of `fetch_customers`: select by query, or look up cards for given customers."""
+
+    vault_key: str
+    query: CustomerQuery | None = None
+    items: tuple[ChargeItem, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vault_key": self.vault_key,
+            "query": None if self.query is None else self.query.to_dict(),
+            "items": None if self.items is None else [i.to_dict() for i in self.items],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FetchRequest:
+        query, items = data.get("query"), data.get("items")
+        return cls(
+            vault_key=str(data["vault_key"]),
+            query=None if query is None else CustomerQuery.from_dict(query),
+            items=None if items is None else tuple(ChargeItem.from_dict(i) for i in items),
+        )
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Output of `fetch_customers`: the items to bill, or the terminal code that stopped the fetch."""
+
+    items: tuple[ChargeItem, ...]
+    failure_code: str | None = None
+    pages: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [i.to_dict() for i in self.items], "failure_code": self.failure_code, "pages": self.pages}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FetchResult:
+        return cls(
+            tuple(ChargeItem.from_dict(i) for i in data["items"]), data.get("failure_code"), int(data.get("pages", 0))
+        )
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    """Input of `charge_customer`: one customer, the run's key and its stable position."""
+
+    item: ChargeItem
+    item_index: int
+    orchestration_id: str
+    vault_key: str
+    endpoint: Endpoint
+    billing_period: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """`{instanceId}-{itemIndex}`: the same for every retry and replay of this item."""
+        return f"{self.orchestration_id}-{self.item_index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item": self.item.to_dict(),
+            "item_index": self.item_index,
+            "orchestration_id": self.orchestration_id,
+            "vault_key": self.vault_key,
+            "endpoint": str(self.endpoint),
+            "billing_period": self.billing_period,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChargeRequest:
+        return cls(
+            item=ChargeItem.from_dict(data["item"]),
+            item_index=int(data["item_index"]),
+            orchestration_id=str(data["orchestration_id"]),
+            vault_key=str(data["vault_key"]),
+            endpoint=Endpoint(data["endpoint"]),
+            billing_period=str(data["billing_period"]),
+        )
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Input of the `billing_batch` sub-orchestration: consecutive items from `first_index`."""
+
+    orchestration_id: str
+    vault_key: str
+    endpoint: Endpoint
+    billing_period: str
+    first_index: int
+    items: tuple[ChargeItem, ...]
+
+    def charges(self) -> list[ChargeRequest]:
+        return [
+            ChargeRequest(item, self.first_index + n, self.orchestration_id, self.vault_key, self.endpoint,
+                          self.billing_period)
+            for n, item in enumerate(self.items)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "orchestration_id": self.orchestration_id,
+            "vault_key": self.vault_key,
+            "endpoint": str(self.endpoint),
+            "billing_period": self.billing_period,
+            "first_index": self.first_index,
+            "items": [i.to_dict() for i in self.items],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchRequest:
+        return cls(
+            orchestration_id=str(data["orchestration_id"]),
+            vault_key=str(data["vault_key"]),
+            endpoint=Endpoint(data["endpoint"]),
+            billing_period=str(data["billing_period"]),
+            first_index=int(data["first_index"]),
+            items=tuple(ChargeItem.from_dict(i) for i in data["items"]),
+        )
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """Output of `charge_customer` (and the run's per-item record)."""
+
+    item_index: int
+    customer_id: str
+    amount_cents: int
+    outcome: ItemOutcome
+    object_id: str | None = None
+    code: str | None = None
+    reason: str | None = None  # for skipped items: the outcome that stopped the run; else a message
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "outcome": str(self.outcome)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ItemResult:
+        return cls(
+            item_index=int(data["item_index"]),
+            customer_id=str(data["customer_id"]),
+            amount_cents=int(data["amount_cents"]),
+            outcome=ItemOutcome(data["outcome"]),
+            object_id=data.get("object_id"),
+            code=data.get("code"),
+            reason=data.get("reason"),
+            replayed=bool(data.get("replayed", False)),
+        )
+
+
+@dataclass(frozen=True)
+class RevokeRequest:
+    """Input of `revoke_run_keys`: every key under these labels is revoked."""
+
+    labels: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RevokeRequest:
+        return cls(tuple(str(label) for label in data["labels"]))

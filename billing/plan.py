@@ -1,0 +1,179 @@
+"""Deterministic decisions of a billing run: key policies, batches, progress and summary.
+
+Everything here is a pure function of the run's input, its instance id and activity
+results already in history, so the orchestrator can call it on every replay and get the
+same answer (no clock, no I/O, no randomness).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from billing.payloads import (
+    STOPPING_OUTCOMES,
+    BatchRequest,
+    ChargeItem,
+    Endpoint,
+    ItemOutcome,
+    ItemResult,
+    KeyRequest,
+    RunRequest,
+)
+
+LABEL_PREFIX = "azure-durable/"
+# The read-only key can list customers and read one; it cannot move money.
+CUSTOMER_READ_ENDPOINTS: tuple[str, ...] = ("GET /v1/customers", "GET /v1/customers/*")
+# The read key's cap: it never spends (GET only), but the vault wants a positive cap.
+READ_KEY_CAP_CENTS = 100
+# Larger runs keep only the items that were not charged in the output (history size).
+MAX_ITEMS_IN_OUTPUT = 1000
+# How many times a whole batch sub-orchestration is started again after it failed
+# (an activity ran out of retries). Safe: every charge reuses its idempotency key.
+BATCH_ATTEMPTS = 2
+
+
+def charge_label(instance_id: str) -> str:
+    """The label of a run's spending key (`GET /api/spend?label=` reports it)."""
+    return f"{LABEL_PREFIX}{instance_id}"
+
+
+def read_label(instance_id: str) -> str:
+    """The label of a run's read-only customer key."""
+    return f"{LABEL_PREFIX}{instance_id}/customers"
+
+
+def run_labels(instance_id: str) -> tuple[str, str]:
+    return charge_label(instance_id), read_label(instance_id)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's input together with its instance id: what the orchestrator decides from."""
+
+    instance_id: str
+    run: RunRequest
+
+    def charge_key_request(self) -> KeyRequest:
+        return KeyRequest(
+            label=charge_label(self.instance_id),
+            role="charge",
+            cap_cents=self.run.budget_cents,
+            allowed_endpoints=(f"POST /v1/{self.run.endpoint}",),
+            expires_in=self.run.expires_in,
+            metadata={"orchestration_id": self.instance_id, "billing_period": self.run.billing_period},
+        )
+
+    def read_key_request(self) -> KeyRequest:
+        return KeyRequest(
+            label=read_label(self.instance_id),
+            role="customers",
+            cap_cents=READ_KEY_CAP_CENTS,
+            allowed_endpoints=CUSTOMER_READ_ENDPOINTS,
+            expires_in=self.run.expires_in,
+            metadata={"orchestration_id": self.instance_id},
+        )
+
+    @property
+    def needs_fetch(self) -> bool:
+        """Must customers (or their cards) be read from Stripe before charging?"""
+        if self.run.customers is None:
+            return True
+        return self.run.endpoint is Endpoint.PAYMENT_INTENTS and any(
+            c.payment_method is None for c in self.run.customers
+        )
+
+    def batches(self, items: Sequence[ChargeItem], vault_key: str) -> Iterator[BatchRequest]:
+        """Consecutive batches of at most `max_parallel` items, each knowing its first index."""
+        size = self.run.max_parallel
+        for start in range(0, len(items), size):
+            yield BatchRequest(
+                orchestration_id=self.instance_id,
+                vault_key=vault_key,
+                endpoint=self.run.endpoint,
+                billing_period=self.run.billing_period,
+                first_index=start,
+                items=tuple(items[start:start + size]),
+            )
+
+    def batch_instance_id(self, batch_no: int, attempt: int) -> str:
+        """Deterministic id of a batch sub-orchestration (attempts get fresh ids)."""
+        return f"{self.instance_id}:batch-{batch_no}:{attempt}"
+
+
+def stop_reason(results: Sequence[ItemResult]) -> ItemOutcome | None:
+    """The first outcome in a batch that means the key cannot charge any more, if any."""
+    for result in results:
+        if result.outcome in STOPPING_OUTCOMES:
+            return result.outcome
+    return None
+
+
+def skipped(batch: BatchRequest, reason: ItemOutcome | str) -> list[ItemResult]:
+    """Results for a batch that is never started because the run stopped."""
+    return [
+        ItemResult(c.item_index, c.item.customer_id, c.item.amount_cents, ItemOutcome.SKIPPED, reason=str(reason))
+        for c in batch.charges()
+    ]
+
+
+def exhausted(batch: BatchRequest) -> list[ItemResult]:
+    """Results for a batch whose sub-orchestration failed every attempt (charges unconfirmed)."""
+    return [
+        ItemResult(c.item_index, c.item.customer_id, c.item.amount_cents, ItemOutcome.TRANSIENT_EXHAUSTED,
+                   reason="still failing after all retries; the proxy's audit log is the record")
+        for c in batch.charges()
+    ]
+
+
+def spent_cents(results: Sequence[ItemResult]) -> int:
+    return sum(r.amount_cents for r in results if r.outcome is ItemOutcome.CHARGED)
+
+
+def progress(total: int, results: Sequence[ItemResult], cap_cents: int, stopped: str | None = None) -> dict[str, Any]:
+    """The custom status after each batch (no vault key, ever)."""
+    return {
+        "done": len(results),
+        "total": total,
+        "charged": sum(1 for r in results if r.outcome is ItemOutcome.CHARGED),
+        "spent_cents": spent_cents(results),
+        "cap_cents": cap_cents,
+        "stopped": stopped,
+    }
+
+
+def summary(
+    plan: RunPlan,
+    results: Sequence[ItemResult],
+    *,
+    cap_cents: int,
+    key_ids: dict[str, str | None],
+    stopped: str | None,
+    fetch_pages: int = 0,
+) -> dict[str, Any]:
+    """The run's output: counts per outcome, spend, key ids and the per-item results."""
+    counts = Counter(str(r.outcome) for r in results)
+    skipped_by_reason = Counter(r.reason or "" for r in results if r.outcome is ItemOutcome.SKIPPED)
+    out: dict[str, Any] = {
+        "instance_id": plan.instance_id,
+        "billing_period": plan.run.billing_period,
+        "endpoint": str(plan.run.endpoint),
+        "total": len(results),
+        "counts": {str(o): counts.get(str(o), 0) for o in ItemOutcome},
+        "skipped_by_reason": dict(skipped_by_reason),
+        "spent_cents": spent_cents(results),
+        "cap_cents": cap_cents,
+        "stopped": stopped,
+        "key_ids": key_ids,
+        "label": charge_label(plan.instance_id),
+        "customer_pages": fetch_pages,
+    }
+    if len(results) <= MAX_ITEMS_IN_OUTPUT:
+        out["items"] = [r.to_dict() for r in results]
+    else:
+        # Keep history small: list only what was not charged; the audit log has the rest.
+        out["items"] = [r.to_dict() for r in results if r.outcome is not ItemOutcome.CHARGED]
+        out["items_omitted"] = "charged items; see GET /api/billing/runs/{id}/spend and the key's audit log"
+    return out

@@ -1,0 +1,75 @@
+"""The console's HTTP routes: the page, its whitelisted assets, and the billing-run list.
+
+The page and assets are anonymous because they hold no data: the page asks the operator
+for the function key and calls the admin routes with it. The run list is an admin route
+like the others (function auth), answered from the Durable client's instance query.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from console import runs
+from console.assets import Asset, find_asset, page
+from core.errors import SpendgateError
+from orchestrators.billing import ORCHESTRATOR as BILLING_ORCHESTRATOR
+
+bp = df.Blueprint()
+
+
+def _asset_response(asset: Asset) -> func.HttpResponse:
+    return func.HttpResponse(
+        asset.body, status_code=200, headers={**asset.headers, "Content-Type": asset.content_type}
+    )
+
+
+def _error(err: SpendgateError) -> func.HttpResponse:
+    return func.HttpResponse(err.to_json(), status_code=err.status, headers=err.headers())
+
+
+@bp.route(route="console", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def console_page(req: func.HttpRequest) -> func.HttpResponse:
+    return _asset_response(page())
+
+
+@bp.route(route="console/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def console_asset(req: func.HttpRequest) -> func.HttpResponse:
+    asset = find_asset(req.route_params.get("name"))
+    if asset is None or asset.name == "index.html":
+        return _error(SpendgateError("not_found", "No such console asset."))
+    return _asset_response(asset)
+
+
+def _status_dict(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
+    return {
+        "name": status.name,
+        "instanceId": status.instance_id,
+        "createdTime": status.created_time,
+        "lastUpdatedTime": status.last_updated_time,
+        "runtimeStatus": status.runtime_status.value if status.runtime_status else None,
+        "customStatus": status.custom_status,
+        "output": status.output,
+    }
+
+
+@bp.route(route="billing/runs", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+async def list_billing_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """`GET /api/billing/runs?limit=&continuation=`: billing runs, newest first, a page at a time."""
+    try:
+        limit = runs.parse_limit(req.params.get("limit"))
+        runs.decode_continuation(req.params.get("continuation"))  # reject a bad token before the query
+        statuses = await client.get_status_all()
+        body = runs.page_runs(
+            (_status_dict(s) for s in statuses),
+            BILLING_ORCHESTRATOR,
+            limit=limit,
+            continuation=req.params.get("continuation"),
+        )
+    except SpendgateError as err:
+        return _error(err)
+    return func.HttpResponse(json.dumps(body), status_code=200, mimetype="application/json")

@@ -1,0 +1,376 @@
+"""devhost's Durable Functions engine: runs orchestrations through the SDK's own entry point.
+
+What the Durable extension does on Azure, in one process: episodes of an orchestrator
+replay its history through the SDK handle (`Orchestrator.create(fn)`); the new actions
+become history and work (activities on a bounded thread pool, durable timers, sub-
+orchestrations); results come back as new events through a persisted inbox. All state lives
+in Table Storage (see store.py), and each episode commits crash-safely:
+
+1. load the instance row (with its ETag), the committed history and the inbox;
+2. run the orchestrator over history + the new events;
+3. upsert the new history rows at their indices (idempotent);
+4. replace the instance row with If-Match, advancing `HistoryLength`: the commit point;
+5. only then start the new work and delete the consumed inbox rows.
+
+A crash anywhere leaves either the old committed state (the episode simply runs again) or
+the new one (whose work `start()` re-derives: unfinished activities are dispatched again,
+timers re-armed, sub-orchestrations re-checked). Results already in the inbox or history
+are never recomputed, so a completed activity never runs twice; an activity in flight at a
+crash runs again (at-least-once, as on Azure).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+from devhost.durable import actions as act
+from devhost.durable import history as h
+from devhost.durable.api import ManagementApi
+from devhost.durable.history import EventType
+from devhost.durable.runner import run_activity, run_orchestrator
+from devhost.durable.store import DurableStore, HistoryRow, Instance
+from devhost.loader import FunctionIndex
+
+
+class DurableEngine:
+    """The contract devhost's host uses: start/stop, the client binding, the webhook handler."""
+
+    def __init__(self, index: FunctionIndex, *, connection_string: str, task_hub: str, base_url: str,
+                 host_config: Mapping[str, Any], logger: logging.Logger) -> None:
+        durable = ((host_config.get("extensions") or {}).get("durableTask") or {})
+        self.log = logger
+        self.task_hub = task_hub
+        self.base_url = base_url.rstrip("/")
+        self.orchestrators = {f.name: f for f in index.of_trigger("orchestrationTrigger")}
+        self.activities = {f.name: f for f in index.of_trigger("activityTrigger")}
+        self.store = DurableStore(connection_string, task_hub)
+        self.api = ManagementApi(self)
+        self._activity_slots = int(durable.get("maxConcurrentActivityFunctions", 10))
+        self._orchestrator_slots = int(durable.get("maxConcurrentOrchestratorFunctions", 10))
+        self._ready: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+        self._running: set[str] = set()
+        self._dirty: set[str] = set()
+        self._timers: list[tuple[float, str, int, int, str]] = []
+        self._timer_cv = threading.Condition()
+        self._stopping = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self.store.create_tables()
+        self._pool = ThreadPoolExecutor(self._activity_slots, thread_name_prefix="durable-activity")
+        for i in range(self._orchestrator_slots):
+            t = threading.Thread(target=self._orchestrator_worker, name=f"durable-orch-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        timer = threading.Thread(target=self._timer_loop, name="durable-timers", daemon=True)
+        timer.start()
+        self._threads.append(timer)
+        self._recover()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for _ in range(self._orchestrator_slots):
+            self._ready.put(None)
+        with self._timer_cv:
+            self._timer_cv.notify_all()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def client_binding(self) -> str:
+        return self.api.client_binding()
+
+    def handle_http(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                    body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return self.api.handle(method, path, query, headers, body)
+
+    # --- scheduling ----------------------------------------------------------------
+    def signal(self, instance_id: str) -> None:
+        """Run an episode for the instance soon (one at a time per instance)."""
+        with self._lock:
+            if instance_id in self._running:
+                self._dirty.add(instance_id)
+            elif instance_id not in self._queued:
+                self._queued.add(instance_id)
+                self._ready.put(instance_id)
+
+    def _orchestrator_worker(self) -> None:
+        while not self._stopping.is_set():
+            instance_id = self._ready.get()
+            if instance_id is None:
+                return
+            with self._lock:
+                self._queued.discard(instance_id)
+                self._running.add(instance_id)
+            again = False
+            try:
+                again = self._episode(instance_id)
+            except Exception:
+                self.log.exception("orchestration %s: episode failed; retrying", instance_id)
+                time.sleep(0.5)
+                again = True
+            finally:
+                with self._lock:
+                    self._running.discard(instance_id)
+                    again = again or instance_id in self._dirty
+                    self._dirty.discard(instance_id)
+            if again and not self._stopping.is_set():
+                self.signal(instance_id)
+
+    def deliver(self, instance_id: str, event: dict[str, Any], generation: int = -1) -> None:
+        """Persist a new event for the instance, then wake it."""
+        self.store.add_inbox(instance_id, event, generation)
+        self.signal(instance_id)
+
+    # --- one episode ---------------------------------------------------------------
+    def _episode(self, instance_id: str) -> bool:
+        """Run the orchestrator over its new events and commit; True if more events wait."""
+        inst = self.store.get_instance(instance_id)
+        inbox = self.store.load_inbox(instance_id)
+        if inst is None or inst.terminal:
+            if inbox:
+                self.store.delete_inbox(instance_id, [i.key for i in inbox])
+            return False
+        rows = self.store.load_history(instance_id, inst.generation, inst.history_length)
+        consumed = {r.inbox_key for r in rows if r.inbox_key}
+        scheduled = act.scheduling_rows(rows)
+        done = {t for r in rows if (t := act.completion_target(r.event)) is not None}
+        drop, batch, terminate = [], [], None
+        for item in inbox:
+            target = act.completion_target(item.event)
+            stale = item.key in consumed or item.generation not in (-1, inst.generation)
+            if not stale and target is not None:
+                stale = target in done or target not in scheduled  # duplicate result (re-run activity)
+            if stale:
+                drop.append(item.key)
+                continue
+            if item.event["EventType"] == EventType.EXECUTION_TERMINATED:
+                terminate = item
+                batch = [item]
+                break
+            if target is not None:
+                done.add(target)
+            batch.append(item)
+            if act.allocates(item.event, scheduled):
+                break
+        more = len(inbox) - len(drop) > len(batch)
+        if not batch and inst.history_length > 0:
+            if drop:
+                self.store.delete_inbox(instance_id, drop)
+            return False
+
+        started = time.monotonic()
+        now = h.utc_now()
+        new_rows: list[HistoryRow] = [HistoryRow(h.orchestrator_started(now), {}, None)]
+        if inst.history_length == 0:
+            new_rows.append(HistoryRow(h.execution_started(inst.name, inst.input, now, inst.parent_instance_id), {},
+                                       None))
+        work: list[act.Work] = []
+        outcome = "waiting"
+        continue_input: str | None = None
+        was_continued = False
+        if terminate is not None:
+            reason = terminate.event.get("Input")
+            new_rows.append(HistoryRow(terminate.event, {}, terminate.key))
+            inst.status, inst.output, outcome = "Terminated", json.dumps(reason), "terminated"
+        else:
+            new_rows.extend(HistoryRow(i.event, {}, i.key) for i in batch)
+            fn = self.orchestrators.get(inst.name)
+            if fn is None:
+                result_state, error = {}, f"The function '{inst.name}' doesn't exist or is not an orchestrator."
+            else:
+                played = [dict(r.event, IsPlayed=True) for r in rows]
+                context = {
+                    "history": played + [r.event for r in new_rows], "input": inst.input,
+                    "instanceId": instance_id, "isReplaying": bool(rows),
+                    "parentInstanceId": inst.parent_instance_id, "upperSchemaVersion": 2,
+                }
+                res = run_orchestrator(fn, context)
+                result_state, error = res.state, res.error
+            if "customStatus" in result_state:
+                inst.custom_status = json.dumps(result_state["customStatus"])
+            try:
+                plan, seen = act.plan_new_actions(result_state, inst.actions_seen, inst.next_seq, instance_id, now)
+            except act.UnsupportedAction as exc:
+                error, plan, seen = str(exc), act.Plan([], [], inst.next_seq), inst.actions_seen
+            if error is not None:
+                message = f"Orchestrator function '{inst.name}' failed: {error}"
+                new_rows.append(HistoryRow(h.execution_completed("Failed", json.dumps(message), now), {}, None))
+                inst.status, inst.output, outcome = "Failed", json.dumps(message), "failed"
+            elif plan.continue_as_new:
+                new_rows.append(HistoryRow(h.continue_as_new(plan.continue_input, now), {}, None))
+                continue_input, was_continued, outcome = plan.continue_input, True, "continued-as-new"
+            elif result_state.get("isDone"):
+                output = json.dumps(result_state.get("output"))
+                new_rows.append(HistoryRow(h.execution_completed("Completed", output, now), {}, None))
+                inst.status, inst.output, outcome = "Completed", output, "completed"
+            else:
+                new_rows.extend(plan.rows)
+                work.extend(plan.work)
+                inst.next_seq, inst.actions_seen, inst.status = plan.next_seq, seen, "Running"
+                if batch and act.allocates(batch[-1].event, scheduled):
+                    step = act.plan_retry_step(batch[-1].event, scheduled, inst.next_seq, instance_id, now)
+                    new_rows.extend(step.rows)
+                    work.extend(step.work)
+                    inst.next_seq = step.next_seq
+        new_rows.append(HistoryRow(h.orchestrator_completed(now), {}, None))
+
+        self.store.write_history(instance_id, inst.generation, inst.history_length, new_rows)
+        old_generation = inst.generation
+        inst.history_length += len(new_rows)
+        inst.updated = h.iso(now)
+        if was_continued:  # a fresh generation starts with the new input (ExecutionStarted next episode)
+            inst.generation, inst.history_length, inst.next_seq, inst.actions_seen = old_generation + 1, 0, 0, 0
+            inst.input, inst.output, inst.status = continue_input, None, "Running"
+        try:
+            self.store.replace_instance(inst)  # the commit point
+        except ResourceModifiedError:
+            self.log.warning("orchestration %s: instance row changed during the episode; replaying", instance_id)
+            return True
+        self.log.info("orchestrator %s (%s) episode: %d new events, %d scheduled, %.0f ms, %s",
+                      inst.name, instance_id, len(batch), len(work), (time.monotonic() - started) * 1000, outcome)
+        for w in work:
+            self._start_work(inst, w)
+        self.store.delete_inbox(instance_id, drop + [i.key for i in batch])
+        if inst.terminal:
+            self._notify_parent(inst)
+        return more or was_continued
+
+    # --- work ----------------------------------------------------------------------
+    def _start_work(self, inst: Instance, w: act.Work) -> None:
+        if w.kind == "activity":
+            assert self._pool is not None
+            self._pool.submit(self._activity, inst.instance_id, inst.generation, w.event_id, w.name, w.input)
+        elif w.kind == "timer":
+            assert w.fire_at is not None
+            self._arm_timer(inst.instance_id, inst.generation, w.event_id, w.fire_at)
+        else:
+            assert w.instance_id is not None
+            self._start_sub(inst, w.event_id, w.name, w.instance_id, w.input)
+
+    def _activity(self, instance_id: str, generation: int, event_id: int, name: str, input_text: str | None) -> None:
+        fn = self.activities.get(name)
+        started = time.monotonic()
+        if fn is None:
+            self.log.error("activity %s (%s #%d): no such activity function", name, instance_id, event_id)
+            event = h.task_failed(event_id, f"The function '{name}' doesn't exist or is not an activity.", "")
+        else:
+            res = run_activity(fn, input_text)
+            event = h.task_completed(event_id, res.result_text) if res.ok else h.task_failed(
+                event_id, res.reason, res.details)
+            self.log.info("activity %s (%s #%d) %s in %.0f ms", name, instance_id, event_id,
+                          "succeeded" if res.ok else "failed", (time.monotonic() - started) * 1000)
+        if self._stopping.is_set():
+            return  # the result is lost with the process; recovery runs the activity again
+        self.deliver(instance_id, event, generation)
+
+    def _arm_timer(self, instance_id: str, generation: int, timer_id: int, fire_at: str) -> None:
+        with self._timer_cv:
+            heapq.heappush(self._timers, (h.parse_iso(fire_at).timestamp(), instance_id, generation, timer_id, fire_at))
+            self._timer_cv.notify()
+
+    def _timer_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._timer_cv:
+                if not self._timers:
+                    self._timer_cv.wait(1.0)
+                    continue
+                due, instance_id, generation, timer_id, fire_at = self._timers[0]
+                delay = due - time.time()
+                if delay > 0:
+                    self._timer_cv.wait(min(delay, 1.0))
+                    continue
+                heapq.heappop(self._timers)
+            try:
+                self.deliver(instance_id, h.timer_fired(timer_id, fire_at), generation)
+            except Exception:
+                self.log.exception("timer %s #%d: delivery failed; re-arming", instance_id, timer_id)
+                self._arm_timer(instance_id, generation, timer_id, fire_at)
+                time.sleep(0.5)
+
+    def _start_sub(self, parent: Instance, event_id: int, name: str, child_id: str, input_text: str | None) -> None:
+        child = self.store.get_instance(child_id)
+        mine = child is not None and (child.parent_instance_id, child.parent_task_id, child.parent_generation) == (
+            parent.instance_id, event_id, parent.generation)
+        if mine:
+            assert child is not None
+            if child.terminal:
+                self._notify_parent(child)
+            else:
+                self.signal(child_id)
+            return
+        if child is not None and not child.terminal:
+            self.deliver(parent.instance_id, h.sub_orchestration_failed(
+                event_id, f"An orchestration with instance id '{child_id}' is already running.", ""), parent.generation)
+            return
+        now = h.iso(h.utc_now())
+        new = Instance(child_id, name, "Pending", input_text, created=now, updated=now,
+                       generation=(child.generation + 1) if child else 0, parent_instance_id=parent.instance_id,
+                       parent_task_id=event_id, parent_generation=parent.generation)
+        try:
+            if child is None:
+                self.store.insert_instance(new)
+            else:
+                new.etag = child.etag
+                self.store.replace_instance(new)
+        except (ResourceExistsError, ResourceModifiedError):
+            self.signal(parent.instance_id)
+            return
+        self.signal(child_id)
+
+    def _notify_parent(self, child: Instance) -> None:
+        if not child.parent_instance_id or child.parent_task_id is None:
+            return
+        task_id = int(child.parent_task_id)
+        if child.status == "Completed":
+            event = h.sub_orchestration_completed(task_id, child.output)
+        else:
+            reason = json.loads(child.output) if child.output else child.status
+            event = h.sub_orchestration_failed(task_id, str(reason), f"sub-orchestration {child.instance_id} "
+                                               f"{child.status.lower()}")
+        self.deliver(child.parent_instance_id, event, int(child.parent_generation or 0))
+
+    # --- recovery ------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Re-derive the work of every in-flight instance after a (re)start."""
+        resumed = 0
+        for inst in self.store.list_instances(with_payloads=False):
+            if inst.terminal:
+                continue
+            full = self.store.get_instance(inst.instance_id)
+            if full is None:
+                continue
+            rows = self.store.load_history(full.instance_id, full.generation, full.history_length)
+            pending = {t for r in rows if (t := act.completion_target(r.event)) is not None}
+            for item in self.store.load_inbox(full.instance_id):
+                if (t := act.completion_target(item.event)) is not None and item.generation in (-1, full.generation):
+                    pending.add(t)
+            for (is_timer, seq), row in act.scheduling_rows(rows).items():
+                if (is_timer, seq) in pending:
+                    continue
+                ev = row.event
+                if is_timer:
+                    self._arm_timer(full.instance_id, full.generation, seq, ev["FireAt"])
+                elif ev["EventType"] == EventType.TASK_SCHEDULED:
+                    self._start_work(full, act.Work("activity", seq, ev["Name"], ev.get("Input")))
+                else:
+                    self._start_sub(full, seq, ev["Name"], ev["InstanceId"], ev.get("Input"))
+            self.signal(full.instance_id)
+            resumed += 1
+        if resumed:
+            self.log.info("durable engine resumed %d in-flight orchestration(s)", resumed)

@@ -1,0 +1,146 @@
+"""Composing devhost: settings, the app, the durable engine, queue listeners, the HTTP server.
+
+Start order follows the Functions host: settings into the environment (as Core Tools
+does with local.settings.json), load the app, start the durable engine (if the app has
+durable functions), the queue listeners, and last the HTTP server, so the first request
+already finds everything running. Stop order is the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+from devhost.config import (
+    HostConfig,
+    apply_settings,
+    function_key,
+    load_host_config,
+    load_local_settings,
+    resolve_binding_expression,
+    storage_connection_string,
+)
+from devhost.http import HttpHost
+from devhost.invoke import Invoker, shared_loop, uses_durable
+from devhost.loader import FunctionIndex, load_function_app
+from devhost.queue_io import QueueClients
+from devhost.queues import QueueTriggerListener
+
+log = logging.getLogger("devhost")
+
+SUPPORTED_TRIGGERS = ("httpTrigger", "queueTrigger", "orchestrationTrigger", "activityTrigger", "entityTrigger")
+
+
+class DurableEngineUnavailable(RuntimeError):
+    """The app has durable functions but devhost.durable.engine cannot be imported."""
+
+
+class Host:
+    """One running devhost: `start()`, then `stop()` (idempotent)."""
+
+    def __init__(self, app_dir: Path, port: int = 7071, environ: MutableMapping[str, str] = os.environ) -> None:
+        self.app_dir = app_dir.resolve()
+        self.port = port
+        self.environ = environ
+        self.config: HostConfig = load_host_config(self.app_dir)
+        self.index: FunctionIndex | None = None
+        self.engine: Any = None
+        self.http: HttpHost | None = None
+        self.listeners: list[QueueTriggerListener] = []
+        self.queues = QueueClients()
+
+    def start(self) -> None:
+        settings_file, values = load_local_settings(self.app_dir)
+        apply_settings(values, self.environ)
+        self.environ.setdefault("WEBSITE_HOSTNAME", f"127.0.0.1:{self.port}")
+        log.info("settings from %s", settings_file or "the environment only")
+
+        self.index = index = load_function_app(self.app_dir)
+        for fn in index.functions.values():
+            if fn.trigger_type not in SUPPORTED_TRIGGERS:
+                log.warning("function %s: trigger %s is not run by devhost", fn.name, fn.trigger_type)
+
+        if any(uses_durable(fn) for fn in index.functions.values()):
+            self.engine = self._create_engine(index)
+            self.engine.start()
+            log.info("durable engine started (task hub %s)", self._task_hub())
+
+        invoker = Invoker(
+            client_binding=self.engine.client_binding if self.engine else None,
+            queue_options=self.config.queues,
+            queues=self.queues,
+            environ=self.environ,
+            function_directory=str(self.app_dir),
+        )
+        for fn in index.of_trigger("queueTrigger"):
+            listener = QueueTriggerListener(
+                fn,
+                invoker,
+                options=self.config.queues,
+                function_timeout=self.config.function_timeout,
+                queues=self.queues,
+            )
+            listener.start()
+            self.listeners.append(listener)
+            log.info("queue trigger %s listening on queue %s", fn.name, listener.queue_name)
+
+        self.http = HttpHost(
+            index,
+            invoker,
+            route_prefix=self.config.route_prefix,
+            function_key=function_key(self.environ),
+            engine=self.engine,
+            port=self.port,
+        )
+        self.http.start()
+        for route in self.http.routes:
+            log.info(
+                "http %s: [%s] http://127.0.0.1:%d/%s (%s)",
+                route.function.name,
+                ",".join(sorted(route.methods)),
+                self.http.port,
+                route.template.template,
+                route.auth_level,
+            )
+        log.info("devhost ready on http://127.0.0.1:%d with %d functions", self.http.port, len(index.functions))
+
+    def stop(self) -> None:
+        """Stop accepting requests, stop listeners and the engine, then the function loop."""
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        for listener in self.listeners:
+            listener.stop()
+        self.listeners = []
+        if self.engine is not None:
+            try:
+                self.engine.stop()
+            finally:
+                self.engine = None
+        self.queues.close()
+        shared_loop().stop()
+
+    def _task_hub(self) -> str:
+        return resolve_binding_expression(self.config.task_hub, self.environ)
+
+    def _create_engine(self, index: FunctionIndex) -> Any:
+        try:
+            from devhost.durable.engine import DurableEngine
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("devhost.durable"):
+                raise
+            raise DurableEngineUnavailable(
+                "this app has durable functions (orchestrations, activities, entities or durable clients), "
+                f"but devhost's durable engine is not available: {exc}"
+            ) from exc
+        return DurableEngine(
+            index,
+            connection_string=storage_connection_string(None, self.environ),
+            task_hub=self._task_hub(),
+            base_url=f"http://127.0.0.1:{self.port}",
+            host_config=self.config.raw,
+            logger=logging.getLogger("devhost.durable"),
+        )

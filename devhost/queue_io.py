@@ -1,0 +1,87 @@
+"""Storage queues for devhost: clients, message encoding, and sending output-binding messages.
+
+Azure Functions reads queue-trigger messages as base64 and writes output-binding
+messages as base64 (host.json `extensions.queues.messageEncoding`, default `base64`);
+the Python SDK's `BinaryBase64EncodePolicy` produces the same text. Messages travel
+here as the raw queue text and are (de)coded explicitly, so a poison copy keeps the
+exact original text, and a plain-text message that is not valid base64 is still read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient
+
+
+def decode_message(raw: str, encoding: str = "base64") -> bytes:
+    """The body bytes of a queue message's text: base64-decoded, or the text itself if not base64."""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    return raw.encode("utf-8")
+
+
+def encode_message(body: bytes, encoding: str = "base64") -> str:
+    """The queue text for `body` as the Functions host writes it."""
+    if encoding == "base64":
+        return base64.b64encode(body).decode("ascii")
+    return body.decode("utf-8")
+
+
+def output_messages(value: Any) -> list[bytes]:
+    """The messages an output binding's value stands for: str, bytes, JSON-able or a list of them."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [m for item in value for m in output_messages(item)]
+    if isinstance(value, bytes | bytearray):
+        return [bytes(value)]
+    if isinstance(value, str):
+        return [value.encode("utf-8")]
+    return [json.dumps(value).encode("utf-8")]
+
+
+class QueueClients:
+    """Cached QueueClients per (connection string, queue); queues are created on first use."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], QueueClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, connection_string: str, queue_name: str, *, create: bool = True) -> QueueClient:
+        key = (connection_string, queue_name)
+        with self._lock:
+            client = self._clients.get(key)
+        if client is not None:
+            return client
+        client = QueueClient.from_connection_string(connection_string, queue_name)
+        if create:
+            with contextlib.suppress(ResourceExistsError):
+                client.create_queue()
+        with self._lock:
+            return self._clients.setdefault(key, client)
+
+    def send(self, connection_string: str, queue_name: str, bodies: Iterable[bytes], encoding: str = "base64") -> int:
+        """Send each body as one message; returns how many were sent."""
+        client = self.get(connection_string, queue_name)
+        count = 0
+        for body in bodies:
+            client.send_message(encode_message(body, encoding))
+            count += 1
+        return count
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

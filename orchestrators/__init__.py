@@ -1,0 +1,1 @@
+"""orchestrators of spendgate's function app (see docs/billing.md)."""

@@ -1,0 +1,144 @@
+"""The billing run orchestration: one capped vault key per run, charges in bounded batches.
+
+`billing_run` (see docs/billing.md for the step-by-step and why each guarantee holds):
+
+1. `issue_run_key` mints the run's spending key (label `azure-durable/{instanceId}`, cap =
+   budget, allowlist = the one charge endpoint). Its result is in history, so replays never
+   mint another; the activity itself is idempotent per label for retries after a crash.
+2. Customers come from the input, or `fetch_customers` reads them with a second,
+   read-only key. The list is an activity result, so item indexes are stable in history.
+3. Each batch of `max_parallel` items is a `billing_batch` sub-orchestration that charges
+   its items in parallel. A batch that fails (an activity ran out of retries) is started
+   again, then recorded as `transient_exhausted`: one bad item never fails the run.
+4. After a batch reports cap_exceeded / revoked / expired, no further batch starts.
+5. `revoke_run_keys` runs at the end whatever happened (the except-then-reraise below).
+
+Orchestrators must be deterministic: only `context` calls and pure functions from
+`billing.plan` here; retry options are module constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import azure.durable_functions as df
+
+from billing import plan as planning
+from billing.payloads import (
+    BatchRequest,
+    FetchRequest,
+    FetchResult,
+    ItemOutcome,
+    ItemResult,
+    KeyIssued,
+    RevokeRequest,
+    RunRequest,
+)
+
+bp = df.Blueprint()
+
+ORCHESTRATOR = "billing_run"
+BATCH_ORCHESTRATOR = "billing_batch"
+ISSUE_KEY = "issue_run_key"
+FETCH_CUSTOMERS = "fetch_customers"
+CHARGE_CUSTOMER = "charge_customer"
+REVOKE_KEYS = "revoke_run_keys"
+
+# Transient faults only reach these (activities return terminal outcomes), so retrying is
+# always safe: charges reuse their idempotency key, key issue is idempotent per label.
+KEY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=5)
+FETCH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=5)
+CHARGE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=500, max_number_of_attempts=6)
+
+Task = Any  # what the SDK's context methods return (TaskBase)
+
+
+def run_billing(context: df.DurableOrchestrationContext) -> Generator[Task, Any, dict[str, Any]]:
+    """The `billing_run` orchestrator body; always revokes the run's keys before it ends."""
+    plan = planning.RunPlan(context.instance_id, RunRequest.from_dict(context.get_input()))
+    failure: Exception | None = None
+    output: dict[str, Any] = {}
+    try:
+        output = yield from _bill(context, plan)
+    except Exception as exc:  # re-raised below, after the keys are revoked
+        failure = exc
+    revoked = yield context.call_activity_with_retry(
+        REVOKE_KEYS, KEY_RETRY, RevokeRequest(planning.run_labels(plan.instance_id)).to_dict()
+    )
+    if failure is not None:
+        raise failure
+    output["revoked_key_ids"] = revoked
+    return output
+
+
+def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Generator[Task, Any, dict[str, Any]]:
+    charge_key = KeyIssued.from_dict(
+        (yield context.call_activity_with_retry(ISSUE_KEY, KEY_RETRY, plan.charge_key_request().to_dict()))
+    )
+    key_ids: dict[str, str | None] = {"charge": charge_key.key_id, "customers": None}
+    cap = charge_key.cap_cents
+    context.set_custom_status(planning.progress(0, [], cap))
+
+    items = plan.run.customers or ()
+    fetch_pages = 0
+    if plan.needs_fetch:
+        read_key = KeyIssued.from_dict(
+            (yield context.call_activity_with_retry(ISSUE_KEY, KEY_RETRY, plan.read_key_request().to_dict()))
+        )
+        key_ids["customers"] = read_key.key_id
+        fetch = FetchRequest(str(read_key.vault_key), plan.run.customer_query, plan.run.customers)
+        fetched = FetchResult.from_dict((yield context.call_activity_with_retry(FETCH_CUSTOMERS, FETCH_RETRY, fetch.to_dict())))
+        if fetched.failure_code is not None:
+            context.set_custom_status(planning.progress(0, [], cap, fetched.failure_code))
+            return planning.summary(plan, [], cap_cents=cap, key_ids=key_ids, stopped=fetched.failure_code)
+        items, fetch_pages = fetched.items, fetched.pages
+
+    results: list[ItemResult] = []
+    stopped: str | None = None if charge_key.vault_key else str(ItemOutcome.CAP_EXCEEDED)
+    batches = list(plan.batches(items, str(charge_key.vault_key)))
+    context.set_custom_status(planning.progress(len(items), results, cap, stopped))
+    for batch_no, batch in enumerate(batches):
+        if stopped is not None:
+            results.extend(planning.skipped(batch, stopped))
+            continue
+        batch_results = yield from _charge_batch(context, plan, batch_no, batch)
+        results.extend(batch_results)
+        reason = planning.stop_reason(batch_results)
+        stopped = str(reason) if reason is not None else None
+        context.set_custom_status(planning.progress(len(items), results, cap, stopped))
+    context.set_custom_status(planning.progress(len(items), results, cap, stopped))
+    return planning.summary(plan, results, cap_cents=cap, key_ids=key_ids, stopped=stopped, fetch_pages=fetch_pages)
+
+
+def _charge_batch(
+    context: df.DurableOrchestrationContext, plan: planning.RunPlan, batch_no: int, batch: BatchRequest
+) -> Generator[Task, Any, list[ItemResult]]:
+    """Charge one batch in its own sub-orchestration; never raises for a failed batch."""
+    for attempt in range(1, planning.BATCH_ATTEMPTS + 1):
+        try:
+            raw = yield context.call_sub_orchestrator(
+                BATCH_ORCHESTRATOR, batch.to_dict(), plan.batch_instance_id(batch_no, attempt)
+            )
+        except Exception:  # an activity ran out of retries: start the batch again (same keys)
+            continue
+        return [ItemResult.from_dict(r) for r in raw]
+    return planning.exhausted(batch)
+
+
+def charge_batch(context: df.DurableOrchestrationContext) -> Generator[Task, Any, list[dict[str, Any]]]:
+    """The `billing_batch` sub-orchestrator body: charge every item of the batch in parallel."""
+    batch = BatchRequest.from_dict(context.get_input())
+    tasks = [context.call_activity_with_retry(CHARGE_CUSTOMER, CHARGE_RETRY, c.to_dict()) for c in batch.charges()]
+    results = yield context.task_all(tasks)
+    return list(results)
+
+
+@bp.orchestration_trigger(context_name="context", orchestration=ORCHESTRATOR)
+def billing_run(context: df.DurableOrchestrationContext) -> Generator[Task, Any, dict[str, Any]]:
+    return (yield from run_billing(context))
+
+
+@bp.orchestration_trigger(context_name="context", orchestration=BATCH_ORCHESTRATOR)
+def billing_batch(context: df.DurableOrchestrationContext) -> Generator[Task, Any, list[dict[str, Any]]]:
+    return (yield from charge_batch(context))

@@ -1,0 +1,72 @@
+"""Billing run HTTP routes (function auth): start, inspect, stop and audit a run.
+
+- `POST /api/billing/runs` → 202 with Durable's check-status payload
+- `GET  /api/billing/runs/{instance_id}` → status, progress and output
+- `POST /api/billing/runs/{instance_id}/stop` → revoke the run's keys, then terminate
+- `GET  /api/billing/runs/{instance_id}/spend` → the run's spend from the audit log
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from billing import runs
+from billing.request import parse_run_request
+from core.errors import SpendgateError
+from proxy.vault import vault_service
+
+bp = df.Blueprint()
+
+
+def _json(body: Any, status: int = 200) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, indent=2), status_code=status, mimetype="application/json")
+
+
+def _error(exc: SpendgateError) -> func.HttpResponse:
+    return func.HttpResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
+
+
+@bp.route(route="billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        try:
+            body = req.get_json()
+        except ValueError:
+            raise SpendgateError("body_invalid", "the body must be JSON") from None
+        run, instance_id = parse_run_request(body)
+        instance_id = await runs.start_run(client, run, instance_id)
+    except SpendgateError as exc:
+        return _error(exc)
+    return client.create_check_status_response(req, instance_id)
+
+
+@bp.route(route="billing/runs/{instance_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        return _json(await runs.describe_run(client, req.route_params["instance_id"]))
+    except SpendgateError as exc:
+        return _error(exc)
+
+
+@bp.route(route="billing/runs/{instance_id}/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        return _json(await runs.stop_run(client, vault_service(), req.route_params["instance_id"]))
+    except SpendgateError as exc:
+        return _error(exc)
+
+
+@bp.route(route="billing/runs/{instance_id}/spend", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def get_billing_run_spend(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        return _json(await runs.run_spend(client, vault_service(), req.route_params["instance_id"]))
+    except SpendgateError as exc:
+        return _error(exc)

@@ -1,0 +1,337 @@
+"""The proxy pipeline: authenticate, validate, reserve, forward once, settle, audit.
+
+`handle_proxy_request` is a plain function (the HTTP trigger in `proxy.routes` only
+adapts to it), taking its storage, HTTP client, settings and clock as arguments:
+
+1. Parse the vault key (Bearer or Basic user) and the request (method, safe /v1 path,
+   form/JSON params, amount, currency); derive the idempotency key of a POST.
+2. ONE query reads the key row and the idempotency record together.
+3. Authenticate (hash compare, revoked, expired), then allowlist, then the request's
+   own validation errors.
+4. POST: a completed record replays; an in-flight one answers 409; a different body
+   answers idempotency_error; an ambiguous (or abandoned) one is taken over, looked up
+   in Stripe by its marker and settled, or forwarded again with the same key.
+   Otherwise ONE transaction reserves the amount (If-Match on the key row) and creates
+   the in_flight record. Only then is Stripe called.
+5. ONE transaction settles/releases, completes the record and writes the audit row.
+
+Denials are audited too; any storage failure before forwarding denies with a
+retryable 503 (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from azure.data.tables import TableServiceClient
+
+from core.errors import SpendgateError
+from core.settings import Settings
+from proxy import idempotency as idem
+from proxy.audit import AuditDraft
+from proxy.keys import ParsedVaultKey, hash_secret, key_from_headers, parse_vault_key, secret_matches
+from proxy.ledger import Ledger, TableLedger
+from proxy.policy import Endpoint, unmetered_money_endpoint
+from proxy.store import (
+    Conflict,
+    IdemRecord,
+    KeyRecord,
+    LedgerStore,
+    Operation,
+    op_create_audit,
+    op_create_idem,
+    op_delete_idem,
+    op_replace_idem,
+)
+from proxy.stripe_request import (
+    StripeRequest,
+    build_request,
+    check_method,
+    forward_body,
+    parse_params,
+    parse_query,
+    safe_path,
+)
+from proxy.upstream import Upstream, find_by_marker, send
+
+log = logging.getLogger("spendgate.proxy")
+MAX_ATTEMPTS = 60
+_DUMMY_HASH = hash_secret("not-a-secret")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ProxyDeps:
+    """Everything the pipeline talks to; tests build their own."""
+
+    store: LedgerStore
+    stripe_http: httpx.Client
+    settings: Settings
+    ledger: Ledger = field(default=None)  # type: ignore[assignment]
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.ledger is None:
+            self.ledger = TableLedger(self.store)
+
+    @classmethod
+    def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:
+        return cls(LedgerStore(tables, settings), stripe_http, settings)
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=2 * self.settings.stripe_timeout_seconds + 10)
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.settings.idempotency_retention_days)
+
+    def backoff(self, attempt: int) -> None:
+        self.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
+
+
+@dataclass(frozen=True)
+class ProxyResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> dict:  # for tests and in-process callers
+        return dict(json.loads(self.body))
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def handle_proxy_request(
+    deps: ProxyDeps, method: str, path: str | None, headers: Mapping[str, str], body: bytes,
+    now: datetime | None = None, *, query: str = "", raw_path: str | None = None,
+) -> ProxyResponse:
+    """Govern one request bound for Stripe and answer it (never raises for client mistakes)."""
+    now = now or utcnow()
+    hdrs = {k.lower(): v for k, v in headers.items()}
+    draft = AuditDraft(new_request_id(), now, (method or "").upper()[:10], "/" + (path or "").strip("/")[:300])
+    try:
+        return _handle(deps, draft, hdrs, path, body, now, query, raw_path)
+    except SpendgateError as err:
+        return _deny(deps, draft, err)
+
+
+def _deny(deps: ProxyDeps, draft: AuditDraft, err: SpendgateError) -> ProxyResponse:
+    try:
+        deps.store.insert_audit(draft.row(err.code))
+    except (SpendgateError, Conflict):
+        log.warning("audit write failed for request_id=%s", draft.request_id)
+    return ProxyResponse(err.status, err.to_json().encode(), {**err.headers(), "Request-Id": draft.request_id})
+
+
+def _authenticate(key: KeyRecord | None, parsed: ParsedVaultKey, draft: AuditDraft, now: datetime) -> KeyRecord:
+    if key is None:
+        secret_matches(parsed.secret, _DUMMY_HASH)  # same work as a real check
+        raise SpendgateError("vault_key_invalid", "The vault key is unknown or wrong.")
+    if not secret_matches(parsed.secret, key.secret_hash):
+        raise SpendgateError("vault_key_invalid", "The vault key is unknown or wrong.")
+    draft.key_id, draft.label = key.key_id, key.label
+    status = key.status(now)
+    if status == "revoked":
+        raise SpendgateError("vault_key_revoked", "This vault key was revoked.")
+    if status == "expired":
+        raise SpendgateError("vault_key_expired", "This vault key has expired.")
+    return key
+
+
+def _handle(
+    deps: ProxyDeps, draft: AuditDraft, hdrs: dict[str, str], path: str | None, body: bytes, now: datetime,
+    query: str, raw_path: str | None,
+) -> ProxyResponse:
+    parsed = parse_vault_key(key_from_headers(hdrs))
+    request: StripeRequest | None = None
+    problem: SpendgateError | None = None
+    caller_key: str | None = None
+    try:
+        method = check_method(draft.method)
+        draft.path = safe_path(path, raw_path)
+        if method == "POST":
+            if query:
+                raise SpendgateError("body_invalid", "Send POST parameters in the body, not the query string.")
+            params = parse_params(body, hdrs.get("content-type"))
+            caller_key = idem.caller_key(hdrs.get("idempotency-key"))
+        else:
+            params = parse_query(query)
+        request = build_request(method, draft.path, params)
+        draft.amount, draft.currency = request.amount_cents, request.currency
+    except SpendgateError as err:
+        problem = err
+    candidate = None
+    if request is not None and request.method == "POST":
+        candidate = caller_key or idem.derived_key(parsed.key_id, request)
+    key, record = deps.store.read_key_and_idem(parsed.key_id, idem.idem_row(candidate) if candidate else None)
+    key = _authenticate(key, parsed, draft, now)
+    if problem is not None and problem.code in ("method_not_allowed", "path_invalid", "body_too_large"):
+        raise problem
+    allowed = [Endpoint.parse(e) for e in key.allowed_endpoints]
+    if not any(e.matches(draft.method, draft.path) for e in allowed) or unmetered_money_endpoint(draft.method, draft.path):
+        raise SpendgateError("endpoint_not_allowed", f"This key may not call {draft.method} {draft.path}.")
+    if problem is not None:
+        raise problem
+    assert request is not None and key is not None
+    if request.method != "POST":
+        upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, request.method, request.path,
+                        params=request.params, stripe_version=hdrs.get("stripe-version"))
+        row = draft.row("forwarded", upstream.status, upstream.object_id)
+        deps.store.insert_audit(row)
+        return _respond(upstream, draft.request_id)
+    if caller_key is None and not key.auto_idempotency:
+        candidate, record = idem.random_key(), None
+    draft.idempotency_key = candidate
+    return _post(deps, draft, key, record, request, candidate, now, hdrs.get("stripe-version"))  # type: ignore[arg-type]
+
+
+def _post(
+    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord | None, request: StripeRequest,
+    idem_key: str, now: datetime, stripe_version: str | None,
+) -> ProxyResponse:
+    amount, day = request.metered_amount, now.date().isoformat()
+    parsed_key_id = key.key_id
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            deps.backoff(attempt)
+            fresh, record = deps.store.read_key_and_idem(parsed_key_id, idem.idem_row(idem_key))
+            if fresh is None:
+                raise SpendgateError("vault_key_invalid", "The vault key is unknown or wrong.")
+            key = fresh
+            status = key.status(now)
+            if status != "active":
+                raise SpendgateError(f"vault_key_{status}", f"This vault key is {status}.")
+        if record is not None and idem.is_live(record, now):
+            if record.fingerprint != request.fingerprint():
+                raise SpendgateError(
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                    param="Idempotency-Key",
+                )
+            if record.state == "completed":
+                deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
+                return _replay(record, draft.request_id)
+            if idem.in_use(record, now):
+                raise SpendgateError("idempotency_key_in_use")
+            claimed = idem.taken_over(record, now, deps.lease)
+            try:
+                etag = deps.store.submit([op_replace_idem(claimed)])[0]
+            except Conflict:
+                continue
+            return _resolve(deps, draft, key, replace(claimed, etag=etag), request, now, stripe_version)
+        fresh_record = idem.new_record(key.key_id, idem_key, request, amount, day, now, deps.lease, deps.retention)
+        ops: list[Operation] = (
+            [op_replace_idem(replace(fresh_record, etag=record.etag))] if record is not None else [op_create_idem(fresh_record)]
+        )
+        try:
+            etag = deps.ledger.reserve(key, amount, day, ops)[1] if amount > 0 else deps.store.submit(ops)[0]
+        except Conflict:
+            continue
+        return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, stripe_version)
+    raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")
+
+
+def _resolve(
+    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
+    stripe_version: str | None,
+) -> ProxyResponse:
+    """A retry of an ambiguous request: if Stripe has the object, settle with it; else forward again."""
+    if record.marker:
+        try:
+            found = find_by_marker(deps.stripe_http, deps.settings.stripe_secret_key, record.path, record.marker,
+                                   record.created_at)
+        except (httpx.HTTPError, ValueError):
+            return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
+        if found is not None:
+            return _finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
+    return _forward(deps, draft, key, record, request, now, stripe_version)
+
+
+def _forward(
+    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
+    stripe_version: str | None,
+) -> ProxyResponse:
+    upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, "POST", record.path,
+                    body=forward_body(request.params, record.marker), idempotency_key=record.forwarded_key,
+                    stripe_version=stripe_version)
+    return _finish(deps, draft, key, record, upstream, now, replayed=False)
+
+
+def outcome_ops(record: IdemRecord, upstream: Upstream) -> tuple[str, Operation]:
+    """What to do with the reservation ("settle"/"release"/"keep") and the record."""
+    if upstream.outcome == "not_sent" or (upstream.outcome == "response" and upstream.status in (409, 429)):
+        return "release", op_delete_idem(record)  # Stripe saved nothing; a retry starts afresh
+    if upstream.outcome == "ambiguous":
+        return "keep", op_replace_idem(replace(record, state="ambiguous", status_code=upstream.status))
+    done = replace(record, state="completed", status_code=upstream.status, body=upstream.body,
+                   content_type=upstream.content_type, object_id=upstream.object_id)
+    return ("settle" if 200 <= (upstream.status or 0) < 300 else "release"), op_replace_idem(done)
+
+
+def _finish(
+    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, upstream: Upstream, now: datetime,
+    *, replayed: bool,
+) -> ProxyResponse:
+    action, record_op = outcome_ops(record, upstream)
+    row = draft.row("replayed" if replayed else "forwarded", upstream.status, upstream.object_id)
+    ops = [record_op, op_create_audit(row)]
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            if record.amount_cents > 0 and action == "settle":
+                deps.ledger.settle(key, record.amount_cents, record.reserve_day, ops)
+            elif record.amount_cents > 0 and action == "release":
+                deps.ledger.release(key, record.amount_cents, record.reserve_day, ops)
+            else:
+                deps.store.submit(ops)
+            break
+        except Conflict:
+            deps.backoff(attempt)
+            fresh, current = deps.store.read_key_and_idem(key.key_id, record.row_key)
+            if fresh is None or current is None or current.etag != record.etag:
+                # Our lease ran out and another request took the record over: it owns the outcome now.
+                deps.store.insert_audit(row)
+                break
+            key = fresh
+        except SpendgateError:
+            # The ledger is unreachable: the record stays in_flight and its reservation pending
+            # (never too generous); a retry after the lease, or reconcile, resolves it.
+            log.error("could not record the outcome of request_id=%s key_id=%s", draft.request_id, key.key_id)
+            break
+    response = _respond(upstream, draft.request_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _respond(upstream: Upstream, request_id: str) -> ProxyResponse:
+    if upstream.status is None:
+        err = SpendgateError("upstream_unavailable", "Stripe could not be reached or did not answer; retry with the same Idempotency-Key.")
+        return ProxyResponse(err.status, err.to_json().encode(), {**err.headers(), "Request-Id": request_id})
+    headers = {"Content-Type": upstream.content_type or "application/json", "Request-Id": request_id}
+    if upstream.status >= 500 or upstream.status in (409, 429):
+        headers["Stripe-Should-Retry"] = "true"
+    elif upstream.status >= 400:
+        headers["Stripe-Should-Retry"] = "false"
+    return ProxyResponse(upstream.status, upstream.body.encode(), headers)
+
+
+def _replay(record: IdemRecord, request_id: str) -> ProxyResponse:
+    headers = {"Content-Type": record.content_type or "application/json", "Request-Id": request_id,
+               "Idempotent-Replayed": "true"}
+    if (record.status_code or 200) >= 400:
+        headers["Stripe-Should-Retry"] = "false"
+    return ProxyResponse(record.status_code or 200, (record.body or "").encode(), headers)

@@ -1,0 +1,104 @@
+"""HTTP triggers for the vault admin API and the Stripe proxy (thin: parse, call, shape).
+
+Admin routes use function auth (`x-functions-key` / `?code=`); the proxy route is
+anonymous because the vault key in the request authenticates it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import azure.functions as func
+
+from core.errors import SpendgateError
+from core.runtime import runtime
+from proxy.forward import ProxyDeps, handle_proxy_request
+from proxy.vault import VaultService, vault_service
+
+log = logging.getLogger("spendgate.proxy")
+bp = func.Blueprint()
+_FUNCTION = func.AuthLevel.FUNCTION
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json", headers=headers)
+
+
+def _error(err: SpendgateError) -> func.HttpResponse:
+    return func.HttpResponse(err.to_json(), status_code=err.status, headers=err.headers())
+
+
+def _admin(call: Callable[[VaultService], Any], status: int = 200) -> func.HttpResponse:
+    try:
+        return _json(status, call(vault_service()))
+    except SpendgateError as err:
+        return _error(err)
+
+
+def _int_param(req: func.HttpRequest, name: str, default: int) -> int:
+    raw = req.params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise SpendgateError("policy_invalid", f"{name} must be a positive integer", param=name)
+    return int(raw)
+
+
+@bp.route(route="vault/keys", methods=["POST"], auth_level=_FUNCTION)
+def vault_issue_key(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        body = json.loads(req.get_body() or b"null")
+    except ValueError:
+        return _error(SpendgateError("policy_invalid", "The body must be a JSON object.", param="body"))
+    return _admin(lambda v: v.issue(body), 201)
+
+
+@bp.route(route="vault/keys", methods=["GET"], auth_level=_FUNCTION)
+def vault_list_keys(req: func.HttpRequest) -> func.HttpResponse:
+    return _admin(lambda v: v.list(req.params.get("label"), _int_param(req, "limit", 100), req.params.get("continuation")))
+
+
+@bp.route(route="vault/keys/{key_id}", methods=["GET"], auth_level=_FUNCTION)
+def vault_describe_key(req: func.HttpRequest) -> func.HttpResponse:
+    return _admin(lambda v: v.describe(req.route_params["key_id"]))
+
+
+@bp.route(route="vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
+def vault_revoke_key(req: func.HttpRequest) -> func.HttpResponse:
+    return _admin(lambda v: v.revoke(req.route_params["key_id"]))
+
+
+@bp.route(route="vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)
+def vault_key_audit(req: func.HttpRequest) -> func.HttpResponse:
+    return _admin(lambda v: v.audit(req.route_params["key_id"], _int_param(req, "limit", 50), req.params.get("continuation")))
+
+
+@bp.route(route="vault/keys/{key_id}/reconcile", methods=["POST"], auth_level=_FUNCTION)
+def vault_reconcile_key(req: func.HttpRequest) -> func.HttpResponse:
+    return _admin(lambda v: v.reconcile(req.route_params["key_id"]))
+
+
+@bp.route(route="spend", methods=["GET"], auth_level=_FUNCTION)
+def vault_spend(req: func.HttpRequest) -> func.HttpResponse:
+    return _admin(lambda v: v.spend(req.params.get("label") or ""))
+
+
+@bp.route(route="stripe/{*path}", auth_level=func.AuthLevel.ANONYMOUS)
+def stripe_proxy(req: func.HttpRequest) -> func.HttpResponse:
+    """The governance proxy: every request to Stripe goes through handle_proxy_request."""
+    url = urlsplit(req.url)
+    try:
+        rt = runtime()
+        deps = ProxyDeps.build(rt.tables, rt.stripe_http, rt.settings)
+        resp = handle_proxy_request(
+            deps, req.method, req.route_params.get("path"), dict(req.headers), req.get_body() or b"",
+            query=url.query, raw_path=url.path,
+        )
+    except Exception as exc:  # fail closed, and never leak details
+        log.exception("proxy failed: %s", type(exc).__name__)
+        return _error(SpendgateError("governance_unavailable"))
+    return func.HttpResponse(resp.body, status_code=resp.status, headers=resp.headers)

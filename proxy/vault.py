@@ -1,0 +1,205 @@
+"""VaultService: issue, describe, list, revoke and audit vault keys; reconcile the ledger.
+
+The admin HTTP routes and in-app activities both call these methods, so a key issued
+by an orchestration is the same thing as one issued over HTTP. Every method raises
+`SpendgateError` for a caller's mistake (unknown key, invalid policy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from azure.data.tables import TableServiceClient
+
+from core.errors import SpendgateError
+from core.settings import Settings
+from proxy import keys
+from proxy.forward import ProxyDeps
+from proxy.idempotency import taken_over
+from proxy.ledger import current, headroom
+from proxy.policy import parse_policy
+from proxy.store import Conflict, IdemRecord, KeyRecord, LedgerStore, op_delete_idem, op_replace_idem
+from proxy.upstream import find_by_marker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+class VaultService:
+    """The vault's domain operations over one ledger table."""
+
+    def __init__(
+        self, tables: TableServiceClient, settings: Settings, clock: Callable[[], datetime] = utcnow,
+        *, stripe_http: httpx.Client | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = LedgerStore(tables, settings)
+        self._tables = tables
+        self._stripe_http = stripe_http
+
+    # --- keys ------------------------------------------------------------------------
+    def issue(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a key from a policy request; the answer holds the secret (shown once)."""
+        now = self.clock()
+        policy = parse_policy(request, now)
+        key_id, secret = keys.new_key_id(), keys.new_secret()
+        record = KeyRecord(
+            key_id=key_id, vendor=policy.vendor, label=policy.label, secret_hash=keys.hash_secret(secret),
+            daily_cap_cents=policy.daily_cap_cents, total_cap_cents=policy.total_cap_cents,
+            allowed_endpoints=tuple(policy.endpoint_strings()), expires_at=policy.expires_at, created_at=now,
+            metadata=policy.metadata, auto_idempotency=policy.auto_idempotency,
+        )
+        self.store.insert_key(record)
+        return {**self._view(record, now), "vault_key": keys.format_vault_key(key_id, secret)}
+
+    def describe(self, key_id: str) -> dict[str, Any]:
+        return self._view(self._get(key_id), self.clock())
+
+    def list(self, label: str | None = None, limit: int = 100, continuation: str | None = None) -> dict[str, Any]:
+        if not 1 <= int(limit) <= 1000:
+            raise SpendgateError("policy_invalid", "limit must be between 1 and 1000", param="limit")
+        now = self.clock()
+        records, token = self.store.keys(label, int(limit), continuation)
+        return {"data": [self._view(r, now) for r in records], "continuation": token}
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        """Revoke a key (idempotent). Once this returns, no request with the key is forwarded."""
+        record = self._get(key_id)
+        if record.revoked_at is None:
+            revoked_at = self.clock()
+            self.store.mark_revoked(key_id, revoked_at)
+        else:
+            revoked_at = record.revoked_at
+        return {"key_id": key_id, "status": "revoked", "revoked_at": _iso(revoked_at)}
+
+    def audit(self, key_id: str, limit: int = 50, continuation: str | None = None) -> dict[str, Any]:
+        if not 1 <= int(limit) <= 1000:
+            raise SpendgateError("policy_invalid", "limit must be between 1 and 1000", param="limit")
+        self._get(key_id)
+        rows, token = self.store.audit_page(key_id, int(limit), continuation)
+        return {"data": rows, "continuation": token}
+
+    def spend(self, label: str) -> dict[str, Any]:
+        """Totals for every key with `label`: lifetime spent and pending, requests by decision."""
+        if not label:
+            raise SpendgateError("policy_invalid", "label is required", param="label")
+        now = self.clock()
+        views, by_decision = [], {}
+        token: str | None = None
+        while True:
+            records, token = self.store.keys(label, 1000, token)
+            for r in records:
+                views.append(self._view(r, now))
+                for row in self.store.audit_rows(r.key_id):
+                    by_decision[row["decision"]] = by_decision.get(row["decision"], 0) + 1
+            if not token:
+                break
+        return {
+            "label": label,
+            "spent_cents": sum(v["total_spent_cents"] for v in views),
+            "pending_cents": sum(v["total_pending_cents"] for v in views),
+            "requests_by_decision": by_decision,
+            "keys": views,
+        }
+
+    # --- reconcile -------------------------------------------------------------------
+    def reconcile(self, key_id: str) -> dict[str, Any]:
+        """Resolve the key's ambiguous (and abandoned in-flight) requests by asking Stripe.
+
+        Found by its marker → the reservation is settled and the record completed (later
+        retries replay it). Not found → the reservation is released and the record
+        deleted (a retry forwards afresh).
+        """
+        key = self._get(key_id)
+        now = self.clock()
+        deps = ProxyDeps(self.store, self._http(), self.settings)
+        results: list[dict[str, Any]] = []
+        for record in self.store.idem_records(key_id, ("ambiguous", "in_flight")):
+            if record.state == "in_flight" and now < record.lease_until:
+                continue  # a request is working on it right now
+            results.append(self._reconcile_one(deps, key, record, now))
+            key = self._get(key_id)
+        return {"key_id": key_id, "resolved": [r for r in results if r], "describe": self._view(key, now)}
+
+    def _reconcile_one(self, deps: ProxyDeps, key: KeyRecord, record: IdemRecord, now: datetime) -> dict[str, Any]:
+        try:
+            etag = self.store.submit([op_replace_idem(taken_over(record, now, deps.lease))])[0]
+        except Conflict:
+            return {}
+        record = replace(taken_over(record, now, deps.lease), etag=etag)
+        found = None
+        if record.marker:
+            try:
+                found = find_by_marker(deps.stripe_http, self.settings.stripe_secret_key, record.path, record.marker,
+                                       record.created_at)
+            except (httpx.HTTPError, ValueError) as exc:
+                raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        for _ in range(60):
+            try:
+                if found is not None:
+                    done = replace(record, state="completed", status_code=200, body=json.dumps(found),
+                                   content_type="application/json", object_id=found.get("id"))
+                    extra = [op_replace_idem(done)]
+                    if record.amount_cents:
+                        deps.ledger.settle(key, record.amount_cents, record.reserve_day, extra)
+                    else:
+                        self.store.submit(extra)
+                else:
+                    extra = [op_delete_idem(record)]
+                    if record.amount_cents:
+                        deps.ledger.release(key, record.amount_cents, record.reserve_day, extra)
+                    else:
+                        self.store.submit(extra)
+                break
+            except Conflict:
+                key = self._get(key.key_id)
+        outcome = "settled" if found is not None else "released"
+        return {"idempotency_key": record.idempotency_key, "outcome": outcome, "amount_cents": record.amount_cents,
+                "object_id": found.get("id") if found else None}
+
+    # --- helpers ---------------------------------------------------------------------
+    def _http(self) -> httpx.Client:
+        if self._stripe_http is None:
+            from core.runtime import runtime
+
+            self._stripe_http = runtime().stripe_http
+        return self._stripe_http
+
+    def _get(self, key_id: str) -> KeyRecord:
+        record = self.store.read_key(key_id) if keys.is_valid_key_id(key_id) else None
+        if record is None:
+            raise SpendgateError("not_found", f"No vault key {key_id[:40]!r}.", param="key_id")
+        return record
+
+    def _view(self, r: KeyRecord, now: datetime) -> dict[str, Any]:
+        day = now.date().isoformat()
+        c = current(r.counters, day)
+        return {
+            "key_id": r.key_id, "vendor": r.vendor, "label": r.label, "status": r.status(now),
+            "allowed_endpoints": list(r.allowed_endpoints), "metadata": r.metadata,
+            "auto_idempotency": r.auto_idempotency, "created_at": _iso(r.created_at),
+            "expires_at": _iso(r.expires_at), "revoked_at": _iso(r.revoked_at),
+            "cap_cents": r.daily_cap_cents, "daily_cap_cents": r.daily_cap_cents, "total_cap_cents": r.total_cap_cents,
+            "window_day": day, "spent_cents": c.window_spent, "pending_cents": c.window_pending,
+            "remaining_cents": headroom(r, day), "total_spent_cents": c.total_spent,
+            "total_pending_cents": c.total_pending,
+        }
+
+
+def vault_service() -> VaultService:
+    """A VaultService on the process's runtime clients."""
+    from core.runtime import runtime
+
+    rt = runtime()
+    return VaultService(rt.tables, rt.settings, stripe_http=rt.stripe_http)

@@ -1,0 +1,1 @@
+from tests.agents.test_foundry import *  # noqa

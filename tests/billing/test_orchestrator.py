@@ -1,0 +1,219 @@
+"""Unit tests of the billing orchestrators, driving the registered generators (no Azurite)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from typing import Any
+
+import pytest
+
+from billing.payloads import ChargeItem, ChargeRequest, CustomerQuery, Endpoint, FetchRequest, ItemOutcome, RunRequest
+from orchestrators import billing as orch
+from tests.billing.fakes import FakeContext, drive
+
+
+def registered(function: Any) -> Callable[[Any], Generator[Any, Any, Any]]:
+    """The undecorated orchestrator behind a blueprint registration (as the SDK samples do)."""
+    return function.build().get_user_function().orchestrator_function
+
+
+RUN = registered(orch.billing_run)
+BATCH = registered(orch.billing_batch)
+
+
+class World:
+    """Activities over an in-memory 'proxy': one cap per key, declines, faults, revokes."""
+
+    def __init__(self, *, declined: frozenset[str] = frozenset(), fail_times: dict[int, int] | None = None,
+                 revoke_after: int | None = None, customers: list[dict[str, Any]] | None = None) -> None:
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.declined = declined
+        self.fail_times = dict(fail_times or {})  # item index -> activity failures still to come
+        self.revoke_after = revoke_after  # revoke the charge key after this many charges
+        self.customers = customers or []
+        self.charged: dict[str, str] = {}  # idempotency key -> object id
+        self.revoked_labels: list[tuple[str, ...]] = []
+
+    def activities(self) -> dict[str, Callable[[Any], Any]]:
+        return {
+            orch.ISSUE_KEY: self.issue,
+            orch.FETCH_CUSTOMERS: self.fetch,
+            orch.CHARGE_CUSTOMER: self.charge,
+            orch.REVOKE_KEYS: self.revoke,
+        }
+
+    def issue(self, payload: dict[str, Any]) -> dict[str, Any]:
+        key_id = f"key{len(self.keys)}"
+        self.keys[key_id] = {"cap": payload["cap_cents"], "spent": 0, "active": True}
+        return {"key_id": key_id, "vault_key": f"vk_{key_id}_secret", "label": payload["label"],
+                "cap_cents": payload["cap_cents"]}
+
+    def fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        request = FetchRequest.from_dict(payload)
+        assert request.query is not None
+        items = [ChargeItem(c["id"], request.query.amount_cents, c["default_source"]).to_dict()
+                 for c in self.customers if request.query.matches(c)]
+        return {"items": items, "failure_code": None, "pages": 1 + len(self.customers) // 100}
+
+    def charge(self, payload: dict[str, Any]) -> dict[str, Any]:
+        request = ChargeRequest.from_dict(payload)
+        if self.fail_times.get(request.item_index, 0) > 0:
+            self.fail_times[request.item_index] -= 1
+            raise RuntimeError("transient fault, retries exhausted")
+        key_id = request.vault_key.split("_")[1]
+        key = self.keys[key_id]
+        base = {"item_index": request.item_index, "customer_id": request.item.customer_id,
+                "amount_cents": request.item.amount_cents}
+        if request.idempotency_key in self.charged:
+            return {**base, "outcome": "charged", "object_id": self.charged[request.idempotency_key], "replayed": True}
+        if not key["active"]:
+            return {**base, "outcome": "revoked", "code": "vault_key_revoked"}
+        if key["spent"] + request.item.amount_cents > key["cap"]:
+            return {**base, "outcome": "cap_exceeded", "code": "spend_cap_exceeded"}
+        if request.item.customer_id in self.declined:
+            return {**base, "outcome": "declined", "code": "card_declined"}
+        key["spent"] += request.item.amount_cents
+        self.charged[request.idempotency_key] = f"pi_{len(self.charged)}"
+        if self.revoke_after is not None and len(self.charged) >= self.revoke_after:
+            key["active"] = False
+        return {**base, "outcome": "charged", "object_id": self.charged[request.idempotency_key]}
+
+    def revoke(self, payload: dict[str, Any]) -> list[str]:
+        self.revoked_labels.append(tuple(payload["labels"]))
+        ids = [k for k, v in self.keys.items() if v["active"]]
+        for k in ids:
+            self.keys[k]["active"] = False
+        return ids
+
+
+def run(world: World, request: RunRequest, instance_id: str = "run1") -> tuple[dict[str, Any], FakeContext]:
+    context = FakeContext(instance_id, request.to_dict(), world.activities(),
+                          {orch.BATCH_ORCHESTRATOR: BATCH})
+    return drive(RUN, context), context
+
+
+def customers(n: int, amount: int = 2900) -> tuple[ChargeItem, ...]:
+    return tuple(ChargeItem(f"cus_{i}", amount, f"card_{i}") for i in range(n))
+
+
+def test_charges_everyone_within_budget_in_bounded_batches() -> None:
+    world = World()
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=200 * 2900, customers=customers(200)))
+    assert output["counts"]["charged"] == 200
+    assert output["spent_cents"] == 200 * 2900 == output["cap_cents"]
+    subs = [c for c in ctx.calls if c.kind == "sub"]
+    assert [len(c.input["items"]) for c in subs] == [50, 50, 50, 50]
+    # The first activity issues the spending key: label, cap and the one endpoint.
+    first = ctx.calls[0]
+    assert first.name == orch.ISSUE_KEY
+    assert first.input["label"] == "azure-durable/run1"
+    assert first.input["cap_cents"] == 580000
+    assert first.input["allowed_endpoints"] == ["POST /v1/payment_intents"]
+    # Idempotency keys are {instanceId}-{itemIndex}, unique across batches.
+    keys = [ChargeRequest.from_dict(c.input).idempotency_key for c in ctx.activity_calls(orch.CHARGE_CUSTOMER)]
+    assert keys == [f"run1-{i}" for i in range(200)]
+    # Keys revoked at the end, both labels; the output and statuses hold key ids only.
+    assert ctx.calls[-1].name == orch.REVOKE_KEYS
+    assert world.revoked_labels == [("azure-durable/run1", "azure-durable/run1/customers")]
+    assert "vk_" not in json.dumps(output) and "vk_" not in json.dumps(ctx.statuses)
+    assert output["key_ids"] == {"charge": "key0", "customers": None}
+    assert ctx.statuses[-1] == {"done": 200, "total": 200, "charged": 200, "spent_cents": 580000,
+                                "cap_cents": 580000, "stopped": None}
+
+
+def test_half_budget_charges_exactly_half_then_skips_the_rest() -> None:
+    world = World()
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=100 * 2900, customers=customers(200)))
+    assert output["counts"]["charged"] == 100
+    assert output["counts"]["cap_exceeded"] == 50  # the batch that hit the cap
+    assert output["counts"]["skipped"] == 50 and output["skipped_by_reason"] == {"cap_exceeded": 50}
+    assert output["spent_cents"] <= output["cap_cents"]
+    assert len([c for c in ctx.calls if c.kind == "sub"]) == 3  # no batch scheduled after the cap
+    assert output["stopped"] == "cap_exceeded"
+
+
+def test_a_declined_card_does_not_stop_the_run() -> None:
+    world = World(declined=frozenset({"cus_7"}))
+    output, _ = run(world, RunRequest("2026-06", budget_cents=10 * 2900, customers=customers(10)))
+    assert output["counts"]["declined"] == 1 and output["counts"]["charged"] == 9
+    assert [i["outcome"] for i in output["items"] if i["customer_id"] == "cus_7"] == ["declined"]
+
+
+def test_revoked_mid_run_stops_scheduling_and_skips_with_revoked() -> None:
+    world = World(revoke_after=30)
+    output, _ = run(world, RunRequest("2026-06", budget_cents=200 * 2900, customers=customers(200)))
+    assert output["counts"]["charged"] == 30
+    assert output["counts"]["revoked"] == 20
+    assert output["skipped_by_reason"] == {"revoked": 150}
+
+
+def test_a_batch_that_exhausts_retries_is_restarted_with_the_same_idempotency_keys() -> None:
+    world = World(fail_times={3: 1})
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
+    assert output["counts"]["charged"] == 10
+    subs = [c.instance_id for c in ctx.calls if c.kind == "sub"]
+    assert subs == ["run1:batch-0:1", "run1:batch-0:2", "run1:batch-1:1"]
+    # The restarted batch replayed its charged items instead of charging them again.
+    assert len(world.charged) == 10
+
+
+def test_a_batch_failing_every_attempt_is_reported_and_the_run_goes_on() -> None:
+    world = World(fail_times={3: 99})
+    output, _ = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
+    assert output["counts"]["transient_exhausted"] == 5
+    assert output["counts"]["charged"] == 5
+    assert [i["outcome"] for i in output["items"][5:]] == ["charged"] * 5
+
+
+def test_customers_by_query_use_a_read_only_key_and_the_fetched_list() -> None:
+    people = [{"id": f"cus_{i}", "metadata": {"plan": "pro" if i % 2 else "free"}, "default_source": f"card_{i}"}
+              for i in range(150)]
+    world = World(customers=people)
+    request = RunRequest("2026-06", budget_cents=100_000, customer_query=CustomerQuery({"plan": "pro"}, 500))
+    output, ctx = run(world, request)
+    issue_calls = ctx.activity_calls(orch.ISSUE_KEY)
+    assert [c.input["role"] for c in issue_calls] == ["charge", "customers"]
+    assert issue_calls[1].input["allowed_endpoints"] == ["GET /v1/customers", "GET /v1/customers/*"]
+    assert output["counts"]["charged"] == 75
+    assert output["key_ids"] == {"charge": "key0", "customers": "key1"}
+    charged = {i["customer_id"] for i in output["items"]}
+    assert charged == {f"cus_{i}" for i in range(1, 150, 2)}
+
+
+def test_given_customers_without_cards_are_resolved_first_for_payment_intents_only() -> None:
+    bare = tuple(ChargeItem(f"cus_{i}", 100) for i in range(3))
+    world = World()
+    world.fetch = lambda payload: {  # type: ignore[method-assign]
+        "items": [dict(i, payment_method="card_x") for i in payload["items"]], "failure_code": None}
+    _, ctx = run(world, RunRequest("2026-06", budget_cents=1000, customers=bare), "r2")
+    assert len(ctx.activity_calls(orch.FETCH_CUSTOMERS)) == 1
+    world2 = World()
+    _, ctx2 = run(world2, RunRequest("2026-06", budget_cents=1000, customers=bare, endpoint=Endpoint.CHARGES), "r3")
+    assert ctx2.activity_calls(orch.FETCH_CUSTOMERS) == []
+    assert ctx2.calls[0].input["allowed_endpoints"] == ["POST /v1/charges"]
+
+
+def test_keys_are_revoked_even_when_the_run_fails() -> None:
+    world = World()
+
+    def broken_fetch(payload: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("proxy down for good")
+
+    world.fetch = broken_fetch  # type: ignore[method-assign]
+    request = RunRequest("2026-06", budget_cents=1000, customer_query=CustomerQuery({"plan": "pro"}, 100))
+    with pytest.raises(RuntimeError, match="proxy down"):
+        run(world, request)
+    assert world.revoked_labels == [("azure-durable/run1", "azure-durable/run1/customers")]
+    assert not any(k["active"] for k in world.keys.values())
+
+
+def test_the_orchestrator_is_deterministic() -> None:
+    request = RunRequest("2026-06", budget_cents=120 * 2900, max_parallel=40, customers=customers(130))
+    out1, ctx1 = run(World(declined=frozenset({"cus_5"})), request)
+    out2, ctx2 = run(World(declined=frozenset({"cus_5"})), request)
+    assert out1 == out2
+    assert [(c.kind, c.name, c.input, c.instance_id) for c in ctx1.calls] == [
+        (c.kind, c.name, c.input, c.instance_id) for c in ctx2.calls
+    ]
+    assert ItemOutcome.SKIPPED.value in out1["counts"]

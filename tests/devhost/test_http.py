@@ -1,0 +1,165 @@
+"""devhost serving HTTP triggers: real HTTP against a devhost subprocess running tests/devhost/apps/http_app."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devhost.services import Service, start_devhost
+
+APP_DIR = Path(__file__).parent / "apps" / "http_app"
+KEY = "http-test-key-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def host(artifacts_dir: Path) -> Iterator[Service]:
+    log_path = artifacts_dir / "devhost-http-app.log"
+    log_path.unlink(missing_ok=True)
+    svc = start_devhost(APP_DIR, {"DEVHOST_FUNCTION_KEY": KEY}, log_path=log_path, ready_path="/api/items/special")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(host: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=host.url, timeout=30) as c:
+        yield c
+
+
+def test_literal_beats_int_beats_param_beats_catch_all(client: httpx.Client) -> None:
+    assert client.get("/api/items/special").json() == {"route": "literal"}
+    assert client.get("/api/items/42").json() == {"route": "int", "id": "42"}
+    assert client.get("/api/items/forty-two").json() == {"route": "param", "name": "forty-two"}
+    assert client.get("/api/items/a/b/c").json() == {"route": "catch-all", "rest": "a/b/c"}
+
+
+def test_optional_catch_all_and_constraints(client: httpx.Client) -> None:
+    assert client.get("/api/optional").json() == {"value": None}
+    assert client.get("/api/optional/7").json() == {"value": "7"}
+    assert client.get("/api/files").json() == {"path": None}
+    assert client.get("/api/files/x/y%20z.txt").json() == {"path": "x/y z.txt"}
+    guid = str(uuid.uuid4())
+    assert client.get(f"/api/guid/{guid}/abc").json() == {"g": guid, "kind": "abc"}
+    assert client.get(f"/api/guid/{guid}/abc1").status_code == 404  # alpha constraint
+    assert client.get("/api/guid/nope/abc").status_code == 404  # guid constraint
+    assert client.get("/api/named_function").text == "routed by function name"
+
+
+def test_unknown_route_is_404_json(client: httpx.Client) -> None:
+    resp = client.get("/api/no/such/route")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_wrong_method_is_405_with_allow(client: httpx.Client) -> None:
+    resp = client.post("/api/items/3")
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == "GET"
+    assert resp.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_request_round_trip_raw_body_query_headers_route_params(host: Service, client: httpx.Client) -> None:
+    body = bytes(range(256)) * 4
+    resp = client.put(
+        "/api/echo/tag-1?a=1&a=2&empty=&sp=x%20y",
+        content=body,
+        headers={"X-Test-Header": "hello", "Content-Type": "application/x-thing"},
+    )
+    assert resp.status_code == 201
+    assert resp.content == body
+    assert resp.headers["content-type"] == "application/octet-stream"
+    meta = json.loads(base64.b64decode(resp.headers["x-echo"]))
+    assert meta["method"] == "PUT"
+    assert meta["url"] == f"{host.url}/api/echo/tag-1?a=1&a=2&empty=&sp=x%20y"
+    assert meta["params"] == {"a": "1,2", "empty": "", "sp": "x y"}
+    assert meta["route_params"] == {"tag": "tag-1"}
+    assert meta["x_test"] == "hello"
+    assert meta["content_type"] == "application/x-thing"
+
+
+def test_chunked_request_body_arrives_whole(client: httpx.Client) -> None:
+    chunks = [b"abc", b"\x00\xff" * 1000, b"end"]
+    resp = client.post("/api/echo/chunked", content=iter(chunks))  # an iterator is sent chunked
+    assert resp.content == b"".join(chunks)
+
+
+def test_response_mimetype_charset_and_headers(client: httpx.Client) -> None:
+    resp = client.get("/api/text")
+    assert resp.headers["content-type"] == "text/html; charset=utf-8"
+    assert resp.headers["x-custom"] == "1"
+    assert resp.text == "<b>héllo</b>"
+    nothing = client.delete("/api/nothing")
+    assert nothing.status_code == 204 and nothing.content == b""
+
+
+def test_auth_levels(client: httpx.Client) -> None:
+    denied = client.get("/api/secure")
+    assert denied.status_code == 401
+    assert denied.json()["error"]["code"] == "function_key_required"
+    assert client.get("/api/secure", headers={"x-functions-key": "wrong"}).status_code == 401
+    assert client.get("/api/secure", params={"code": "wrong"}).status_code == 401
+    assert client.get("/api/secure", headers={"x-functions-key": KEY}).json() == {"secure": True}
+    assert client.get("/api/secure", params={"code": KEY}).json() == {"secure": True}
+    assert client.get("/api/admin-only").status_code == 401
+    assert client.get("/api/admin-only", headers={"x-functions-key": KEY}).json() == {"admin": True}
+    assert client.get("/api/items/special").status_code == 200  # anonymous needs no key
+
+
+def test_async_functions_share_one_loop_and_overlap(client: httpx.Client) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda n: client.get(f"/api/async/{n}"), range(16)))
+    assert [r.json()["double"] for r in results] == [n * 2 for n in range(16)]
+    assert len({r.json()["loop"] for r in results}) == 1
+
+
+def test_fifty_slow_sync_requests_run_concurrently(host: Service) -> None:
+    n = 50
+    with httpx.Client(base_url=host.url, timeout=60, limits=httpx.Limits(max_connections=n)) as c:
+        before = c.get("/api/slow/stats").json()["done"]
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(lambda _: c.get("/api/slow", params={"seconds": "1"}), range(n)))
+        stats = c.get("/api/slow/stats").json()
+    assert all(r.status_code == 200 for r in results)
+    assert stats["done"] - before == n
+    # Serial execution would show a peak of 1; threads overlapping show many in flight at once.
+    assert stats["peak"] >= 10, stats
+
+
+def test_unhandled_exception_is_generic_500_with_traceback_in_log(host: Service, client: httpx.Client) -> None:
+    resp = client.get("/api/boom")
+    assert resp.status_code == 500
+    assert resp.json()["error"]["code"] == "function_error"
+    assert "secret detail" not in resp.text
+    assert host.log_path is not None
+    log = host.log_path.read_text()
+    assert "Traceback" in log and "secret detail that must not reach the client" in log
+
+
+def test_durable_webhooks_without_durable_functions_are_404(client: httpx.Client) -> None:
+    resp = client.get("/runtime/webhooks/durabletask/instances/abc")
+    assert resp.status_code == 404
+
+
+def test_log_has_one_line_per_invocation_and_no_key(host: Service, client: httpx.Client) -> None:
+    marker = uuid.uuid4().hex
+    client.get(f"/api/items/{marker}", params={"code": KEY})
+    client.get("/api/secure", params={"code": KEY})
+    assert host.log_path is not None
+    log = host.log_path.read_text()
+    lines = [line for line in log.splitlines() if f"/api/items/{marker}" in line]
+    assert len(lines) == 1 and "item_by_name (http)" in lines[0] and "-> 200" in lines[0]
+    assert KEY not in log
+
+
+def test_sigterm_stops_cleanly_with_exit_0(artifacts_dir: Path) -> None:
+    svc = start_devhost(APP_DIR, {"DEVHOST_FUNCTION_KEY": KEY}, ready_path="/api/items/special")
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(15) == 0

@@ -1,0 +1,171 @@
+"""The proxy pipeline as a plain function, on real Azurite + localstripe, with an injected clock.
+
+These cover what needs a clock or a fault at a precise point; everything else is
+exercised over real HTTP in test_proxy_http.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from azure.data.tables import TableServiceClient
+
+from proxy.forward import ProxyDeps, ProxyResponse, handle_proxy_request
+from proxy.store import LedgerStore
+from tests.proxy.conftest import Domain, key_request, new_tag, pi_params, tagged_objects
+from tests.proxy.fault_upstream import FaultUpstream
+
+pytestmark = pytest.mark.integration
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def charge(deps: ProxyDeps, vault_key: str, params: dict[str, str], *, key: str | None = None,
+           at: datetime | None = None) -> ProxyResponse:
+    headers = {"Authorization": f"Bearer {vault_key}", "Content-Type": "application/x-www-form-urlencoded"}
+    if key:
+        headers["Idempotency-Key"] = key
+    return handle_proxy_request(deps, "POST", "v1/payment_intents", headers, urlencode(params).encode(), at)
+
+
+@pytest.fixture(scope="module")
+def fault(domain: Domain) -> Iterator[FaultUpstream]:
+    f = FaultUpstream(domain.localstripe.url, sleep_seconds=3)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def faulty(domain: Domain, fault: FaultUpstream) -> Iterator[ProxyDeps]:
+    """Pipeline deps whose Stripe is the fault injector (timeout 1 s)."""
+    http = httpx.Client(base_url=fault.url, timeout=1)
+    yield replace(domain.deps, stripe_http=http, ledger=None)  # type: ignore[arg-type]
+    fault.clear()
+    http.close()
+
+
+def test_replay_more_than_24_hours_later_touches_neither_cap_nor_stripe(domain: Domain) -> None:
+    k = domain.vault.issue(key_request(expires_in="40d"))
+    tag, t0 = new_tag(), now()
+    first = charge(domain.deps, k["vault_key"], pi_params(2900, tag), key="order-1", at=t0)
+    assert first.status == 200
+    later = charge(domain.deps, k["vault_key"], pi_params(2900, tag), key="order-1", at=t0 + timedelta(hours=25))
+    assert later.status == 200 and later.headers["Idempotent-Replayed"] == "true"
+    assert later.json()["id"] == first.json()["id"]
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 1
+    assert domain.vault.describe(k["key_id"])["total_spent_cents"] == 2900
+    # Past the retention period (30 days) the key is free again, as documented.
+    fresh = charge(domain.deps, k["vault_key"], pi_params(2900, tag), key="order-1", at=t0 + timedelta(days=31))
+    assert fresh.status == 200 and fresh.json()["id"] != first.json()["id"]
+
+
+def test_daily_window_is_a_utc_day_and_lifetime_cap_holds(domain: Domain) -> None:
+    k = domain.vault.issue(key_request(daily_usd_cap=50, total_usd_cap=80, expires_in="5d"))
+    tag, t0 = new_tag(), datetime.combine(now().date(), datetime.min.time(), UTC) + timedelta(hours=23, minutes=59)
+    assert charge(domain.deps, k["vault_key"], pi_params(4000, tag), at=t0).status == 200
+    denied = charge(domain.deps, k["vault_key"], pi_params(2000, tag), at=t0)
+    assert denied.status == 402 and denied.json()["error"]["code"] == "spend_cap_exceeded"
+    assert denied.headers["Stripe-Should-Retry"] == "false"
+    next_day = t0 + timedelta(minutes=2)
+    assert charge(domain.deps, k["vault_key"], pi_params(2000, tag, **{"metadata[n]": "b"}), at=next_day).status == 200
+    over_total = charge(domain.deps, k["vault_key"], pi_params(2500, tag, **{"metadata[n]": "c"}), at=next_day)
+    assert over_total.status == 402  # 6000 + 2500 > 8000 lifetime
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 2
+
+
+def test_expiry_takes_effect_on_the_next_request(domain: Domain) -> None:
+    k = domain.vault.issue(key_request(expires_in="1h"))
+    r = charge(domain.deps, k["vault_key"], pi_params(100, new_tag()), at=now() + timedelta(hours=1, seconds=1))
+    assert r.status == 401 and r.json()["error"]["code"] == "vault_key_expired"
+
+
+@pytest.mark.parametrize("mode", ["drop_after_forward", "500_after_forward", "sleep_after_forward"])
+def test_retry_after_an_ambiguous_outcome_settles_the_object_stripe_created(
+    domain: Domain, fault: FaultUpstream, faulty: ProxyDeps, mode: str
+) -> None:
+    k = domain.vault.issue(key_request(daily_usd_cap=100))
+    tag = new_tag()
+    fault.arm(mode)
+    first = charge(faulty, k["vault_key"], pi_params(2900, tag), key="amb-1")
+    assert first.status in (500, 502) and first.headers["Stripe-Should-Retry"] == "true"
+    assert domain.vault.describe(k["key_id"])["pending_cents"] == 2900  # still counts against the cap
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 1  # Stripe did create it
+    # An ambiguous record is not leased: the very next retry resolves it.
+    retry = charge(faulty, k["vault_key"], pi_params(2900, tag), key="amb-1", at=now() + timedelta(seconds=1))
+    assert retry.status == 200 and retry.headers.get("Idempotent-Replayed") == "true"
+    objects = tagged_objects(domain.localstripe.url, tag)
+    assert len(objects) == 1 and retry.json()["id"] == objects[0]["id"]
+    view = domain.vault.describe(k["key_id"])
+    assert (view["spent_cents"], view["pending_cents"]) == (2900, 0)
+
+
+def test_ambiguous_failure_where_stripe_did_nothing_is_forwarded_again(
+    domain: Domain, fault: FaultUpstream, faulty: ProxyDeps
+) -> None:
+    k = domain.vault.issue(key_request())
+    tag = new_tag()
+    fault.arm("refuse")
+    assert charge(faulty, k["vault_key"], pi_params(1500, tag), key="r-1").status == 500
+    assert tagged_objects(domain.localstripe.url, tag) == []
+    retry = charge(faulty, k["vault_key"], pi_params(1500, tag), key="r-1")
+    assert retry.status == 200 and len(tagged_objects(domain.localstripe.url, tag)) == 1
+    assert domain.vault.describe(k["key_id"])["spent_cents"] == 1500
+
+
+def test_admin_reconcile_resolves_ambiguous_reservations(domain: Domain, fault: FaultUpstream, faulty: ProxyDeps) -> None:
+    k = domain.vault.issue(key_request())
+    tag = new_tag()
+    fault.arm("drop_after_forward")
+    charge(faulty, k["vault_key"], pi_params(1000, tag), key="a")
+    fault.arm("refuse")
+    charge(faulty, k["vault_key"], pi_params(700, tag), key="b")
+    assert domain.vault.describe(k["key_id"])["pending_cents"] == 1700
+    result = domain.vault.reconcile(k["key_id"])
+    outcomes = sorted((r["idempotency_key"], r["outcome"]) for r in result["resolved"])
+    assert outcomes == [("a", "settled"), ("b", "released")]
+    view = domain.vault.describe(k["key_id"])
+    assert (view["spent_cents"], view["pending_cents"]) == (1000, 0)
+    replay = charge(faulty, k["vault_key"], pi_params(1000, tag), key="a")
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json()["id"] == tagged_objects(domain.localstripe.url, tag)[0]["id"]
+
+
+def test_a_crash_between_reserve_and_forward_is_in_use_then_recovered(domain: Domain) -> None:
+    k = domain.vault.issue(key_request())
+    tag, t0 = new_tag(), now()
+
+    def crash(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("process died")
+
+    crashing = replace(domain.deps, stripe_http=httpx.Client(transport=httpx.MockTransport(crash)), ledger=None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        charge(crashing, k["vault_key"], pi_params(800, tag), key="c-1", at=t0)
+    busy = charge(domain.deps, k["vault_key"], pi_params(800, tag), key="c-1", at=t0)
+    assert busy.status == 409 and busy.json()["error"]["code"] == "idempotency_key_in_use"
+    assert busy.headers["Stripe-Should-Retry"] == "true"
+    assert domain.vault.describe(k["key_id"])["pending_cents"] == 800
+    after_lease = t0 + domain.deps.lease + timedelta(seconds=1)
+    ok = charge(domain.deps, k["vault_key"], pi_params(800, tag), key="c-1", at=after_lease)
+    assert ok.status == 200 and len(tagged_objects(domain.localstripe.url, tag)) == 1
+    assert domain.vault.describe(k["key_id"])["spent_cents"] == 800
+
+
+def test_unreachable_ledger_fails_closed(domain: Domain, fault: FaultUpstream) -> None:
+    k = domain.vault.issue(key_request())
+    dead = TableServiceClient.from_connection_string(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + "a" * 88
+        + ";TableEndpoint=http://127.0.0.1:9/devstoreaccount1;", retry_total=0)
+    http = httpx.Client(base_url=fault.url, timeout=2)
+    before = len(fault.forwarded)
+    deps = ProxyDeps(LedgerStore(dead, domain.settings), http, domain.settings)
+    r = charge(deps, k["vault_key"], pi_params(100, new_tag()))
+    assert r.status == 503 and r.json()["error"]["code"] == "governance_unavailable"
+    assert r.headers["Stripe-Should-Retry"] == "true"
+    assert len(fault.forwarded) == before
