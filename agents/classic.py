@@ -85,11 +85,17 @@ def azure_function_tools(queue_service_endpoint: str, names: Iterable[str] = TOO
     tools = []
     for schema in function_tool_schemas(names):
         input_queue, output_queue = queue_names(schema["name"])
-        tools.append(AzureFunctionTool(
-            name=schema["name"],
-            description=schema["description"],
-            parameters=schema["parameters"],
-            input_queue=AzureFunctionStorageQueue(queue_name=input_queue, storage_service_endpoint=queue_service_endpoint),
-            output_queue=AzureFunctionStorageQueue(queue_name=output_queue, storage_service_endpoint=queue_service_endpoint),
-        ))
+        tools.append(
+            AzureFunctionTool(
+                name=schema["name"],
+                description=schema["description"],
+                parameters=schema["parameters"],
+                input_queue=AzureFunctionStorageQueue(
+                    queue_name=input_queue, storage_service_endpoint=queue_service_endpoint
+                ),
+                output_queue=AzureFunctionStorageQueue(
+                    queue_name=output_queue, storage_service_endpoint=queue_service_endpoint
+                ),
+            )
+        )
     return tools

@@ -27,11 +27,21 @@ from typing import Any, Protocol
 
 from azure.ai.agents.models import FunctionTool as ClassicFunctionTool
 from azure.ai.projects import AIProjectClient
-from azure.ai.projects.models import AgentVersionDetails, FunctionTool, PromptAgentDefinition
+from azure.ai.projects.models import (
+    AgentVersionDetails,
+    AzureFunctionBinding,
+    AzureFunctionDefinition,
+    AzureFunctionDefinitionFunction,
+    AzureFunctionStorageQueue,
+    AzureFunctionTool,
+    FunctionTool,
+    PromptAgentDefinition,
+)
 from azure.core.credentials import TokenCredential
 from openai import OpenAI
 
 from agents import messages
+from agents.queue_tools import queue_names
 from agents.tools import TOOL_FUNCTIONS, TOOL_NAMES, BillingTools
 
 DEFAULT_MAX_TOOL_ROUNDS = 6
@@ -68,8 +78,9 @@ def function_tool_schemas(names: Iterable[str] = TOOL_NAMES) -> list[dict[str, A
         params = fn["parameters"]
         properties = params.get("properties", {})
         for name, prop in properties.items():
-            if name not in params.get("required", []) and "null" not in prop["type"]:
-                prop["type"] = [prop["type"], "null"]
+            types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+            if name not in params.get("required", []) and "null" not in types:
+                prop["type"] = [*types, "null"]
         params["required"] = list(properties)
         params["additionalProperties"] = False
         schemas.append({"name": fn["name"], "description": fn["description"], "parameters": params})
@@ -78,8 +89,41 @@ def function_tool_schemas(names: Iterable[str] = TOOL_NAMES) -> list[dict[str, A
 
 def function_tools(names: Iterable[str] = TOOL_NAMES) -> list[FunctionTool]:
     """The tools as azure-ai-projects 2.x `FunctionTool` definitions (strict)."""
-    return [FunctionTool(name=s["name"], description=s["description"], parameters=s["parameters"], strict=True)
-            for s in function_tool_schemas(names)]
+    return [
+        FunctionTool(name=s["name"], description=s["description"], parameters=s["parameters"], strict=True)
+        for s in function_tool_schemas(names)
+    ]
+
+
+def azure_function_tools(queue_service_endpoint: str, names: Iterable[str] = TOOL_NAMES) -> list[AzureFunctionTool]:
+    """2.x `AzureFunctionTool`s for this app's queue-triggered tools (Foundry calls them; no loop needed).
+
+    `queue_service_endpoint` is the app's storage queue endpoint, e.g.
+    ``https://<account>.queue.core.windows.net``; queue names come from `agents.queue_tools`.
+    """
+    tools = []
+    for schema in function_tool_schemas(names):
+        input_queue, output_queue = queue_names(schema["name"])
+        tools.append(
+            AzureFunctionTool(
+                azure_function=AzureFunctionDefinition(
+                    function=AzureFunctionDefinitionFunction(
+                        name=schema["name"], description=schema["description"], parameters=schema["parameters"]
+                    ),
+                    input_binding=AzureFunctionBinding(
+                        storage_queue=AzureFunctionStorageQueue(
+                            queue_service_endpoint=queue_service_endpoint, queue_name=input_queue
+                        )
+                    ),
+                    output_binding=AzureFunctionBinding(
+                        storage_queue=AzureFunctionStorageQueue(
+                            queue_service_endpoint=queue_service_endpoint, queue_name=output_queue
+                        )
+                    ),
+                )
+            )
+        )
+    return tools
 
 
 def project_client(endpoint: str, credential: TokenCredential, **kwargs: Any) -> AIProjectClient:

@@ -28,18 +28,21 @@ MAX_AMOUNT_CENTS = 99_999_999  # Stripe's maximum for USD ($999,999.99)
 MAX_TEXT_LENGTH = 100
 CURRENCY = "usd"
 
-_MONTHS = {
-    name: index
-    for index, names in enumerate(
-        (
-            ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"),
-            ("may",), ("june", "jun"), ("july", "jul"), ("august", "aug"),
-            ("september", "sep", "sept"), ("october", "oct"), ("november", "nov"), ("december", "dec"),
-        ),
-        start=1,
-    )
-    for name in names
-}
+_MONTH_NAMES = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+_MONTHS = {n: i for i, name in enumerate(_MONTH_NAMES, start=1) for n in (name, name[:3])} | {"sept": 9}
 _YEAR_MONTH = re.compile(r"^(\d{4})[-/. ](\d{1,2})$")
 _MONTH_YEAR = re.compile(r"^(\d{1,2})[-/. ](\d{4})$")
 _NAMED_MONTH_YEAR = re.compile(r"^([a-z]+)\.?[-/ ,]*(\d{4})$")

@@ -94,7 +94,9 @@ REJECTED = (
     "The request was rejected: {detail}. Nothing was charged. Do not retry with the same arguments;"
     " tell the user what was rejected."
 )
-NOT_FOUND = "No charge with id {charge_id} exists. Check the id (from an earlier charge_stripe result) and do not guess."
+NOT_FOUND = (
+    "No charge with id {charge_id} exists. Check the id (from an earlier charge_stripe result) and do not guess."
+)
 NO_PAYMENT_METHOD = (
     "The customer has no saved payment method, so nothing was charged. Do not retry; tell the user that"
     " the customer needs to add a card first."

@@ -127,10 +127,13 @@ class BillingTools:
             raise ToolConfigurationError(f"set {BILLING_KEY} (billing agent) and/or {AUDIT_KEY} (supervisor, audit)")
         self.payment_method = payment_method
         charge_key, lookup_key = billing or audit or "", audit or billing or ""
-        self._charge = ProxyClient(proxy_url, charge_key, http=http, max_retries=max_retries,
-                                   backoff_seconds=backoff_seconds)
-        self._lookup = self._charge if lookup_key == charge_key else ProxyClient(
-            proxy_url, lookup_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds
+        self._charge = ProxyClient(
+            proxy_url, charge_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds
+        )
+        self._lookup = (
+            self._charge
+            if lookup_key == charge_key
+            else ProxyClient(proxy_url, lookup_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds)
         )
 
     @classmethod
@@ -155,7 +158,9 @@ class BillingTools:
         self.close()
 
     # --- the tools --------------------------------------------------------------------
-    def charge_stripe(self, customer_id: str, amount_cents: int, billing_period: str, invoice_id: str | None = None) -> str:
+    def charge_stripe(
+        self, customer_id: str, amount_cents: int, billing_period: str, invoice_id: str | None = None
+    ) -> str:
         """Charge `customer_id` once for `billing_period`; see the module-level function."""
         try:
             args = ChargeArgs.parse(customer_id, amount_cents, billing_period, invoice_id)
@@ -168,13 +173,15 @@ class BillingTools:
             payment_method, refusal = self._payment_method_for(args.customer_id)
             if refusal is not None:
                 return refusal
-            result = self._charge.post("/v1/payment_intents", payment_intent_params(args, payment_method),
-                                       idempotency_key=key)
-            return self._charge_output(result, args, key)
+            result = self._charge.post(
+                "/v1/payment_intents", payment_intent_params(args, payment_method), idempotency_key=key
+            )
+            return self._charge_output(result, key)
         except Exception as exc:  # never raise into the agent framework
             log.exception("charge_stripe failed unexpectedly (idempotency key %s)", key)
-            return messages.error_output("internal_error", messages.INTERNAL_ERROR.format(detail=type(exc).__name__),
-                                         idempotency_key=key)
+            return messages.error_output(
+                "internal_error", messages.INTERNAL_ERROR.format(detail=type(exc).__name__), idempotency_key=key
+            )
 
     def get_charge_status(self, charge_id: str) -> str:
         """Look up one payment (pi_…) or charge (ch_…) read-only; see the module-level function."""
@@ -185,8 +192,9 @@ class BillingTools:
                 f"charge_id must be a payment id like pi_… (or a charge id like ch_…), got {charge_id!r}.",
             )
         path = f"/v1/payment_intents/{text}" if text.startswith("pi_") else f"/v1/charges/{text}"
-        return self._read(path, None, lambda body: {**_payment_summary(body), "message": _status_message(body)},
-                          charge_id=text)
+        return self._read(
+            path, None, lambda body: {**_payment_summary(body), "message": _status_message(body)}, charge_id=text
+        )
 
     def list_customer_charges(self, customer_id: str) -> str:
         """List a customer's recent charges read-only; see the module-level function."""
@@ -196,33 +204,43 @@ class BillingTools:
 
         def shape(body: Mapping[str, Any]) -> dict[str, Any]:
             charges = [_payment_summary(c) for c in body.get("data") or []]
-            return {"customer_id": text, "charges": charges, "has_more": bool(body.get("has_more")),
-                    "message": f"{len(charges)} recent charge(s), newest first. Each payment_intent id works with get_charge_status."}
+            return {
+                "customer_id": text,
+                "charges": charges,
+                "has_more": bool(body.get("has_more")),
+                "message": f"{len(charges)} recent charge(s), newest first. Each payment_intent id works with get_charge_status.",
+            }
 
         return self._read("/v1/charges", {"customer": text, "limit": 20}, shape, customer_id=text)
 
     def call(self, name: str, arguments: str | Mapping[str, Any] | None) -> str:
         """Run the tool `name` with the model's JSON `arguments`; never raises (for the run loops)."""
         if name not in TOOL_NAMES:
-            return messages.error_output("unknown_tool", f"There is no tool named {name!r}; use one of {', '.join(TOOL_NAMES)}.")
+            return messages.error_output(
+                "unknown_tool", f"There is no tool named {name!r}; use one of {', '.join(TOOL_NAMES)}."
+            )
         try:
             parsed = json.loads(arguments) if isinstance(arguments, str | bytes) else dict(arguments or {})
             if not isinstance(parsed, dict):
                 raise TypeError("arguments must be a JSON object")
             bound = inspect.signature(getattr(self, name)).bind(**parsed)
         except (ValueError, TypeError) as exc:
-            return messages.error_output("invalid_arguments", f"Arguments for {name} are unusable: {exc}. Nothing was done.")
+            return messages.error_output(
+                "invalid_arguments", f"Arguments for {name} are unusable: {exc}. Nothing was done."
+            )
         output: str = getattr(self, name)(*bound.args, **bound.kwargs)
         return output
 
     # --- shaping answers -----------------------------------------------------------------
-    def _charge_output(self, result: ProxyResult, args: ChargeArgs, key: str) -> str:
+    def _charge_output(self, result: ProxyResult, key: str) -> str:
         if result.outcome is Outcome.SUCCEEDED:
             body = {**_payment_summary(result.body), "idempotency_key": key, "replayed": result.replayed}
             status = body.get("status")
             if status != "succeeded":
-                body["message"] = (f"The payment exists but its status is {status!r}, so it is not paid yet. "
-                                   "Do not charge again; tell the user.")
+                body["message"] = (
+                    f"The payment exists but its status is {status!r}, so it is not paid yet. "
+                    "Do not charge again; tell the user."
+                )
             else:
                 body["message"] = messages.ALREADY_CHARGED if result.replayed else messages.CHARGED
             return json.dumps(body)
@@ -234,11 +252,15 @@ class BillingTools:
         if result.outcome is Outcome.DECLINED:
             return messages.error_output(result.code or "card_declined", messages.DECLINED, idempotency_key=key)
         if result.outcome is Outcome.TRANSIENT:
-            return messages.error_output(result.code or "upstream_unavailable",
-                                         messages.TRANSIENT_CHARGE.format(detail=_detail(result)),
-                                         retryable=True, idempotency_key=key)
-        return messages.error_output(result.code or "invalid_request", messages.REJECTED.format(detail=_detail(result)),
-                                     idempotency_key=key)
+            return messages.error_output(
+                result.code or "upstream_unavailable",
+                messages.TRANSIENT_CHARGE.format(detail=_detail(result)),
+                retryable=True,
+                idempotency_key=key,
+            )
+        return messages.error_output(
+            result.code or "invalid_request", messages.REJECTED.format(detail=_detail(result)), idempotency_key=key
+        )
 
     def _payment_method_for(self, customer_id: str) -> tuple[str, str | None]:
         """(the customer's saved payment method, None) or ("", the error output that ends the charge)."""
@@ -247,22 +269,32 @@ class BillingTools:
         answer = self._lookup.get(f"/v1/customers/{customer_id}")
         if answer.outcome is Outcome.SUCCEEDED and not answer.body.get("deleted"):
             saved = (answer.body.get("invoice_settings") or {}).get("default_payment_method") or answer.body.get(
-                "default_source")
+                "default_source"
+            )
             if isinstance(saved, str) and saved:
                 return saved, None
             return "", messages.error_output("no_payment_method", messages.NO_PAYMENT_METHOD)
         if answer.outcome is Outcome.TRANSIENT:
-            return "", messages.error_output(answer.code or "upstream_unavailable",
-                                             messages.TRANSIENT_CHARGE.format(detail=_detail(answer)), retryable=True)
+            return "", messages.error_output(
+                answer.code or "upstream_unavailable",
+                messages.TRANSIENT_CHARGE.format(detail=_detail(answer)),
+                retryable=True,
+            )
         if stop_code := _stop_code(answer):  # billing is switched off either way
             return "", messages.error_output(stop_code, "")
         if answer.status == 404 or answer.outcome is Outcome.SUCCEEDED:
             return "", messages.error_output("not_found", messages.NO_CUSTOMER.format(customer_id=customer_id))
-        return "", messages.error_output(answer.code or "lookup_refused",
-                                         messages.CARD_UNREADABLE.format(detail=_detail(answer)), stop=False)
+        return "", messages.error_output(
+            answer.code or "lookup_refused", messages.CARD_UNREADABLE.format(detail=_detail(answer)), stop=False
+        )
 
-    def _read(self, path: str, params: Mapping[str, Any] | None, shape: Callable[[Mapping[str, Any]], dict[str, Any]],
-              **context: str) -> str:
+    def _read(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None,
+        shape: Callable[[Mapping[str, Any]], dict[str, Any]],
+        **context: str,
+    ) -> str:
         try:
             result = self._lookup.get(path, params)
             if result.outcome is Outcome.SUCCEEDED:
@@ -270,14 +302,19 @@ class BillingTools:
             if result.outcome is Outcome.FORBIDDEN:
                 return messages.error_output(result.code or "endpoint_not_allowed", messages.NOT_ALLOWED_TO_READ)
             if result.outcome is Outcome.TRANSIENT:
-                return messages.error_output(result.code or "upstream_unavailable",
-                                             messages.TRANSIENT_READ.format(detail=_detail(result)), retryable=True)
+                return messages.error_output(
+                    result.code or "upstream_unavailable",
+                    messages.TRANSIENT_READ.format(detail=_detail(result)),
+                    retryable=True,
+                )
             if result.status == 404 and "charge_id" in context:
                 return messages.error_output("not_found", messages.NOT_FOUND.format(charge_id=context["charge_id"]))
             # A revoked or expired *audit* key ends lookups, not billing: no STOP here.
-            return messages.error_output(result.code or "invalid_request",
-                                         f"The lookup was refused: {_detail(result)}. Do not retry; tell the user.",
-                                         stop=False)
+            return messages.error_output(
+                result.code or "invalid_request",
+                f"The lookup was refused: {_detail(result)}. Do not retry; tell the user.",
+                stop=False,
+            )
         except Exception as exc:  # never raise into the agent framework
             log.exception("lookup %s failed unexpectedly", path)
             return messages.error_output("internal_error", f"The lookup failed unexpectedly ({type(exc).__name__}).")
@@ -285,8 +322,11 @@ class BillingTools:
 
 def _stop_code(result: ProxyResult) -> str | None:
     """The STOP code for a charge refusal that ends billing (cap spent, key revoked/expired/unknown)."""
-    by_outcome = {Outcome.CAP_EXCEEDED: "spend_cap_exceeded", Outcome.REVOKED: "vault_key_revoked",
-                  Outcome.EXPIRED: "vault_key_expired"}
+    by_outcome = {
+        Outcome.CAP_EXCEEDED: "spend_cap_exceeded",
+        Outcome.REVOKED: "vault_key_revoked",
+        Outcome.EXPIRED: "vault_key_expired",
+    }
     if result.outcome in by_outcome:
         return by_outcome[result.outcome]
     if result.code == "vault_key_invalid":
@@ -323,7 +363,7 @@ def default_tools() -> BillingTools:
 def _with_default_tools(run: Callable[[BillingTools], str]) -> str:
     try:
         tools = default_tools()
-    except (ToolConfigurationError, MissingSettingError, ValueError) as exc:
+    except Exception as exc:  # ToolConfigurationError, a malformed setting…: answer, never raise
         log.error("agent tools are not configured: %s", exc)
         return messages.error_output("configuration_error", str(exc))
     return run(tools)

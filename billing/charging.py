@@ -63,13 +63,16 @@ class ProxyCaller(Protocol):
 
 
 def charge_params(request: ChargeRequest) -> dict[str, Any]:
-    """The Stripe form parameters of one charge (nested keys are encoded by the client)."""
+    """The Stripe form parameters of one charge (nested keys are encoded by the client).
+
+    The metadata ties every Stripe object to its run and item (localstripe refuses a
+    `description` on payment intents, so none is sent).
+    """
     item = request.item
     params: dict[str, Any] = {
         "amount": item.amount_cents,
         "currency": "usd",
         "customer": item.customer_id,
-        "description": f"spendgate billing {request.billing_period}",
         "metadata": {
             "billing_period": request.billing_period,
             "orchestration_id": request.orchestration_id,
@@ -85,8 +88,12 @@ def charge_customer(client: ProxyCaller, request: ChargeRequest) -> ItemResult:
     """Charge one customer once; returns the terminal outcome or raises TransientChargeError."""
     item = request.item
     if request.endpoint is Endpoint.PAYMENT_INTENTS and not item.payment_method:
-        return _result(request, ItemOutcome.INVALID, code="no_payment_method",
-                       reason="the customer has no default card to confirm a payment intent with")
+        return _result(
+            request,
+            ItemOutcome.INVALID,
+            code="no_payment_method",
+            reason="the customer has no default card to confirm a payment intent with",
+        )
     answer = client.post(f"/v1/{request.endpoint}", charge_params(request), idempotency_key=request.idempotency_key)
     return interpret(request, answer)
 
@@ -98,8 +105,14 @@ def interpret(request: ChargeRequest, answer: ProxyResult) -> ItemResult:
     if answer.outcome is Outcome.SUCCEEDED:
         status = answer.body.get("status")
         if request.endpoint is Endpoint.PAYMENT_INTENTS and status not in ("succeeded", "processing"):
-            return _result(request, ItemOutcome.DECLINED, object_id=answer.object_id, code=str(status),
-                           reason=f"payment intent ended {status}", replayed=answer.replayed)
+            return _result(
+                request,
+                ItemOutcome.DECLINED,
+                object_id=answer.object_id,
+                code=str(status),
+                reason=f"payment intent ended {status}",
+                replayed=answer.replayed,
+            )
         return _result(request, ItemOutcome.CHARGED, object_id=answer.object_id, replayed=answer.replayed)
     outcome = _TERMINAL.get(answer.outcome, ItemOutcome.INVALID)
     if outcome is ItemOutcome.INVALID and answer.status == 402 and answer.code in DECLINE_CODES:

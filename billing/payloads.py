@@ -266,8 +266,9 @@ class BatchRequest:
 
     def charges(self) -> list[ChargeRequest]:
         return [
-            ChargeRequest(item, self.first_index + n, self.orchestration_id, self.vault_key, self.endpoint,
-                          self.billing_period)
+            ChargeRequest(
+                item, self.first_index + n, self.orchestration_id, self.vault_key, self.endpoint, self.billing_period
+            )
             for n, item in enumerate(self.items)
         ]
 

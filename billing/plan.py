@@ -30,9 +30,13 @@ CUSTOMER_READ_ENDPOINTS: tuple[str, ...] = ("GET /v1/customers", "GET /v1/custom
 READ_KEY_CAP_CENTS = 100
 # Larger runs keep only the items that were not charged in the output (history size).
 MAX_ITEMS_IN_OUTPUT = 1000
-# How many times a whole batch sub-orchestration is started again after it failed
-# (an activity ran out of retries). Safe: every charge reuses its idempotency key.
-BATCH_ATTEMPTS = 2
+# Durable-timer pauses before a failed batch sub-orchestration (an activity ran out of
+# retries) is started again: safe, since every charge reuses its idempotency key. The
+# pauses must outlast the proxy's in-flight lease (2 x SPENDGATE_STRIPE_TIMEOUT_SECONDS
+# + 10 s = 70 s by default): a request abandoned by a crashed host answers 409
+# idempotency_key_in_use until the lease ends, then a retry takes it over.
+BATCH_RETRY_DELAYS_SECONDS: tuple[int, ...] = (30, 60, 120)
+BATCH_ATTEMPTS = len(BATCH_RETRY_DELAYS_SECONDS) + 1
 
 
 def charge_label(instance_id: str) -> str:
@@ -95,7 +99,7 @@ class RunPlan:
                 endpoint=self.run.endpoint,
                 billing_period=self.run.billing_period,
                 first_index=start,
-                items=tuple(items[start:start + size]),
+                items=tuple(items[start : start + size]),
             )
 
     def batch_instance_id(self, batch_no: int, attempt: int) -> str:
@@ -122,8 +126,13 @@ def skipped(batch: BatchRequest, reason: ItemOutcome | str) -> list[ItemResult]:
 def exhausted(batch: BatchRequest) -> list[ItemResult]:
     """Results for a batch whose sub-orchestration failed every attempt (charges unconfirmed)."""
     return [
-        ItemResult(c.item_index, c.item.customer_id, c.item.amount_cents, ItemOutcome.TRANSIENT_EXHAUSTED,
-                   reason="still failing after all retries; the proxy's audit log is the record")
+        ItemResult(
+            c.item_index,
+            c.item.customer_id,
+            c.item.amount_cents,
+            ItemOutcome.TRANSIENT_EXHAUSTED,
+            reason="still failing after all retries; the proxy's audit log is the record",
+        )
         for c in batch.charges()
     ]
 

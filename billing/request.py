@@ -16,8 +16,16 @@ from core.errors import SpendgateError
 from proxy.policy import parse_duration
 
 FIELDS = frozenset(
-    {"billing_period", "customers", "customer_query", "budget_usd", "max_parallel", "expires_in", "endpoint",
-     "instance_id"}
+    {
+        "billing_period",
+        "customers",
+        "customer_query",
+        "budget_usd",
+        "max_parallel",
+        "expires_in",
+        "endpoint",
+        "instance_id",
+    }
 )
 MAX_CUSTOMERS = 10_000
 MAX_PARALLEL = 500  # bounds one batch sub-orchestration's history (see docs/billing.md)
@@ -83,7 +91,9 @@ def _budget(value: Any) -> int:
         raise _invalid("budget_usd", "budget_usd must be a number of US dollars") from None
     cents = dollars * 100
     if not dollars.is_finite() or dollars <= 0 or dollars > MAX_BUDGET_USD or cents != cents.to_integral_value():
-        raise _invalid("budget_usd", f"budget_usd must be more than 0, at most {MAX_BUDGET_USD}, with at most 2 decimals")
+        raise _invalid(
+            "budget_usd", f"budget_usd must be more than 0, at most {MAX_BUDGET_USD}, with at most 2 decimals"
+        )
     return int(cents)
 
 

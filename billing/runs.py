@@ -20,8 +20,9 @@ _FINISHED = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
 class DurableClient(Protocol):
     """The part of `azure.durable_functions.DurableOrchestrationClient` used here."""
 
-    async def start_new(self, orchestration_function_name: str, instance_id: str | None = None,
-                        client_input: Any = None) -> str: ...
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any = None
+    ) -> str: ...
 
     async def get_status(self, instance_id: str) -> Any: ...
 
@@ -42,7 +43,8 @@ async def start_run(client: DurableClient, run: RunRequest, instance_id: str | N
     """Start a run; an instance id that already exists answers 409 `run_exists` (bills no one)."""
     if instance_id is not None and await _existing(client, instance_id) is not None:
         raise SpendgateError(
-            "run_exists", f"billing run {instance_id} already exists; GET /api/billing/runs/{instance_id}",
+            "run_exists",
+            f"billing run {instance_id} already exists; GET /api/billing/runs/{instance_id}",
             param="instance_id",
         )
     return await client.start_new(ORCHESTRATOR, instance_id, run.to_dict())

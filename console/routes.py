@@ -8,6 +8,7 @@ like the others (function auth), answered from the Durable client's instance que
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
@@ -61,14 +62,13 @@ def _status_dict(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
 async def list_billing_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """`GET /api/billing/runs?limit=&continuation=`: billing runs, newest first, a page at a time."""
     try:
-        limit = runs.parse_limit(req.params.get("limit"))
-        runs.decode_continuation(req.params.get("continuation"))  # reject a bad token before the query
-        statuses = await client.get_status_all()
-        body = runs.page_runs(
-            (_status_dict(s) for s in statuses),
+        body = await runs.fetch_page(
+            client,
             BILLING_ORCHESTRATOR,
-            limit=limit,
+            _status_dict,
+            limit=runs.parse_limit(req.params.get("limit")),
             continuation=req.params.get("continuation"),
+            now=datetime.now(UTC),
         )
     except SpendgateError as err:
         return _error(err)

@@ -1,8 +1,10 @@
 """Listing billing runs a page at a time, for the console.
 
-The Durable client answers "all instances" in one list (sub-orchestrations and other
-orchestrators included), so this module keeps only the billing runs, orders them newest
-first and cuts a page. The continuation token is the position of the last row shown
+The Durable client answers instance queries in one list (sub-orchestrations, other
+orchestrators and every output included), so `fetch_page` asks only for a window of
+creation times that holds the page (widening it from the last hour until it does) and
+`page_runs` keeps the billing runs, orders them newest first and cuts the page. With
+1,000 runs a page therefore reads about the runs it shows, not the whole task hub. The continuation token is the position of the last row shown
 (created time + instance id), not an offset, so runs started meanwhile never shift or
 repeat rows on the next page. Rows are summaries: per-item results stay with
 `GET /api/billing/runs/{id}`, so a page of 1,000-customer runs stays small.
@@ -13,14 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from core.errors import SpendgateError
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 100
+FIRST_WINDOW = timedelta(hours=1)
+WIDEST_WINDOW = timedelta(days=400)  # past this, one unbounded query (few runs exist at all)
 # Output fields worth a row in a list (everything but the per-item results).
 _SUMMARY_FIELDS = ("label", "total", "counts", "skipped_by_reason", "spent_cents", "cap_cents", "stopped", "billing_period")
 
@@ -99,3 +103,41 @@ def page_runs(
         last = page[-1]
         token = encode_continuation(last["created_time"], last["instance_id"] or "")
     return {"data": page, "continuation": token}
+
+
+class InstanceQueries(Protocol):
+    """The part of the Durable client used here (`DurableOrchestrationClient`)."""
+
+    def get_status_by(
+        self, created_time_from: datetime | None = None, created_time_to: datetime | None = None
+    ) -> Awaitable[list[Any]]: ...
+
+    def get_status_all(self) -> Awaitable[list[Any]]: ...
+
+
+async def fetch_page(
+    client: InstanceQueries,
+    orchestrator: str,
+    to_dict: Callable[[Any], Mapping[str, Any]],
+    *,
+    limit: int,
+    continuation: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A page of runs, querying only as far back in creation time as the page needs."""
+    after = decode_continuation(continuation)
+    # Created times come back to the second: the window's end includes the whole second.
+    end = (datetime.fromisoformat(after[0].replace("Z", "+00:00")) if after else now) + timedelta(seconds=1)
+    end = end.astimezone(UTC).replace(tzinfo=None)
+    window = FIRST_WINDOW
+    while True:
+        if window > WIDEST_WINDOW:
+            statuses = [to_dict(s) for s in await client.get_status_all()]
+        else:
+            found = await client.get_status_by(created_time_from=end - window, created_time_to=end)
+            statuses = [to_dict(s) for s in found]
+        page = page_runs(statuses, orchestrator, limit=limit, continuation=continuation)
+        # A full page plus one more run proves the window held everything this page needs.
+        if page["continuation"] is not None or window > WIDEST_WINDOW:
+            return page
+        window *= 8

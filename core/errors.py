@@ -107,3 +107,49 @@ class SpendgateError(Exception):
 
     def to_json(self) -> str:
         return json.dumps(self.body())
+
+
+def render_markdown() -> str:
+    """docs/errors.md, generated from CATALOG (a test keeps the file in step)."""
+    lines = [
+        "# Error codes",
+        "",
+        "<!-- Generated from core/errors.py by `python -m core.errors > docs/errors.md`; do not edit by hand. -->",
+        "",
+        "Every error spendgate answers with is Stripe-shaped, so Stripe clients raise the matching",
+        "exception (stripe-python: 400/404 → `InvalidRequestError` or `IdempotencyError`, 401 →",
+        "`AuthenticationError`, 402 → `CardError`, 403 → `PermissionError`, others → `APIError`):",
+        "",
+        "```json",
+        '{"error": {"type": "card_error", "code": "spend_cap_exceeded", "message": "…", "param": "amount"}}',
+        "```",
+        "",
+        "Each answer carries `Stripe-Should-Retry: true|false`, which stripe-python obeys. Only the",
+        "codes marked retryable are safe to retry, and only with the same `Idempotency-Key`.",
+        "",
+        "| code | HTTP | type | retry | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for kind in CATALOG.values():
+        lines.append(f"| `{kind.code}` | {kind.status} | `{kind.type}` | {'yes' if kind.retryable else 'no'} | {kind.summary} |")
+    lines += [
+        "",
+        "## Why 402 for a spent cap",
+        "",
+        "A spent cap is final until the window turns or an admin raises the cap. stripe-python maps",
+        "402 to `CardError` and never retries it, while 429 and 409 are retried by stripe-python and",
+        "many HTTP clients. So `spend_cap_exceeded` is 402 with `Stripe-Should-Retry: false`.",
+        "",
+        "## Answers that come from Stripe",
+        "",
+        "Errors Stripe itself returns (a card decline, `resource_missing`, …) pass through unchanged,",
+        "with `Stripe-Should-Retry: false` for definite 4xx answers and `true` for 409, 429 and 5xx.",
+        "An ambiguous upstream failure (timeout, connection lost) is answered `upstream_unavailable`",
+        "(502, retryable): a retry with the same `Idempotency-Key` resolves it without a second charge.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -1,4 +1,4 @@
-"""`python -m devhost [--port 7071] [--app-dir DIR]`: run a function app locally.
+"""`python -m devhost [--port 7071] [--app-dir DIR] [--no-local-settings]`: run a function app locally.
 
 Logs go to stderr, one line per invocation. SIGTERM or Ctrl-C stops accepting
 requests, stops the durable engine and exits 0.
@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devhost", description="Run an Azure Functions Python app locally.")
     parser.add_argument("--port", type=int, default=7071)
     parser.add_argument("--app-dir", type=Path, default=Path.cwd())
+    parser.add_argument(
+        "--no-local-settings",
+        action="store_true",
+        help="ignore local.settings(.sample).json: the environment alone configures the app (tests use this)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     log = logging.getLogger("devhost")
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    host = Host(args.app_dir, args.port)
+    host = Host(args.app_dir, args.port, use_local_settings=not args.no_local_settings)
     try:
         host.start()
     except DurableEngineUnavailable as exc:

@@ -41,9 +41,17 @@ class DurableEngineUnavailable(RuntimeError):
 class Host:
     """One running devhost: `start()`, then `stop()` (idempotent)."""
 
-    def __init__(self, app_dir: Path, port: int = 7071, environ: MutableMapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        app_dir: Path,
+        port: int = 7071,
+        environ: MutableMapping[str, str] = os.environ,
+        *,
+        use_local_settings: bool = True,
+    ) -> None:
         self.app_dir = app_dir.resolve()
         self.port = port
+        self.use_local_settings = use_local_settings
         self.environ = environ
         self.config: HostConfig = load_host_config(self.app_dir)
         self.index: FunctionIndex | None = None
@@ -53,10 +61,12 @@ class Host:
         self.queues = QueueClients()
 
     def start(self) -> None:
-        settings_file, values = load_local_settings(self.app_dir)
+        settings_file, values = load_local_settings(self.app_dir) if self.use_local_settings else (None, {})
         apply_settings(values, self.environ)
         self.environ.setdefault("WEBSITE_HOSTNAME", f"127.0.0.1:{self.port}")
-        log.info("settings from %s", settings_file or "the environment only")
+        log.info(
+            "settings from %s", f"{settings_file} and the environment" if settings_file else "the environment only"
+        )
 
         self.index = index = load_function_app(self.app_dir)
         for fn in index.functions.values():

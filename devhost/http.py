@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
-from devhost.invoke import Invoker, log_invocation
+from devhost.invoke import Invoker, log_invocation, sent_summary
 from devhost.loader import FunctionIndex, FunctionInfo
 from devhost.routes import RouteTemplate, split_path
 
@@ -195,7 +195,7 @@ class HttpHost:
             str(status),
             _ms(started),
             instance_id=_instance_id(fn, headers, payload),
-            detail=f"{request.method} {_path(request)}",
+            detail=f"{request.method} {_path(request)} {sent_summary(invocation.sent)}".rstrip(),
         )
         return status, headers, payload
 
@@ -256,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     server_version = "devhost"
+    timeout = 300  # idle keep-alive connections end eventually instead of pinning a thread forever
 
     def _handle(self) -> None:
         try:

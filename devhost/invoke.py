@@ -279,3 +279,8 @@ def log_invocation(
     instance = f" instance={instance_id}" if instance_id else ""
     extra = f" {detail}" if detail else ""
     log.info("%s (%s)%s -> %s in %.0f ms%s", function, trigger, instance, outcome, duration_ms, extra)
+
+
+def sent_summary(sent: Mapping[str, int]) -> str:
+    """`sent queue-a:2 queue-b:1` for the invocation log line ("" when nothing was sent)."""
+    return "sent " + " ".join(f"{q}:{n}" for q, n in sent.items()) if sent else ""

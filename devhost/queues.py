@@ -24,7 +24,7 @@ from azure.functions.queue import QueueMessage as FuncQueueMessage
 from azure.storage.queue import QueueClient, QueueMessage
 
 from devhost.config import QueueOptions, resolve_binding_expression, storage_connection_string
-from devhost.invoke import Invoker, log_invocation
+from devhost.invoke import Invoker, log_invocation, sent_summary
 from devhost.loader import FunctionInfo
 from devhost.queue_io import QueueClients, decode_message
 
@@ -85,6 +85,9 @@ class QueueTriggerListener:
             except AzureError as exc:
                 log.warning("queue %s: polling failed (%s); retrying", self.queue_name, type(exc).__name__)
                 got = 0
+            except Exception:  # never let the poller die: log and keep polling
+                log.exception("queue %s: polling failed; retrying", self.queue_name)
+                got = 0
             # Busy: poll again almost at once. Idle: back off, doubling, to the max interval.
             delay = 0.0 if got else min(max(delay * 2, MIN_POLL_SECONDS), max_delay)
             if delay:
@@ -135,7 +138,7 @@ class QueueTriggerListener:
             pop_receipt=msg.pop_receipt,
         )
         try:
-            self.invoker.invoke(self.fn, trigger)
+            invocation = self.invoker.invoke(self.fn, trigger)
         except Exception:
             log.exception(
                 "function %s failed on message %s (dequeue count %s)", self.fn.name, msg.id, msg.dequeue_count
@@ -153,7 +156,9 @@ class QueueTriggerListener:
                 )
             return
         self._delete(msg)
-        log_invocation(self.fn.name, f"queue {self.queue_name}", "ok", _ms(started))
+        log_invocation(
+            self.fn.name, f"queue {self.queue_name}", "ok", _ms(started), detail=sent_summary(invocation.sent)
+        )
 
     def _poison(self, msg: QueueMessage) -> None:
         self.poison_client.send_message(_text(msg.content))

@@ -139,7 +139,7 @@ def start_azurite(
     """Start Azurite (blob, queue, table); `extra["connection_string"]` reaches it."""
     blob, queue, table = ports or (free_port(), free_port(), free_port())
     args = [
-        azurite_binary(), "--silent", "--skipApiVersionCheck", "--loose",
+        azurite_binary(), "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry",
         "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
         "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table),
     ]
@@ -157,11 +157,22 @@ def start_azurite(
                    {"connection_string": conn, "blob_port": str(blob), "queue_port": str(queue)})
 
 
+# localstripe pickles its whole store to the fixed path /tmp/localstripe.pickle after every
+# write and reloads it at start unless --from-scratch. Shared by every instance on the
+# machine, that file leaks objects between runs (breaking object counts) and, written by
+# concurrent instances, ends up truncated so the next start dies with EOFError. Each
+# instance here starts empty and keeps its store in memory only (which also spares the
+# O(store size) pickling on every write).
+_LOCALSTRIPE_BOOT = (
+    "import localstripe.resources as r; r.Store.dump_to_disk = lambda self: None; "
+    "from localstripe.server import start; start()"
+)
+
+
 def start_localstripe(*, port: int | None = None, log_path: Path | None = None) -> Service:
-    """Start localstripe (a stateful fake Stripe) on `port`."""
+    """Start localstripe (a stateful fake Stripe) on `port`, empty and in memory only."""
     port = port or free_port()
-    exe = Path(sys.executable).with_name("localstripe")
-    args = [str(exe) if exe.exists() else "localstripe", "--port", str(port)]
+    args = [sys.executable, "-c", _LOCALSTRIPE_BOOT, "--port", str(port), "--from-scratch"]
     proc = _spawn(args, log_path)
     wait_for_port(port, 60, proc)
     url = f"http://127.0.0.1:{port}"
@@ -187,6 +198,7 @@ def start_devhost(
     timeout: float = 60.0,
     use_core_tools: bool = False,
     inherit_output: bool = False,
+    local_settings: bool = False,
 ) -> Service:
     """Start `python -m devhost` for the app in `app_dir` with the given app settings.
 
@@ -194,6 +206,8 @@ def start_devhost(
     settings the app needs. Waits until the host answers (or `ready_path` returns <500).
     `use_core_tools` runs `func start` in `app_dir` instead (where Core Tools exist);
     `inherit_output` sends the host's log to this process's terminal (for `make run`).
+    devhost ignores local.settings(.sample).json unless `local_settings` is true, so a
+    developer's settings (or the sample's localhost:7071 URLs) never leak into tests.
     """
     port = port or free_port()
     full_env = {**os.environ, **env}
@@ -202,6 +216,8 @@ def start_devhost(
         args, cwd = ["func", "start", "--port", str(port)], app_dir
     else:
         args, cwd = [sys.executable, "-m", "devhost", "--port", str(port), "--app-dir", str(app_dir)], REPO_ROOT
+        if not local_settings:
+            args.append("--no-local-settings")
     proc = _spawn(args, log_path, full_env, cwd=cwd, inherit_output=inherit_output)
     wait_for_port(port, timeout, proc)
     url = f"http://127.0.0.1:{port}"

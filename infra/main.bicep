@@ -23,6 +23,13 @@ param location string
 @description('Object id of the person running azd; may set secrets in the vault. Empty: no assignment.')
 param principalId string = ''
 
+@description('Kind of principal principalId is (ServicePrincipal when a pipeline runs azd).')
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+param principalType string = 'User'
+
 @description('Stripe API base URL the proxy forwards to.')
 param stripeApiBase string = 'https://api.stripe.com'
 
@@ -115,6 +122,7 @@ module rbac 'app/rbac.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId
     operatorPrincipalId: principalId
+    operatorPrincipalType: principalType
   }
 }
 

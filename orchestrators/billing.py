@@ -9,7 +9,8 @@
    read-only key. The list is an activity result, so item indexes are stable in history.
 3. Each batch of `max_parallel` items is a `billing_batch` sub-orchestration that charges
    its items in parallel. A batch that fails (an activity ran out of retries) is started
-   again, then recorded as `transient_exhausted`: one bad item never fails the run.
+   again after a durable timer, at last recorded as `transient_exhausted`: one bad item
+   never fails the run.
 4. After a batch reports cap_exceeded / revoked / expired, no further batch starts.
 5. `revoke_run_keys` runs at the end whatever happened (the except-then-reraise below).
 
@@ -20,6 +21,7 @@ Orchestrators must be deterministic: only `context` calls and pure functions fro
 from __future__ import annotations
 
 from collections.abc import Generator
+from datetime import timedelta
 from typing import Any
 
 import azure.durable_functions as df
@@ -49,7 +51,7 @@ REVOKE_KEYS = "revoke_run_keys"
 # always safe: charges reuse their idempotency key, key issue is idempotent per label.
 KEY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=5)
 FETCH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=5)
-CHARGE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=500, max_number_of_attempts=6)
+CHARGE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=6)
 
 Task = Any  # what the SDK's context methods return (TaskBase)
 
@@ -88,7 +90,9 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
         )
         key_ids["customers"] = read_key.key_id
         fetch = FetchRequest(str(read_key.vault_key), plan.run.customer_query, plan.run.customers)
-        fetched = FetchResult.from_dict((yield context.call_activity_with_retry(FETCH_CUSTOMERS, FETCH_RETRY, fetch.to_dict())))
+        fetched = FetchResult.from_dict(
+            (yield context.call_activity_with_retry(FETCH_CUSTOMERS, FETCH_RETRY, fetch.to_dict()))
+        )
         if fetched.failure_code is not None:
             context.set_custom_status(planning.progress(0, [], cap, fetched.failure_code))
             return planning.summary(plan, [], cap_cents=cap, key_ids=key_ids, stopped=fetched.failure_code)
@@ -116,6 +120,9 @@ def _charge_batch(
 ) -> Generator[Task, Any, list[ItemResult]]:
     """Charge one batch in its own sub-orchestration; never raises for a failed batch."""
     for attempt in range(1, planning.BATCH_ATTEMPTS + 1):
+        if attempt > 1:  # let abandoned in-flight requests' leases run out first
+            pause = timedelta(seconds=planning.BATCH_RETRY_DELAYS_SECONDS[attempt - 2])
+            yield context.create_timer(context.current_utc_datetime + pause)
         try:
             raw = yield context.call_sub_orchestrator(
                 BATCH_ORCHESTRATOR, batch.to_dict(), plan.batch_instance_id(batch_no, attempt)

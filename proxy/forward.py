@@ -60,7 +60,7 @@ from proxy.stripe_request import (
     parse_query,
     safe_path,
 )
-from proxy.upstream import Upstream, find_by_marker, send
+from proxy.upstream import LookupIncomplete, Upstream, find_by_marker, send
 
 log = logging.getLogger("spendgate.proxy")
 MAX_ATTEMPTS = 60
@@ -254,7 +254,7 @@ def _resolve(
         try:
             found = find_by_marker(deps.stripe_http, deps.settings.stripe_secret_key, record.path, record.marker,
                                    record.created_at)
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, LookupIncomplete):
             return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
         if found is not None:
             return _finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)

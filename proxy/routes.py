@@ -16,7 +16,7 @@ import azure.functions as func
 
 from core.errors import SpendgateError
 from core.runtime import runtime
-from proxy.forward import ProxyDeps, handle_proxy_request
+from proxy.forward import ProxyDeps, handle_proxy_request, new_request_id
 from proxy.vault import VaultService, vault_service
 
 log = logging.getLogger("spendgate.proxy")
@@ -100,5 +100,6 @@ def stripe_proxy(req: func.HttpRequest) -> func.HttpResponse:
         )
     except Exception as exc:  # fail closed, and never leak details
         log.exception("proxy failed: %s", type(exc).__name__)
-        return _error(SpendgateError("governance_unavailable"))
+        err = SpendgateError("governance_unavailable")
+        return func.HttpResponse(err.to_json(), status_code=err.status, headers={**err.headers(), "Request-Id": new_request_id()})
     return func.HttpResponse(resp.body, status_code=resp.status, headers=resp.headers)

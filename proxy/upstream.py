@@ -18,7 +18,8 @@ from proxy.stripe_request import MARKER_PARAM
 
 MARKER_FIELD = MARKER_PARAM[len("metadata["):-1]
 LOOKUP_MARGIN = timedelta(minutes=5)
-LOOKUP_MAX_PAGES = 50
+LOOKUP_MAX_PAGES = 200
+LOOKUP_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,20 @@ def send(
     return Upstream("response", resp.status_code, text, ctype)
 
 
+class LookupIncomplete(Exception):
+    """The list could not be read to the end: whether the object exists is still unknown."""
+
+
 def find_by_marker(
     http: httpx.Client, secret: str, resource_path: str, marker: str, created_after: datetime
 ) -> dict[str, Any] | None:
-    """The object the proxy created for `marker`, if Stripe has it (lists and filters client-side).
+    """The object the proxy created for `marker`, if Stripe has it; None only when surely absent.
 
-    localstripe rejects `created[gte]` filters, so the newest objects are listed and
-    matched by `metadata[spendgate_idem]` and creation time.
+    localstripe rejects `created[gte]` filters and lists oldest first, so the list is read
+    page by page and matched by `metadata[spendgate_idem]` and creation time. Stripe lists
+    newest first, so the walk stops at the first object older than the cutoff. If neither
+    end is reached within `LOOKUP_MAX_PAGES`, `LookupIncomplete` is raised: the caller must
+    keep the outcome ambiguous rather than forward again.
     """
     not_before = int((created_after - LOOKUP_MARGIN).timestamp())
     after: str | None = None
@@ -89,14 +97,17 @@ def find_by_marker(
         params: dict[str, Any] = {"limit": 100}
         if after:
             params["starting_after"] = after
-        resp = http.get(resource_path, params=params, headers={"Authorization": f"Bearer {secret}"})
+        resp = http.get(resource_path, params=params, headers={"Authorization": f"Bearer {secret}"},
+                        timeout=LOOKUP_TIMEOUT_SECONDS)
         resp.raise_for_status()
-        page = resp.json()
-        for obj in page.get("data", []):
+        data = resp.json().get("data") or []
+        for obj in data:
             meta = obj.get("metadata") or {}
             if meta.get(MARKER_FIELD) == marker and int(obj.get("created", 0)) >= not_before:
                 return dict(obj)
-        if not page.get("has_more") or not page.get("data"):
+        created = [int(o.get("created", 0)) for o in data]
+        newest_first = created == sorted(created, reverse=True) and len(set(created)) > 1
+        if not resp.json().get("has_more") or not data or (newest_first and created[-1] < not_before):
             return None
-        after = page["data"][-1]["id"]
-    return None
+        after = data[-1]["id"]
+    raise LookupIncomplete(resource_path)

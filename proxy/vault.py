@@ -24,7 +24,7 @@ from proxy.idempotency import taken_over
 from proxy.ledger import current, headroom
 from proxy.policy import parse_policy
 from proxy.store import Conflict, IdemRecord, KeyRecord, LedgerStore, op_delete_idem, op_replace_idem
-from proxy.upstream import find_by_marker
+from proxy.upstream import LookupIncomplete, find_by_marker
 
 
 def utcnow() -> datetime:
@@ -143,7 +143,8 @@ class VaultService:
             try:
                 found = find_by_marker(deps.stripe_http, self.settings.stripe_secret_key, record.path, record.marker,
                                        record.created_at)
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx.HTTPError, ValueError, LookupIncomplete) as exc:
+                self.store.submit([op_replace_idem(replace(record, state="ambiguous"))])  # hand it back
                 raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
         for _ in range(60):
             try:

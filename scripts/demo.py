@@ -39,8 +39,10 @@ def bar(progress: dict[str, Any], width: int = 40) -> str:
     done, total = int(progress.get("done", 0)), int(progress.get("total", 0))
     filled = width * done // total if total else 0
     spent, cap = progress.get("spent_cents", 0) / 100, progress.get("cap_cents", 0) / 100
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {done:>5}/{total:<5} charged {progress.get('charged', 0):<5}"
-            f" ${spent:,.2f} of ${cap:,.2f}")
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done:>5}/{total:<5} charged {progress.get('charged', 0):<5}"
+        f" ${spent:,.2f} of ${cap:,.2f}"
+    )
 
 
 def follow(client: httpx.Client, instance_id: str, timeout: float) -> dict[str, Any]:
@@ -108,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the run was refused ({resp.status_code}): {resp.text}", file=sys.stderr)
             return 1
         instance_id = resp.json()["id"]
-        print(f"billing run {instance_id}: customers on plan {args.plan!r}, ${args.amount_cents / 100:,.2f} each, "
-              f"budget ${args.budget_usd:,.2f}")
+        print(
+            f"billing run {instance_id}: customers on plan {args.plan!r}, ${args.amount_cents / 100:,.2f} each, "
+            f"budget ${args.budget_usd:,.2f}"
+        )
         run = follow(client, instance_id, args.timeout)
     print_summary(run)
     return 0 if run["runtime_status"] == "Completed" else 1

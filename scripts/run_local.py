@@ -10,6 +10,7 @@ this script started (reused ones keep running). Running it again is safe.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import signal
@@ -114,8 +115,8 @@ def wait_for_health(app: Service, timeout: float = 120.0) -> dict[str, Any]:
     raise StartupError(f"GET /api/health did not answer 200 within {timeout:.0f}s (last: {last})")
 
 
-def banner(*, host_kind: str, azurite: str, stripe: str, customers: list[str], key: str) -> str:
-    base = f"http://localhost:{APP_PORT}"
+def banner(*, host_kind: str, azurite: str, stripe: str, customers: list[str], key: str, port: int = APP_PORT) -> str:
+    base = f"http://localhost:{port}"
     issue = (
         f"curl -s -X POST {base}/api/vault/keys -H 'x-functions-key: {key}' -H 'Content-Type: application/json' "
         """-d '{"vendor":"stripe","label":"demo","daily_usd_cap":50,"allowed_endpoints":["POST /v1/payment_intents"],"""
@@ -123,7 +124,7 @@ def banner(*, host_kind: str, azurite: str, stripe: str, customers: list[str], k
     )
     return f"""
 spendgate is running locally
-  app ({host_kind:<8})   {base}   health: {base}/api/health
+  app                {base}  ({host_kind}; health: {base}/api/health)
   storage (Azurite)  blob :10000  queue :10001  table :10002  ({azurite})
   Stripe (local)     http://127.0.0.1:{STRIPE_PORT}  localstripe, {stripe}
   function key       {key}   (header x-functions-key, or ?code=)
@@ -145,9 +146,14 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.run_local", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=APP_PORT, help=f"the app's port (default {APP_PORT})")
+    port = parser.parse_args(argv).port
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGINT already raises KeyboardInterrupt
+    # Explicit for SIGINT too: a shell that starts this in the background ignores SIGINT otherwise.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     started: list[Service] = []
     try:
         values = ensure_local_settings()
@@ -161,20 +167,29 @@ def main() -> int:
         say("starting localstripe …")
         stripe = ensure_localstripe(started, secret)
         customers = ensure_demo_customers(f"http://127.0.0.1:{STRIPE_PORT}", secret)
-        if port_open(APP_PORT):
-            raise StartupError(f"port {APP_PORT} is in use (is another `make run` or `func start` running?)")
+        if port_open(port):
+            raise StartupError(f"port {port} is in use (is another `make run` or `func start` running?)")
         core_tools = shutil.which("func") is not None
         host_kind = "func" if core_tools else "devhost"
-        say(f"starting the app with {'func start' if core_tools else 'python -m devhost'} on port {APP_PORT} …")
+        say(f"starting the app with {'func start' if core_tools else 'python -m devhost'} on port {port} …")
         try:
             app = start_devhost(
-                REPO_ROOT, {}, port=APP_PORT, timeout=120, use_core_tools=core_tools, inherit_output=True
+                REPO_ROOT,
+                {"SPENDGATE_PROXY_URL": f"http://127.0.0.1:{port}/api/stripe"},  # activities call this app's proxy
+                port=port,
+                timeout=120,
+                use_core_tools=core_tools,
+                inherit_output=True,
+                local_settings=True,
             )
         except (RuntimeError, TimeoutError) as exc:
             raise StartupError(f"the app host did not start: {exc} (its log is above)") from exc
         started.append(app)
         wait_for_health(app)
-        print(banner(host_kind=host_kind, azurite=azurite, stripe=stripe, customers=customers, key=key), flush=True)
+        print(
+            banner(host_kind=host_kind, azurite=azurite, stripe=stripe, customers=customers, key=key, port=port),
+            flush=True,
+        )
         while app.proc.poll() is None:
             time.sleep(0.5)
         say(f"the app host exited with code {app.proc.returncode}")

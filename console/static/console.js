@@ -64,7 +64,7 @@
       else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
       else el.setAttribute(name, value === true ? "" : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -177,6 +177,9 @@
     }
   }
   const functionKey = () => sessionStorage.getItem(KEY_STORE);
+  // The admin routes never answer 401 themselves: a 401 is the host refusing the key
+  // (Azure sends an empty body, devhost a JSON one).
+  const keyRefused = (e) => e instanceof ApiError && (e.status === 401 || (e.status === 403 && !e.code));
 
   /** Call an admin route with the function key in the x-functions-key header. */
   async function api(method, path, params) {
@@ -223,7 +226,8 @@
     runs: { pager: newPager(), data: [] },
     audit: { filter: "all", pager: newPager(), keyId: null },
     items: { filter: "all", page: 0 },
-    results: {}, // last admin action result per object id, shown until navigation
+    results: {}, // last admin action result per object id
+    runSpend: {}, // spend of finished runs (no longer changes)
     busy: false,
     lastOk: null,
   };
@@ -280,7 +284,7 @@
 
   function explain(e) {
     if (e instanceof ApiError) {
-      if (e.status === 401 || e.status === 403) {
+      if (keyRefused(e)) {
         return "The function key was refused (HTTP " + e.status + "). Paste the app's function key or host key.";
       }
       return e.code ? `${e.message} (${e.code}, HTTP ${e.status})` : e.message;
@@ -422,7 +426,6 @@
       status: String(pick(r.runtime_status, r.runtimeStatus, r.status, "unknown")).toLowerCase(),
       created: pick(r.created_time, r.createdTime, r.created_at),
       updated: pick(r.last_updated_time, r.lastUpdatedTime, r.updated_at),
-      phase: pick(cs.phase, cs.state),
       done: pick(cs.done, out.done),
       total: pick(cs.total, out.total),
       charged: pick(cs.charged, out.charged),
@@ -448,8 +451,11 @@
     return h("tr", { class: "clickable", "data-run-id": x.id, onclick: () => (location.hash = `#/runs/${encodeURIComponent(x.id)}`) },
       h("td", { "data-label": "Run" }, h("a", { href: `#/runs/${encodeURIComponent(x.id)}` }, x.id),
         h("span", { class: "sub" }, x.created ? `started ${when(x.created)} · ` : "", h("a", { href: `#/runs/${encodeURIComponent(x.id)}/items`, class: "items-link" }, "per-item outcomes"))),
-      h("td", { "data-label": "Status" }, h("span", { class: `badge ${x.status}` }, x.status), x.phase ? h("span", { class: "sub" }, words(x.phase)) : null),
-      h("td", { "data-label": "Progress" }, progressBar(x.done, x.total), h("div", { class: "bar-text" }, `${num(x.done) ?? "–"} / ${num(x.total) ?? "–"} done · ${num(x.charged) ?? 0} charged`)),
+      h("td", { "data-label": "Status" }, h("span", { class: `badge ${x.status}` }, x.status), x.stopped ? h("span", { class: "sub" }, `stopped: ${outcomeWords(x.stopped)}`) : null),
+      h("td", { "data-label": "Progress" }, progressBar(x.done, x.total), h("div", { class: "bar-text" }, `${num(x.done) ?? "–"} / ${num(x.total) ?? "–"} done · ${num(x.charged) ?? 0} charged`),
+        Object.values(x.skipped || {}).some(Boolean)
+          ? h("div", { class: "bar-text" }, `skipped: ${Object.entries(x.skipped).filter(([, n]) => n).map(([why, n]) => `${n} (${outcomeWords(why)})`).join(", ")}`)
+          : null),
       h("td", { "data-label": "Spent of cap" }, spendBar(x.spent, 0, x.cap), h("div", { class: "bar-text" }, spendText(x.spent, 0, x.cap))),
     );
   }
@@ -469,11 +475,24 @@
     const r = await api("GET", `/billing/runs/${encodeURIComponent(id)}`);
     const x = runInfo(r);
     const running = RUNNING.has(x.status);
+    // The run's key (label azure-durable/{id}): its counters move with every charge
+    // (spent + pending reservations) while the run's own progress moves once per batch.
+    // Polled while the run goes; fetched once after it ended (for the key links).
+    let live = state.runSpend[x.id];
+    if (running || !live) {
+      live = await api("GET", `/billing/runs/${encodeURIComponent(x.id)}/spend`).catch(() => null);
+      if (!running && live) state.runSpend[x.id] = live;
+    }
+    // Everything is fetched: render in one go, so no half-updated view is ever shown.
+    renderRun(x, running, live);
+  }
+
+  function renderRun(x, running, live) {
     const stopBtn = h("button", {
       class: "btn btn-danger", type: "button", id: "stop", disabled: !running,
       onclick: () => confirmThen({
         title: "Stop this billing run?",
-        text: `Run ${x.id} stops scheduling charges now: items not yet charged are skipped and no new charge starts. Charges already sent to Stripe finish.`,
+        text: `Run ${x.id} stops now: its keys are revoked first, so no new charge reaches Stripe, then the run is terminated. Charges already at Stripe finish.`,
         ok: "Stop run",
         run: () => api("POST", `/billing/runs/${encodeURIComponent(x.id)}/stop`),
         id: x.id,
@@ -485,7 +504,7 @@
     }, running ? "Stop run" : "Not running");
 
     // Keep the same bar elements between refreshes so their widths animate as the run moves.
-    let card = $("#run-card");
+    const card = $("#run-card");
     if (card.dataset.runId !== x.id) {
       card.dataset.runId = x.id;
       card.replaceChildren(
@@ -504,33 +523,33 @@
     renderIfChanged($("#stop-slot"), [x.id, running], () => $("#stop-slot").replaceChildren(stopBtn));
     setProgress($("#run-progress"), x.done, x.total);
     $("#run-progress-text").textContent = `${num(x.done) ?? "–"} of ${num(x.total) ?? "–"} items done · ${num(x.charged) ?? 0} charged`;
-    // While a run is going, its key's counters (spent + pending reservations) move with
-    // every charge; the run's own progress only moves once per batch.
-    let spent = x.spent;
+    let spent = num(x.spent) || 0;
     let reserved = 0;
-    if (running) {
-      const live = await api("GET", `/billing/runs/${encodeURIComponent(x.id)}/spend`).catch(() => null);
-      if (live && num(live.spent_cents) !== null) {
-        spent = Math.max(num(spent) || 0, live.spent_cents);
-        reserved = num(live.pending_cents) || 0;
-      }
+    if (live && num(live.spent_cents) !== null) {
+      spent = Math.max(spent, live.spent_cents);
+      reserved = running ? num(live.pending_cents) || 0 : 0;
     }
     setBar($("#run-spend"), spent, reserved, x.cap);
     $("#run-spend-text").textContent = spendText(spent, reserved, x.cap);
-    renderIfChanged($("#run-facts"), [x.label, x.phase, x.created, x.updated, x.charged, x.stopped, x.skipped], () => $("#run-facts").replaceChildren(
-      fact("Label", x.label || "–"),
-      fact("Phase", x.phase ? words(x.phase) : "–"),
+    const keys = (live && live.keys) || [];
+    const label = x.label || (live && live.label);
+    const stopped = x.stopped ? outcomeWords(x.stopped) : x.status === "terminated" ? "Terminated (stopped by an operator)" : "–";
+    renderIfChanged($("#run-facts"), [label, x.created, x.updated, x.charged, stopped, x.skipped, keys.map((k) => [k.key_id, k.status])], () => $("#run-facts").replaceChildren(
+      fact("Key label", label || "–"),
+      fact("Run keys", keys.length ? keys.map((k, i) => [i ? ", " : "", h("a", { href: `#/keys/${encodeURIComponent(k.key_id)}` }, k.key_id), ` (${k.status})`]) : "–"),
       fact("Started", when(x.created)),
       fact("Last update", `${when(x.updated)}${x.updated ? ` (${relative(x.updated)})` : ""}`),
       fact("Charged", String(num(x.charged) ?? 0)),
-      fact("Stopped because", x.stopped ? outcomeWords(x.stopped) : "–"),
+      fact("Stopped because", stopped),
       fact("Skipped by reason", skippedList(x.skipped)),
     ));
     renderIfChanged($("#run-result"), state.results[x.id] || null, () => $("#run-result").replaceChildren(resultBox(state.results[x.id]) || ""));
     renderItems(x.items);
-    $("#items-empty").textContent = RUNNING.has(x.status)
+    $("#items-empty").textContent = running
       ? "Per-item outcomes appear when the run finishes."
-      : x.omitted ? `Not listed: ${x.omitted}.` : "No items.";
+      : x.status === "terminated"
+        ? "The run was stopped before it finished, so it has no per-item list: the run key's audit log (above) holds every request."
+        : x.omitted ? `Not listed: ${x.omitted}.` : "No items.";
   }
 
   function renderItems(items) {
@@ -585,7 +604,7 @@
         state.results[id] = { ok: true, title: done(res || {}), detail: JSON.stringify(res, null, 2) };
         toast(done(res || {}));
       } catch (e) {
-        if (e instanceof ApiError && (e.status === 401 || e.status === 403) && e.code === null) return signOut(explain(e));
+        if (keyRefused(e)) return signOut(explain(e));
         state.results[id] = { ok: false, title: "The app refused", detail: explain(e) };
       }
       refresh();
@@ -619,8 +638,7 @@
         state.lastOk = new Date();
         setLive();
       } catch (e) {
-        // A 401 with no catalog code is the Functions host refusing the key itself.
-        if (e instanceof ApiError && (e.status === 401 || e.status === 403) && (e.code === null || e.code === "no_key")) {
+        if (keyRefused(e)) {
           signOut(explain(e));
         } else {
           pageError(explain(e));
@@ -670,7 +688,7 @@
       await api("GET", "/vault/keys", { limit: 1 }); // proves the key before showing anything
     } catch (e) {
       sessionStorage.removeItem(KEY_STORE);
-      err.textContent = e instanceof ApiError && (e.status === 401 || e.status === 403)
+      err.textContent = keyRefused(e)
         ? "That function key was refused (HTTP " + e.status + "). Check you pasted the app's function key or host key, then try again."
         : `Could not check the key: ${explain(e)}`;
       err.hidden = false;

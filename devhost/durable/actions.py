@@ -26,7 +26,7 @@ from typing import Any
 
 from devhost.durable import history as h
 from devhost.durable.history import EventType
-from devhost.durable.store import HistoryRow
+from devhost.durable.store import HistoryRow, InboxItem
 
 ACTIVITY, ACTIVITY_RETRY, SUB, SUB_RETRY, CONTINUE_AS_NEW, TIMER, EXTERNAL_EVENT = 0, 1, 2, 3, 4, 5, 6
 WHEN_ANY, WHEN_ALL = 11, 12
@@ -71,18 +71,23 @@ def sub_instance_id(parent_id: str, event_id: int) -> str:
     return f"{parent_id}:{event_id}"
 
 
-def _schedule(kind: str, seq: int, name: str, input_text: str | None, instance_id: str | None, now: datetime,
-              meta: dict[str, Any]) -> tuple[HistoryRow, Work]:
+def _schedule(
+    kind: str, seq: int, name: str, input_text: str | None, instance_id: str | None, now: datetime, meta: dict[str, Any]
+) -> tuple[HistoryRow, Work]:
     if kind == "activity":
-        return HistoryRow(h.task_scheduled(seq, name, input_text, now), meta, None), Work("activity", seq, name, input_text)
+        return HistoryRow(h.task_scheduled(seq, name, input_text, now), meta, None), Work(
+            "activity", seq, name, input_text
+        )
     assert instance_id is not None
     ev = h.sub_orchestration_created(seq, name, instance_id, input_text, now)
     return HistoryRow(ev, meta, None), Work("sub", seq, name, input_text, instance_id=instance_id)
 
 
-def plan_new_actions(state: dict[str, Any], seen: int, next_seq: int, instance_id: str, now: datetime) -> tuple[Plan, int]:
+def plan_new_actions(
+    state: dict[str, Any], seen: int, next_seq: int, instance_id: str, now: datetime
+) -> tuple[Plan, int]:
     """History rows and work for the top-level actions past `seen`; returns the plan and the new `seen`."""
-    top = (state.get("actions") or [[]])
+    top = state.get("actions") or [[]]
     top_level: list[dict[str, Any]] = top[0] if top else []
     plan = Plan([], [], next_seq)
     for action in top_level[seen:]:
@@ -108,7 +113,10 @@ def plan_new_actions(state: dict[str, Any], seen: int, next_seq: int, instance_i
             if t in (ACTIVITY_RETRY, SUB_RETRY):
                 opts = a.get("retryOptions") or {}
                 meta["retry"] = {
-                    "kind": kind, "name": a["functionName"], "input": a.get("input"), "attempt": 1,
+                    "kind": kind,
+                    "name": a["functionName"],
+                    "input": a.get("input"),
+                    "attempt": 1,
                     "max": int(opts.get("maxNumberOfAttempts", 1)),
                     "first_ms": int(opts.get("firstRetryIntervalInMilliseconds", 1000)),
                     "instance_id": a.get("instanceId"),
@@ -152,8 +160,9 @@ def allocates(event: dict[str, Any], scheduled: dict[tuple[bool, int], HistoryRo
     return event["EventType"] in h.FAILURES
 
 
-def plan_retry_step(event: dict[str, Any], scheduled: dict[tuple[bool, int], HistoryRow], next_seq: int,
-                    instance_id: str, now: datetime) -> Plan:
+def plan_retry_step(
+    event: dict[str, Any], scheduled: dict[tuple[bool, int], HistoryRow], next_seq: int, instance_id: str, now: datetime
+) -> Plan:
     """The retry timer after a failed attempt, or the next attempt after a retry timer fired."""
     plan = Plan([], [], next_seq)
     if not allocates(event, scheduled):
@@ -176,3 +185,45 @@ def plan_retry_step(event: dict[str, Any], scheduled: dict[tuple[bool, int], His
     plan.rows.append(row)
     plan.work.append(work)
     return plan
+
+
+@dataclass
+class Selection:
+    """The inbox events one episode takes, and what it throws away."""
+
+    batch: list[InboxItem]
+    drop: list[str]  # keys of stale rows: already in history, earlier generation, duplicate result
+    terminate: InboxItem | None
+    more: bool  # events left for the next episode
+    scheduled: dict[tuple[bool, int], HistoryRow]
+
+
+def select_new_events(inbox: list[InboxItem], rows: list[HistoryRow], generation: int) -> Selection:
+    """Pick the next episode's events in arrival order.
+
+    A terminate request ends the batch (and the orchestration); a retry step ("allocating"
+    event, see the module docstring) ends the batch so sequence numbers match the SDK's.
+    """
+    consumed = {r.inbox_key for r in rows if r.inbox_key}
+    scheduled = scheduling_rows(rows)
+    done = {t for r in rows if (t := completion_target(r.event)) is not None}
+    drop: list[str] = []
+    batch: list[InboxItem] = []
+    terminate = None
+    for item in inbox:
+        target = completion_target(item.event)
+        stale = item.key in consumed or item.generation not in (-1, generation)
+        if not stale and target is not None:
+            stale = target in done or target not in scheduled  # duplicate result (an activity re-run)
+        if stale:
+            drop.append(item.key)
+            continue
+        if item.event["EventType"] == EventType.EXECUTION_TERMINATED:
+            terminate, batch = item, [item]
+            break
+        if target is not None:
+            done.add(target)
+        batch.append(item)
+        if allocates(item.event, scheduled):
+            break
+    return Selection(batch, drop, terminate, len(inbox) - len(drop) > len(batch), scheduled)

@@ -29,8 +29,12 @@ RUNNING_STATES = {"Pending", "Running", "ContinuedAsNew"}
 _EVENT_NAMES = {int(t): "".join(p.capitalize() for p in t.name.split("_")) for t in EventType}
 _EVENT_NAMES[int(EventType.SUB_ORCHESTRATION_INSTANCE_COMPLETED)] = "SubOrchestrationInstanceCompleted"
 _EVENT_NAMES[int(EventType.SUB_ORCHESTRATION_INSTANCE_FAILED)] = "SubOrchestrationInstanceFailed"
-_HIDDEN = {EventType.ORCHESTRATOR_STARTED, EventType.ORCHESTRATOR_COMPLETED, EventType.TASK_SCHEDULED,
-           EventType.SUB_ORCHESTRATION_INSTANCE_CREATED}
+_HIDDEN = {
+    EventType.ORCHESTRATOR_STARTED,
+    EventType.ORCHESTRATOR_COMPLETED,
+    EventType.TASK_SCHEDULED,
+    EventType.SUB_ORCHESTRATION_INSTANCE_CREATED,
+}
 _BAD_ID_CHARS = set("/\\#?")
 
 
@@ -103,23 +107,25 @@ class ManagementApi:
         management = self.management_urls("INSTANCEID")
         management["id"] = "INSTANCEID"
         base, qs = self.webhook_base, self._qs()
-        return json.dumps({
-            "taskHubName": self.hub,
-            "creationUrls": {
-                "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?{qs}",
-                "createAndWaitOnNewInstancePostUri":
-                    f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?timeout={{timeoutInSeconds}}"
+        return json.dumps(
+            {
+                "taskHubName": self.hub,
+                "creationUrls": {
+                    "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?{qs}",
+                    "createAndWaitOnNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?timeout={{timeoutInSeconds}}"
                     f"&pollingInterval={{intervalInSeconds}}&{qs}",
-            },
-            "managementUrls": management,
-            "baseUrl": base,
-            "requiredQueryStringParameters": qs,
-            "rpcBaseUrl": f"{base}/",
-        })
+                },
+                "managementUrls": management,
+                "baseUrl": base,
+                "requiredQueryStringParameters": qs,
+                "rpcBaseUrl": f"{base}/",
+            }
+        )
 
     # --- routing -------------------------------------------------------------------
-    def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
-               body: bytes) -> Response:
+    def handle(
+        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+    ) -> Response:
         parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
         method = method.upper()
         try:
@@ -127,8 +133,11 @@ class ManagementApi:
                 return self.start(parts[1], parts[2] if len(parts) == 3 else None, body)
             if parts[:1] == ["instances"]:
                 if len(parts) == 1:
-                    return self.list(query, headers) if method == "GET" else (
-                        self.purge_by(query) if method == "DELETE" else self._not_allowed())
+                    return (
+                        self.list(query, headers)
+                        if method == "GET"
+                        else (self.purge_by(query) if method == "DELETE" else self._not_allowed())
+                    )
                 iid = parts[1]
                 if len(parts) == 2:
                     if method == "GET":
@@ -153,14 +162,17 @@ class ManagementApi:
     def start(self, name: str, instance_id: str | None, body: bytes) -> Response:
         if name not in self.engine.orchestrators:
             message = f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function."
-            return _json(400, {"Message": "One or more of the arguments submitted is incorrect",
-                               "ExceptionMessage": message})
+            return _json(
+                400, {"Message": "One or more of the arguments submitted is incorrect", "ExceptionMessage": message}
+            )
         instance_id = instance_id or uuid.uuid4().hex
         if len(instance_id) > 256 or any(c in _BAD_ID_CHARS or ord(c) < 32 for c in instance_id):
-            return _json(400, {"Message": "invalid instance id", "ExceptionMessage": f"invalid instance id {instance_id!r}"})
+            return _json(
+                400, {"Message": "invalid instance id", "ExceptionMessage": f"invalid instance id {instance_id!r}"}
+            )
         input_text = body_to_json_text(body)
         now = h.iso(h.utc_now())
-        new = Instance(instance_id, name, "Pending", input_text, created=now, updated=now)
+        new = Instance(instance_id, name, "Pending", input_text, created=now, updated=now, owner=self.engine.engine_id)
         existing = self.store.get_instance(instance_id)
         try:
             if existing is None:
@@ -183,12 +195,17 @@ class ManagementApi:
         message = f"An Orchestration instance with the status {existing.status} already exists."
         return _json(409, {"Message": message, "ExceptionMessage": message})
 
-    def status_json(self, inst: Instance, *, show_input: bool = True, show_history: bool = False,
-                    show_history_output: bool = False) -> dict[str, Any]:
+    def status_json(
+        self, inst: Instance, *, show_input: bool = True, show_history: bool = False, show_history_output: bool = False
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "name": inst.name, "instanceId": inst.instance_id, "runtimeStatus": inst.status,
-            "input": _loads(inst.input) if show_input else None, "customStatus": _loads(inst.custom_status),
-            "output": _loads(inst.output), "createdTime": _short_time(inst.created),
+            "name": inst.name,
+            "instanceId": inst.instance_id,
+            "runtimeStatus": inst.status,
+            "input": _loads(inst.input) if show_input else None,
+            "customStatus": _loads(inst.custom_status),
+            "output": _loads(inst.output),
+            "createdTime": _short_time(inst.created),
             "lastUpdatedTime": _short_time(inst.updated),
         }
         if show_history:
@@ -200,9 +217,12 @@ class ManagementApi:
         inst = self.store.get_instance(instance_id)
         if inst is None:
             return _json(404, f"No instance with ID '{instance_id}' found.")
-        body = self.status_json(inst, show_input=_flag(query, "showInput", True),
-                                show_history=_flag(query, "showHistory"),
-                                show_history_output=_flag(query, "showHistoryOutput"))
+        body = self.status_json(
+            inst,
+            show_input=_flag(query, "showInput", True),
+            show_history=_flag(query, "showHistory"),
+            show_history_output=_flag(query, "showHistoryOutput"),
+        )
         if inst.status in RUNNING_STATES:
             location = self.management_urls(instance_id)["statusQueryGetUri"]
             return _json(202, body, {"Location": location, "Retry-After": "1"})
@@ -272,26 +292,42 @@ class ManagementApi:
 
 def history_json(events: list[dict[str, Any]], show_output: bool) -> list[dict[str, Any]]:
     """History as the extension's status API shows it: scheduling events folded into their results."""
-    scheduled = {(e["EventType"], e["EventId"]): e for e in events
-                 if e["EventType"] in (EventType.TASK_SCHEDULED, EventType.SUB_ORCHESTRATION_INSTANCE_CREATED)}
+    scheduled = {
+        (e["EventType"], e["EventId"]): e
+        for e in events
+        if e["EventType"] in (EventType.TASK_SCHEDULED, EventType.SUB_ORCHESTRATION_INSTANCE_CREATED)
+    }
     out = []
     for e in events:
         t = e["EventType"]
         if t in _HIDDEN:
             continue
-        item: dict[str, Any] = {"EventType": _EVENT_NAMES.get(t, str(t)), "EventId": e["EventId"],
-                                "Timestamp": e["Timestamp"]}
+        item: dict[str, Any] = {
+            "EventType": _EVENT_NAMES.get(t, str(t)),
+            "EventId": e["EventId"],
+            "Timestamp": e["Timestamp"],
+        }
         if t == EventType.EXECUTION_STARTED:
             item["FunctionName"] = e.get("Name")
             if show_output:
                 item["Input"] = _loads(e.get("Input"))
-        elif t in (EventType.TASK_COMPLETED, EventType.TASK_FAILED, EventType.SUB_ORCHESTRATION_INSTANCE_COMPLETED,
-                   EventType.SUB_ORCHESTRATION_INSTANCE_FAILED):
-            kind = EventType.TASK_SCHEDULED if t in (EventType.TASK_COMPLETED, EventType.TASK_FAILED) else \
-                EventType.SUB_ORCHESTRATION_INSTANCE_CREATED
+        elif t in (
+            EventType.TASK_COMPLETED,
+            EventType.TASK_FAILED,
+            EventType.SUB_ORCHESTRATION_INSTANCE_COMPLETED,
+            EventType.SUB_ORCHESTRATION_INSTANCE_FAILED,
+        ):
+            kind = (
+                EventType.TASK_SCHEDULED
+                if t in (EventType.TASK_COMPLETED, EventType.TASK_FAILED)
+                else EventType.SUB_ORCHESTRATION_INSTANCE_CREATED
+            )
             origin = scheduled.get((kind, e["TaskScheduledId"]), {})
-            item.update(TaskScheduledId=e["TaskScheduledId"], FunctionName=origin.get("Name"),
-                        ScheduledTime=origin.get("Timestamp"))
+            item.update(
+                TaskScheduledId=e["TaskScheduledId"],
+                FunctionName=origin.get("Name"),
+                ScheduledTime=origin.get("Timestamp"),
+            )
             if origin.get("InstanceId"):
                 item["InstanceId"] = origin["InstanceId"]
             if t in (EventType.TASK_FAILED, EventType.SUB_ORCHESTRATION_INSTANCE_FAILED):

@@ -21,7 +21,6 @@ crash runs again (at-least-once, as on Azure).
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import queue
@@ -37,17 +36,29 @@ from devhost.durable import actions as act
 from devhost.durable import history as h
 from devhost.durable.api import ManagementApi
 from devhost.durable.history import EventType
+from devhost.durable.ownership import HEARTBEAT_SECONDS, EnginePeers
 from devhost.durable.runner import run_activity, run_orchestrator
 from devhost.durable.store import DurableStore, HistoryRow, Instance
+from devhost.durable.timers import DurableTimers
 from devhost.loader import FunctionIndex
+
+MAX_EPISODE_ATTEMPTS = 5  # storage hiccups are retried; a persistent fault parks the instance
 
 
 class DurableEngine:
     """The contract devhost's host uses: start/stop, the client binding, the webhook handler."""
 
-    def __init__(self, index: FunctionIndex, *, connection_string: str, task_hub: str, base_url: str,
-                 host_config: Mapping[str, Any], logger: logging.Logger) -> None:
-        durable = ((host_config.get("extensions") or {}).get("durableTask") or {})
+    def __init__(
+        self,
+        index: FunctionIndex,
+        *,
+        connection_string: str,
+        task_hub: str,
+        base_url: str,
+        host_config: Mapping[str, Any],
+        logger: logging.Logger,
+    ) -> None:
+        durable = (host_config.get("extensions") or {}).get("durableTask") or {}
         self.log = logger
         self.task_hub = task_hub
         self.base_url = base_url.rstrip("/")
@@ -62,8 +73,12 @@ class DurableEngine:
         self._queued: set[str] = set()
         self._running: set[str] = set()
         self._dirty: set[str] = set()
-        self._timers: list[tuple[float, str, int, int, str]] = []
-        self._timer_cv = threading.Condition()
+        self._failures: dict[str, int] = {}
+        self.peers = EnginePeers(self.store, self.base_url)
+        self.engine_id = self.peers.engine_id
+        self.timers = DurableTimers(
+            lambda iid, gen, tid, fire_at: self.deliver(iid, h.timer_fired(tid, fire_at), gen), logger
+        )
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
@@ -76,27 +91,34 @@ class DurableEngine:
             t = threading.Thread(target=self._orchestrator_worker, name=f"durable-orch-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        timer = threading.Thread(target=self._timer_loop, name="durable-timers", daemon=True)
-        timer.start()
-        self._threads.append(timer)
-        self._recover()
+        self.peers.heartbeat()
+        self.log.info("durable engine %s serving task hub %s", self.engine_id, self.task_hub)
+        self.timers.start()
+        housekeeping = threading.Thread(target=self._housekeeping, name="durable-housekeeping", daemon=True)
+        housekeeping.start()
+        self._threads.append(housekeeping)
+        self._scan_orphans()
 
     def stop(self) -> None:
         self._stopping.set()
         for _ in range(self._orchestrator_slots):
             self._ready.put(None)
-        with self._timer_cv:
-            self._timer_cv.notify_all()
+        self.timers.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for t in self._threads:
             t.join(timeout=10)
+        try:
+            self.peers.heartbeat(stopped=True)
+        except Exception:
+            self.log.warning("could not mark this engine stopped in the task hub")
 
     def client_binding(self) -> str:
         return self.api.client_binding()
 
-    def handle_http(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
-                    body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle_http(
+        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         return self.api.handle(method, path, query, headers, body)
 
     # --- scheduling ----------------------------------------------------------------
@@ -120,10 +142,17 @@ class DurableEngine:
             again = False
             try:
                 again = self._episode(instance_id)
+                self._failures.pop(instance_id, None)
             except Exception:
-                self.log.exception("orchestration %s: episode failed; retrying", instance_id)
-                time.sleep(0.5)
-                again = True
+                failures = self._failures[instance_id] = self._failures.get(instance_id, 0) + 1
+                again = failures < MAX_EPISODE_ATTEMPTS
+                self.log.exception(
+                    "orchestration %s: episode failed (attempt %d)%s",
+                    instance_id,
+                    failures,
+                    "; retrying" if again else "; parked until its next event",
+                )
+                time.sleep(0.2 * failures)
             finally:
                 with self._lock:
                     self._running.discard(instance_id)
@@ -146,29 +175,12 @@ class DurableEngine:
             if inbox:
                 self.store.delete_inbox(instance_id, [i.key for i in inbox])
             return False
+        if inst.owner != self.engine_id and self.peers.adoptable(inst.owner):
+            self._adopt(inst)
+            return True
         rows = self.store.load_history(instance_id, inst.generation, inst.history_length)
-        consumed = {r.inbox_key for r in rows if r.inbox_key}
-        scheduled = act.scheduling_rows(rows)
-        done = {t for r in rows if (t := act.completion_target(r.event)) is not None}
-        drop, batch, terminate = [], [], None
-        for item in inbox:
-            target = act.completion_target(item.event)
-            stale = item.key in consumed or item.generation not in (-1, inst.generation)
-            if not stale and target is not None:
-                stale = target in done or target not in scheduled  # duplicate result (re-run activity)
-            if stale:
-                drop.append(item.key)
-                continue
-            if item.event["EventType"] == EventType.EXECUTION_TERMINATED:
-                terminate = item
-                batch = [item]
-                break
-            if target is not None:
-                done.add(target)
-            batch.append(item)
-            if act.allocates(item.event, scheduled):
-                break
-        more = len(inbox) - len(drop) > len(batch)
+        sel = act.select_new_events(inbox, rows, inst.generation)
+        batch, drop, terminate, scheduled = sel.batch, sel.drop, sel.terminate, sel.scheduled
         if not batch and inst.history_length > 0:
             if drop:
                 self.store.delete_inbox(instance_id, drop)
@@ -178,8 +190,9 @@ class DurableEngine:
         now = h.utc_now()
         new_rows: list[HistoryRow] = [HistoryRow(h.orchestrator_started(now), {}, None)]
         if inst.history_length == 0:
-            new_rows.append(HistoryRow(h.execution_started(inst.name, inst.input, now, inst.parent_instance_id), {},
-                                       None))
+            new_rows.append(
+                HistoryRow(h.execution_started(inst.name, inst.input, now, inst.parent_instance_id), {}, None)
+            )
         work: list[act.Work] = []
         outcome = "waiting"
         continue_input: str | None = None
@@ -196,9 +209,12 @@ class DurableEngine:
             else:
                 played = [dict(r.event, IsPlayed=True) for r in rows]
                 context = {
-                    "history": played + [r.event for r in new_rows], "input": inst.input,
-                    "instanceId": instance_id, "isReplaying": bool(rows),
-                    "parentInstanceId": inst.parent_instance_id, "upperSchemaVersion": 2,
+                    "history": played + [r.event for r in new_rows],
+                    "input": inst.input,
+                    "instanceId": instance_id,
+                    "isReplaying": bool(rows),
+                    "parentInstanceId": inst.parent_instance_id,
+                    "upperSchemaVersion": 2,
                 }
                 res = run_orchestrator(fn, context)
                 result_state, error = res.state, res.error
@@ -237,19 +253,29 @@ class DurableEngine:
         if was_continued:  # a fresh generation starts with the new input (ExecutionStarted next episode)
             inst.generation, inst.history_length, inst.next_seq, inst.actions_seen = old_generation + 1, 0, 0, 0
             inst.input, inst.output, inst.status = continue_input, None, "Running"
+        inst.owner = self.engine_id
         try:
             self.store.replace_instance(inst)  # the commit point
         except ResourceModifiedError:
             self.log.warning("orchestration %s: instance row changed during the episode; replaying", instance_id)
             return True
-        self.log.info("orchestrator %s (%s) episode: %d new events, %d scheduled, %.0f ms, %s",
-                      inst.name, instance_id, len(batch), len(work), (time.monotonic() - started) * 1000, outcome)
+        self.log.info(
+            "orchestrator %s (%s) episode: %d new events, %d scheduled, %.0f ms, %s",
+            inst.name,
+            instance_id,
+            len(batch),
+            len(work),
+            (time.monotonic() - started) * 1000,
+            outcome,
+        )
         for w in work:
             self._start_work(inst, w)
         self.store.delete_inbox(instance_id, drop + [i.key for i in batch])
+        if was_continued:
+            self.store.delete_generations_before(instance_id, inst.generation)
         if inst.terminal:
             self._notify_parent(inst)
-        return more or was_continued
+        return sel.more or was_continued
 
     # --- work ----------------------------------------------------------------------
     def _start_work(self, inst: Instance, w: act.Work) -> None:
@@ -258,7 +284,7 @@ class DurableEngine:
             self._pool.submit(self._activity, inst.instance_id, inst.generation, w.event_id, w.name, w.input)
         elif w.kind == "timer":
             assert w.fire_at is not None
-            self._arm_timer(inst.instance_id, inst.generation, w.event_id, w.fire_at)
+            self.timers.arm(inst.instance_id, inst.generation, w.event_id, w.fire_at)
         else:
             assert w.instance_id is not None
             self._start_sub(inst, w.event_id, w.name, w.instance_id, w.input)
@@ -271,42 +297,31 @@ class DurableEngine:
             event = h.task_failed(event_id, f"The function '{name}' doesn't exist or is not an activity.", "")
         else:
             res = run_activity(fn, input_text)
-            event = h.task_completed(event_id, res.result_text) if res.ok else h.task_failed(
-                event_id, res.reason, res.details)
-            self.log.info("activity %s (%s #%d) %s in %.0f ms", name, instance_id, event_id,
-                          "succeeded" if res.ok else "failed", (time.monotonic() - started) * 1000)
-        if self._stopping.is_set():
-            return  # the result is lost with the process; recovery runs the activity again
+            event = (
+                h.task_completed(event_id, res.result_text)
+                if res.ok
+                else h.task_failed(event_id, res.reason, res.details)
+            )
+            self.log.info(
+                "activity %s (%s #%d) %s in %.0f ms",
+                name,
+                instance_id,
+                event_id,
+                "succeeded" if res.ok else "failed",
+                (time.monotonic() - started) * 1000,
+            )
+        if self._stopping.is_set():  # keep the result; the next start runs the episode
+            self.store.add_inbox(instance_id, event, generation)
+            return
         self.deliver(instance_id, event, generation)
-
-    def _arm_timer(self, instance_id: str, generation: int, timer_id: int, fire_at: str) -> None:
-        with self._timer_cv:
-            heapq.heappush(self._timers, (h.parse_iso(fire_at).timestamp(), instance_id, generation, timer_id, fire_at))
-            self._timer_cv.notify()
-
-    def _timer_loop(self) -> None:
-        while not self._stopping.is_set():
-            with self._timer_cv:
-                if not self._timers:
-                    self._timer_cv.wait(1.0)
-                    continue
-                due, instance_id, generation, timer_id, fire_at = self._timers[0]
-                delay = due - time.time()
-                if delay > 0:
-                    self._timer_cv.wait(min(delay, 1.0))
-                    continue
-                heapq.heappop(self._timers)
-            try:
-                self.deliver(instance_id, h.timer_fired(timer_id, fire_at), generation)
-            except Exception:
-                self.log.exception("timer %s #%d: delivery failed; re-arming", instance_id, timer_id)
-                self._arm_timer(instance_id, generation, timer_id, fire_at)
-                time.sleep(0.5)
 
     def _start_sub(self, parent: Instance, event_id: int, name: str, child_id: str, input_text: str | None) -> None:
         child = self.store.get_instance(child_id)
         mine = child is not None and (child.parent_instance_id, child.parent_task_id, child.parent_generation) == (
-            parent.instance_id, event_id, parent.generation)
+            parent.instance_id,
+            event_id,
+            parent.generation,
+        )
         if mine:
             assert child is not None
             if child.terminal:
@@ -315,13 +330,28 @@ class DurableEngine:
                 self.signal(child_id)
             return
         if child is not None and not child.terminal:
-            self.deliver(parent.instance_id, h.sub_orchestration_failed(
-                event_id, f"An orchestration with instance id '{child_id}' is already running.", ""), parent.generation)
+            self.deliver(
+                parent.instance_id,
+                h.sub_orchestration_failed(
+                    event_id, f"An orchestration with instance id '{child_id}' is already running.", ""
+                ),
+                parent.generation,
+            )
             return
         now = h.iso(h.utc_now())
-        new = Instance(child_id, name, "Pending", input_text, created=now, updated=now,
-                       generation=(child.generation + 1) if child else 0, parent_instance_id=parent.instance_id,
-                       parent_task_id=event_id, parent_generation=parent.generation)
+        new = Instance(
+            child_id,
+            name,
+            "Pending",
+            input_text,
+            created=now,
+            updated=now,
+            generation=(child.generation + 1) if child else 0,
+            parent_instance_id=parent.instance_id,
+            parent_task_id=event_id,
+            parent_generation=parent.generation,
+            owner=self.engine_id,
+        )
         try:
             if child is None:
                 self.store.insert_instance(new)
@@ -341,36 +371,58 @@ class DurableEngine:
             event = h.sub_orchestration_completed(task_id, child.output)
         else:
             reason = json.loads(child.output) if child.output else child.status
-            event = h.sub_orchestration_failed(task_id, str(reason), f"sub-orchestration {child.instance_id} "
-                                               f"{child.status.lower()}")
+            event = h.sub_orchestration_failed(
+                task_id, str(reason), f"sub-orchestration {child.instance_id} {child.status.lower()}"
+            )
         self.deliver(child.parent_instance_id, event, int(child.parent_generation or 0))
 
-    # --- recovery ------------------------------------------------------------------
-    def _recover(self) -> None:
-        """Re-derive the work of every in-flight instance after a (re)start."""
-        resumed = 0
+    # --- ownership and recovery (see ownership.py) ----------------------------------
+    def _housekeeping(self) -> None:
+        beats = 0
+        while not self._stopping.wait(HEARTBEAT_SECONDS):
+            beats += 1
+            try:
+                self.peers.heartbeat()
+                if beats % 2 == 0:
+                    self._scan_orphans()
+            except Exception:
+                self.log.exception("durable housekeeping failed; retrying")
+
+    def _scan_orphans(self) -> None:
+        """Wake every unfinished instance that needs an owner (its episode adopts it)."""
         for inst in self.store.list_instances(with_payloads=False):
-            if inst.terminal:
+            if not inst.terminal and inst.owner != self.engine_id and self.peers.adoptable(inst.owner):
+                self.signal(inst.instance_id)
+
+    def _adopt(self, inst: Instance) -> None:
+        """Claim the instance (If-Match), then re-derive its outstanding work from history and inbox."""
+        previous, inst.owner = inst.owner, self.engine_id
+        try:
+            self.store.replace_instance(inst)
+        except ResourceModifiedError:
+            return
+        inst = self.store.get_instance(inst.instance_id) or inst
+        rows = self.store.load_history(inst.instance_id, inst.generation, inst.history_length)
+        pending = {t for r in rows if (t := act.completion_target(r.event)) is not None}
+        for item in self.store.load_inbox(inst.instance_id):
+            if (t := act.completion_target(item.event)) is not None and item.generation in (-1, inst.generation):
+                pending.add(t)
+        redone = 0
+        for (is_timer, seq), row in act.scheduling_rows(rows).items():
+            if (is_timer, seq) in pending:
                 continue
-            full = self.store.get_instance(inst.instance_id)
-            if full is None:
-                continue
-            rows = self.store.load_history(full.instance_id, full.generation, full.history_length)
-            pending = {t for r in rows if (t := act.completion_target(r.event)) is not None}
-            for item in self.store.load_inbox(full.instance_id):
-                if (t := act.completion_target(item.event)) is not None and item.generation in (-1, full.generation):
-                    pending.add(t)
-            for (is_timer, seq), row in act.scheduling_rows(rows).items():
-                if (is_timer, seq) in pending:
-                    continue
-                ev = row.event
-                if is_timer:
-                    self._arm_timer(full.instance_id, full.generation, seq, ev["FireAt"])
-                elif ev["EventType"] == EventType.TASK_SCHEDULED:
-                    self._start_work(full, act.Work("activity", seq, ev["Name"], ev.get("Input")))
-                else:
-                    self._start_sub(full, seq, ev["Name"], ev["InstanceId"], ev.get("Input"))
-            self.signal(full.instance_id)
-            resumed += 1
-        if resumed:
-            self.log.info("durable engine resumed %d in-flight orchestration(s)", resumed)
+            ev = row.event
+            redone += 1
+            if is_timer:
+                self.timers.arm(inst.instance_id, inst.generation, seq, ev["FireAt"])
+            elif ev["EventType"] == EventType.TASK_SCHEDULED:
+                self._start_work(inst, act.Work("activity", seq, ev["Name"], ev.get("Input")))
+            else:
+                self._start_sub(inst, seq, ev["Name"], ev["InstanceId"], ev.get("Input"))
+        self.log.info(
+            "orchestration %s (%s) resumed from engine %s: %d unfinished task(s) restarted",
+            inst.name,
+            inst.instance_id,
+            previous or "unknown",
+            redone,
+        )

@@ -76,11 +76,14 @@ def orchestrator_completed(at: datetime) -> dict[str, Any]:
     return event(EventType.ORCHESTRATOR_COMPLETED, timestamp=at)
 
 
-def execution_started(name: str, input_text: str | None, at: datetime, parent_instance_id: str | None) -> dict[str, Any]:
+def execution_started(
+    name: str, input_text: str | None, at: datetime, parent_instance_id: str | None
+) -> dict[str, Any]:
     # `Version` must be present: the SDK reads it from ExecutionStarted (AttributeError otherwise).
     parent = {"OrchestrationInstance": {"InstanceId": parent_instance_id}} if parent_instance_id else None
-    return event(EventType.EXECUTION_STARTED, timestamp=at, Name=name, Input=input_text, Version="",
-                 ParentInstance=parent)
+    return event(
+        EventType.EXECUTION_STARTED, timestamp=at, Name=name, Input=input_text, Version="", ParentInstance=parent
+    )
 
 
 def task_scheduled(event_id: int, name: str, input_text: str | None, at: datetime) -> dict[str, Any]:
@@ -103,10 +106,12 @@ def timer_fired(timer_id: int, fire_at: str) -> dict[str, Any]:
     return event(EventType.TIMER_FIRED, TimerId=timer_id, FireAt=fire_at)
 
 
-def sub_orchestration_created(event_id: int, name: str, instance_id: str, input_text: str | None,
-                              at: datetime) -> dict[str, Any]:
-    return event(EventType.SUB_ORCHESTRATION_INSTANCE_CREATED, event_id, at, Name=name, InstanceId=instance_id,
-                 Input=input_text)
+def sub_orchestration_created(
+    event_id: int, name: str, instance_id: str, input_text: str | None, at: datetime
+) -> dict[str, Any]:
+    return event(
+        EventType.SUB_ORCHESTRATION_INSTANCE_CREATED, event_id, at, Name=name, InstanceId=instance_id, Input=input_text
+    )
 
 
 def sub_orchestration_completed(scheduled_id: int, result_text: str | None) -> dict[str, Any]:
@@ -114,8 +119,9 @@ def sub_orchestration_completed(scheduled_id: int, result_text: str | None) -> d
 
 
 def sub_orchestration_failed(scheduled_id: int, reason: str, details: str) -> dict[str, Any]:
-    return event(EventType.SUB_ORCHESTRATION_INSTANCE_FAILED, TaskScheduledId=scheduled_id, Reason=reason,
-                 Details=details)
+    return event(
+        EventType.SUB_ORCHESTRATION_INSTANCE_FAILED, TaskScheduledId=scheduled_id, Reason=reason, Details=details
+    )
 
 
 def event_raised(name: str, input_text: str | None) -> dict[str, Any]:

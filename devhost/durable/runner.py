@@ -54,8 +54,9 @@ class ActivityResult:
 def run_activity(fn: FunctionInfo, input_text: str | None) -> ActivityResult:
     """Decode the input and encode the output with the worker's own ActivityTrigger converter."""
     try:
-        value = ActivityTriggerConverter.decode(meta.Datum(input_text if input_text is not None else "null", "json"),
-                                                trigger_metadata=None)
+        value = ActivityTriggerConverter.decode(
+            meta.Datum(input_text if input_text is not None else "null", "json"), trigger_metadata=None
+        )
         outcome = fn.user_function(**{fn.trigger["name"]: value})
         if inspect.isawaitable(outcome):
             outcome = asyncio.run(_await(outcome))
@@ -63,8 +64,9 @@ def run_activity(fn: FunctionInfo, input_text: str | None) -> ActivityResult:
         return ActivityResult(True, str(encoded.value))
     except Exception as exc:
         details = "".join(traceback.format_exception(exc))[-4000:]
-        return ActivityResult(False, reason=f"Activity function '{fn.name}' failed: {type(exc).__name__}: {exc}",
-                              details=details)
+        return ActivityResult(
+            False, reason=f"Activity function '{fn.name}' failed: {type(exc).__name__}: {exc}", details=details
+        )
 
 
 async def _await(awaitable: Any) -> Any:

@@ -59,6 +59,7 @@ class Instance:
     parent_instance_id: str | None = None
     parent_task_id: int | None = None
     parent_generation: int | None = None
+    owner: str | None = None  # the engine that committed last (see DurableEngine's ownership)
     etag: str | None = field(default=None, repr=False)
 
     @property
@@ -90,9 +91,10 @@ class DurableStore:
         self.history: TableClient = service.get_table_client(f"{task_hub}History")
         self.inbox: TableClient = service.get_table_client(f"{task_hub}Inbox")
         self.payloads: TableClient = service.get_table_client(f"{task_hub}Payloads")
+        self.engines: TableClient = service.get_table_client(f"{task_hub}Engines")
 
     def create_tables(self) -> None:
-        for table in (self.instances, self.history, self.inbox, self.payloads):
+        for table in (self.instances, self.history, self.inbox, self.payloads, self.engines):
             with contextlib.suppress(ResourceExistsError):
                 table.create_table()
 
@@ -128,13 +130,25 @@ class DurableStore:
     # --- instances -----------------------------------------------------------------
     def _instance_entity(self, inst: Instance) -> dict[str, Any]:
         props: dict[str, Any] = {
-            "PartitionKey": inst.instance_id, "RowKey": "", "Name": inst.name, "RuntimeStatus": inst.status,
-            "CreatedTime": inst.created, "LastUpdatedTime": inst.updated, "Generation": inst.generation,
-            "HistoryLength": inst.history_length, "NextSeq": inst.next_seq, "ActionsSeen": inst.actions_seen,
+            "PartitionKey": inst.instance_id,
+            "RowKey": "",
+            "Name": inst.name,
+            "RuntimeStatus": inst.status,
+            "CreatedTime": inst.created,
+            "LastUpdatedTime": inst.updated,
+            "Generation": inst.generation,
+            "HistoryLength": inst.history_length,
+            "NextSeq": inst.next_seq,
+            "ActionsSeen": inst.actions_seen,
         }
+        if inst.owner:
+            props["Owner"] = inst.owner
         if inst.parent_instance_id:
-            props.update(ParentInstanceId=inst.parent_instance_id, ParentTaskId=inst.parent_task_id,
-                         ParentGeneration=inst.parent_generation)
+            props.update(
+                ParentInstanceId=inst.parent_instance_id,
+                ParentTaskId=inst.parent_task_id,
+                ParentGeneration=inst.parent_generation,
+            )
         self._put_text(props, "Input", inst.input, inst.instance_id)
         self._put_text(props, "Output", inst.output, inst.instance_id)
         self._put_text(props, "CustomStatus", inst.custom_status, inst.instance_id)
@@ -142,15 +156,23 @@ class DurableStore:
 
     def _instance_from(self, e: Any, with_payloads: bool = True) -> Instance:
         return Instance(
-            instance_id=e["PartitionKey"], name=e["Name"], status=e["RuntimeStatus"],
+            instance_id=e["PartitionKey"],
+            name=e["Name"],
+            status=e["RuntimeStatus"],
             input=self._get_text(e, "Input") if with_payloads else None,
             output=self._get_text(e, "Output") if with_payloads else None,
             custom_status=self._get_text(e, "CustomStatus") if with_payloads else None,
-            created=e.get("CreatedTime", ""), updated=e.get("LastUpdatedTime", ""),
-            generation=int(e.get("Generation", 0)), history_length=int(e.get("HistoryLength", 0)),
-            next_seq=int(e.get("NextSeq", 0)), actions_seen=int(e.get("ActionsSeen", 0)),
-            parent_instance_id=e.get("ParentInstanceId"), parent_task_id=e.get("ParentTaskId"),
-            parent_generation=e.get("ParentGeneration"), etag=e.metadata.get("etag"),
+            created=e.get("CreatedTime", ""),
+            updated=e.get("LastUpdatedTime", ""),
+            generation=int(e.get("Generation", 0)),
+            history_length=int(e.get("HistoryLength", 0)),
+            next_seq=int(e.get("NextSeq", 0)),
+            actions_seen=int(e.get("ActionsSeen", 0)),
+            parent_instance_id=e.get("ParentInstanceId"),
+            parent_task_id=e.get("ParentTaskId"),
+            parent_generation=e.get("ParentGeneration"),
+            owner=e.get("Owner"),
+            etag=e.metadata.get("etag"),
         )
 
     def get_instance(self, instance_id: str) -> Instance | None:
@@ -165,8 +187,12 @@ class DurableStore:
 
     def replace_instance(self, inst: Instance) -> None:
         """Write the row only if it is unchanged since `inst.etag` was read (the commit point)."""
-        self.instances.update_entity(self._instance_entity(inst), mode=UpdateMode.REPLACE, etag=inst.etag,
-                                     match_condition=MatchConditions.IfNotModified)
+        self.instances.update_entity(
+            self._instance_entity(inst),
+            mode=UpdateMode.REPLACE,
+            etag=inst.etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
 
     def list_instances(self, with_payloads: bool = True) -> Iterator[Instance]:
         for e in self.instances.list_entities():
@@ -182,7 +208,8 @@ class DurableStore:
     def delete_generations_before(self, instance_id: str, generation: int) -> None:
         """Drop history rows of earlier generations (after continue-as-new or a restart)."""
         rows = self.history.query_entities(
-            f"PartitionKey eq '{_q(instance_id)}' and RowKey lt '{generation:06d}-'", select=["PartitionKey", "RowKey"])
+            f"PartitionKey eq '{_q(instance_id)}' and RowKey lt '{generation:06d}-'", select=["PartitionKey", "RowKey"]
+        )
         self._delete_rows(self.history, rows)
 
     def _delete_partition(self, table: TableClient, pk: str) -> None:
@@ -201,6 +228,24 @@ class DurableStore:
                     with contextlib.suppress(ResourceNotFoundError):
                         table.delete_entity(pk, rk)
 
+    # --- engines sharing the task hub ---------------------------------------------
+    def heartbeat(self, engine_id: str, *, host: str, pid: int, base_url: str, now: str, stopped: bool = False) -> None:
+        self.engines.upsert_entity(
+            {
+                "PartitionKey": "engine",
+                "RowKey": engine_id,
+                "Host": host,
+                "Pid": pid,
+                "BaseUrl": base_url,
+                "Alive": now,
+                "Stopped": stopped,
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    def engine_rows(self) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.engines.query_entities("PartitionKey eq 'engine'")]
+
     # --- history -------------------------------------------------------------------
     def load_history(self, instance_id: str, generation: int, length: int) -> list[HistoryRow]:
         """The committed history: rows 0..length-1 of the generation (rows past it are uncommitted)."""
@@ -208,12 +253,14 @@ class DurableStore:
             return []
         rows = self.history.query_entities(
             f"PartitionKey eq '{_q(instance_id)}' and RowKey ge '{generation:06d}-' "
-            f"and RowKey lt '{generation:06d}-{length:08d}'")
+            f"and RowKey lt '{generation:06d}-{length:08d}'"
+        )
         out: dict[int, HistoryRow] = {}
         for r in rows:
             idx = int(r["RowKey"].split("-")[1])
-            out[idx] = HistoryRow(json.loads(self._get_text(r, "Event") or "{}"), json.loads(r.get("Meta") or "{}"),
-                                  r.get("InboxKey"))
+            out[idx] = HistoryRow(
+                json.loads(self._get_text(r, "Event") or "{}"), json.loads(r.get("Meta") or "{}"), r.get("InboxKey")
+            )
         if len(out) != length:
             raise RuntimeError(f"history of {instance_id} has {len(out)} of {length} committed rows")
         return [out[i] for i in range(length)]
@@ -223,8 +270,11 @@ class DurableStore:
         batch: list[Any] = []
         size = 0
         for i, row in enumerate(rows):
-            props: dict[str, Any] = {"PartitionKey": instance_id, "RowKey": f"{generation:06d}-{start + i:08d}",
-                                     "Meta": json.dumps(row.meta)}
+            props: dict[str, Any] = {
+                "PartitionKey": instance_id,
+                "RowKey": f"{generation:06d}-{start + i:08d}",
+                "Meta": json.dumps(row.meta),
+            }
             if row.inbox_key:
                 props["InboxKey"] = row.inbox_key
             self._put_text(props, "Event", json.dumps(row.event), instance_id)
@@ -247,8 +297,9 @@ class DurableStore:
 
     def load_inbox(self, instance_id: str) -> list[InboxItem]:
         rows = self.inbox.query_entities(f"PartitionKey eq '{_q(instance_id)}'")
-        items = [InboxItem(r["RowKey"], json.loads(self._get_text(r, "Event") or "{}"), int(r.get("Gen", -1)))
-                 for r in rows]
+        items = [
+            InboxItem(r["RowKey"], json.loads(self._get_text(r, "Event") or "{}"), int(r.get("Gen", -1))) for r in rows
+        ]
         return sorted(items, key=lambda it: it.key)
 
     def delete_inbox(self, instance_id: str, keys: Iterable[str]) -> None:

@@ -21,8 +21,13 @@ from tests.agents.fake_foundry import FakeFoundry
 from tests.conftest import STRIPE_TEST_SECRET, AppStack
 
 BILLING_ENDPOINTS = ["POST /v1/payment_intents"]
-AUDIT_ENDPOINTS = ["GET /v1/payment_intents/*", "GET /v1/payment_intents", "GET /v1/charges/*", "GET /v1/charges",
-                   "GET /v1/customers/*"]
+AUDIT_ENDPOINTS = [
+    "GET /v1/payment_intents/*",
+    "GET /v1/payment_intents",
+    "GET /v1/charges/*",
+    "GET /v1/charges",
+    "GET /v1/customers/*",
+]
 
 
 @dataclass
@@ -37,8 +42,14 @@ class AgentStack:
         return f"{self.app.url}/api/stripe"
 
     def issue_key(self, role: str, endpoints: list[str], daily_usd_cap: float = 500, **extra: Any) -> dict[str, Any]:
-        body = {"vendor": "stripe", "label": f"agents-test/{role}/{uuid.uuid4().hex[:8]}",
-                "daily_usd_cap": daily_usd_cap, "allowed_endpoints": endpoints, "expires_in": "1h", **extra}
+        body = {
+            "vendor": "stripe",
+            "label": f"agents-test/{role}/{uuid.uuid4().hex[:8]}",
+            "daily_usd_cap": daily_usd_cap,
+            "allowed_endpoints": endpoints,
+            "expires_in": "1h",
+            **extra,
+        }
         resp = httpx.post(f"{self.app.url}/api/vault/keys", json=body, headers=self.app.admin_headers, timeout=30)
         assert resp.status_code == 201, resp.text
         return dict(resp.json())
@@ -60,8 +71,12 @@ class AgentStack:
 
     def tools(self, *, billing: dict[str, Any] | None = None, audit: dict[str, Any] | None = None) -> BillingTools:
         """BillingTools for a role holding the given keys (closed at teardown)."""
-        tools = BillingTools(self.proxy_url, billing_key=billing and billing["vault_key"],
-                             audit_key=audit and audit["vault_key"], backoff_seconds=0.05)
+        tools = BillingTools(
+            self.proxy_url,
+            billing_key=billing and billing["vault_key"],
+            audit_key=audit and audit["vault_key"],
+            backoff_seconds=0.05,
+        )
         self._tools.append(tools)
         return tools
 

@@ -74,6 +74,8 @@ class FakeFoundry:
         self.agent_versions: list[dict[str, Any]] = []
         self.classic_agents: list[dict[str, Any]] = []
         self.pending_calls: dict[str, dict[str, Any]] = {}  # call_id -> function_call item
+        self.core_requests: list[tuple[str, str]] = []  # (method, path) of every azure-core request
+        self.core_failures = 0  # answer this many azure-core requests with 503 first
         self._ids: Iterator[int] = itertools.count(1)
         self._runs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -107,14 +109,25 @@ class FakeFoundry:
 
     def function_call_item(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         call_id = self.new_id("call")
-        item = {"type": "function_call", "id": self.new_id("fc"), "call_id": call_id, "name": name,
-                "arguments": json.dumps(arguments), "status": "completed"}
+        item = {
+            "type": "function_call",
+            "id": self.new_id("fc"),
+            "call_id": call_id,
+            "name": name,
+            "arguments": json.dumps(arguments),
+            "status": "completed",
+        }
         self.pending_calls[call_id] = item
         return item
 
     def message_item(self, text: str) -> dict[str, Any]:
-        return {"type": "message", "id": self.new_id("msg"), "role": "assistant", "status": "completed",
-                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        return {
+            "type": "message",
+            "id": self.new_id("msg"),
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
 
     def outputs_for(self, name: str) -> list[dict[str, Any]]:
         """Decoded outputs the client posted for calls of tool `name`, in order."""
@@ -128,8 +141,15 @@ class FakeFoundry:
         path = request.url.path
         body = json.loads(request.content or b"{}")
         if path.endswith("/openai/v1/conversations"):
-            return httpx2.Response(200, json={"id": self.new_id("conv"), "object": "conversation",
-                                              "created_at": int(time.time()), "metadata": {}})
+            return httpx2.Response(
+                200,
+                json={
+                    "id": self.new_id("conv"),
+                    "object": "conversation",
+                    "created_at": int(time.time()),
+                    "metadata": {},
+                },
+            )
         if not path.endswith("/openai/v1/responses"):
             return httpx2.Response(404, json={"error": {"message": f"fake has no {path}"}})
         with self._lock:
@@ -146,45 +166,100 @@ class FakeFoundry:
             output = self.script.popleft()(self, body)
         if isinstance(output, int):
             return httpx2.Response(output, json={"error": {"message": "fake failure", "type": "server_error"}})
-        return httpx2.Response(200, json={
-            "id": self.new_id("resp"), "object": "response", "created_at": int(time.time()), "status": "completed",
-            "model": "gpt-4o", "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "output": output,
-        })
+        return httpx2.Response(
+            200,
+            json={
+                "id": self.new_id("resp"),
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": "gpt-4o",
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "output": output,
+            },
+        )
 
     # --- azure-core (local HTTP server) ----------------------------------------------------------
     def handle_core(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         path = path.split("?", 1)[0].removeprefix("/api/projects/fake-project")
+        self.core_requests.append((method, path))
+        if self.core_failures > 0:
+            self.core_failures -= 1
+            return 503, {"error": {"code": "unavailable", "message": "fake failure"}}
         now = int(time.time())
         if m := re.fullmatch(r"/agents/([^/]+)/versions", path):
             self.agent_versions.append(body)
             version = str(sum(1 for _ in self.agent_versions))
-            return 200, {"object": "agent.version", "id": f"{m.group(1)}:{version}", "name": m.group(1),
-                         "version": version, "created_at": now, "definition": body["definition"]}
+            return 200, {
+                "object": "agent.version",
+                "id": f"{m.group(1)}:{version}",
+                "name": m.group(1),
+                "version": version,
+                "created_at": now,
+                "definition": body["definition"],
+            }
         if path == "/assistants" and method == "POST":
             self.classic_agents.append(body)
-            return 200, {"id": self.new_id("asst"), "object": "assistant", "created_at": now, "name": body.get("name"),
-                         "description": None, "model": body.get("model"), "instructions": body.get("instructions"),
-                         "tools": body.get("tools", []), "tool_resources": {}, "temperature": 1, "top_p": 1,
-                         "metadata": {}}
+            return 200, {
+                "id": self.new_id("asst"),
+                "object": "assistant",
+                "created_at": now,
+                "name": body.get("name"),
+                "description": None,
+                "model": body.get("model"),
+                "instructions": body.get("instructions"),
+                "tools": body.get("tools", []),
+                "tool_resources": {},
+                "temperature": 1,
+                "top_p": 1,
+                "metadata": {},
+            }
         if path == "/threads" and method == "POST":
-            return 200, {"id": self.new_id("thread"), "object": "thread", "created_at": now, "tool_resources": {},
-                         "metadata": {}}
+            return 200, {
+                "id": self.new_id("thread"),
+                "object": "thread",
+                "created_at": now,
+                "tool_resources": {},
+                "metadata": {},
+            }
         if (m := re.fullmatch(r"/threads/([^/]+)/messages", path)) and method == "POST":
-            return 200, {"id": self.new_id("msg"), "object": "thread.message", "created_at": now,
-                         "thread_id": m.group(1), "status": "completed", "role": body.get("role", "user"),
-                         "content": [{"type": "text", "text": {"value": str(body.get("content")), "annotations": []}}],
-                         "attachments": [], "metadata": {}, "assistant_id": None, "run_id": None}
+            return 200, {
+                "id": self.new_id("msg"),
+                "object": "thread.message",
+                "created_at": now,
+                "thread_id": m.group(1),
+                "status": "completed",
+                "role": body.get("role", "user"),
+                "content": [{"type": "text", "text": {"value": str(body.get("content")), "annotations": []}}],
+                "attachments": [],
+                "metadata": {},
+                "assistant_id": None,
+                "run_id": None,
+            }
         if (m := re.fullmatch(r"/threads/([^/]+)/runs", path)) and method == "POST":
-            run = {"id": self.new_id("run"), "thread_id": m.group(1), "assistant_id": body.get("assistant_id"),
-                   "batches": deque(self.classic_runs.popleft() if self.classic_runs else []), "pending": None}
+            run = {
+                "id": self.new_id("run"),
+                "thread_id": m.group(1),
+                "assistant_id": body.get("assistant_id"),
+                "batches": deque(self.classic_runs.popleft() if self.classic_runs else []),
+                "pending": None,
+            }
             self._runs[run["id"]] = run
             return 200, self._run_json(run, "queued")
         if (m := re.fullmatch(r"/threads/[^/]+/runs/([^/]+)", path)) and method == "GET":
             run = self._runs[m.group(1)]
             if run["pending"] is None and run["batches"]:
                 batch = run["batches"].popleft()
-                run["pending"] = [{"id": self.new_id("call"), "type": "function",
-                                   "function": {"name": name, "arguments": json.dumps(args)}} for name, args in batch]
+                run["pending"] = [
+                    {
+                        "id": self.new_id("call"),
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(args)},
+                    }
+                    for name, args in batch
+                ]
             if run["pending"] is not None:
                 return 200, self._run_json(run, "requires_action")
             return 200, self._run_json(run, "completed")
@@ -192,25 +267,52 @@ class FakeFoundry:
             run = self._runs[m.group(1)]
             names = {c["id"]: c["function"]["name"] for c in run["pending"] or []}
             for out in body.get("tool_outputs", []):
-                self.tool_outputs.append({"call_id": out["tool_call_id"], "output": out["output"],
-                                          "name": names.get(out["tool_call_id"], "?")})
+                self.tool_outputs.append(
+                    {
+                        "call_id": out["tool_call_id"],
+                        "output": out["output"],
+                        "name": names.get(out["tool_call_id"], "?"),
+                    }
+                )
             run["pending"] = None
             return 200, self._run_json(run, "queued")
         return 404, {"error": {"code": "not_found", "message": f"fake has no {method} {path}"}}
 
     def _run_json(self, run: dict[str, Any], status: str) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": run["id"], "object": "thread.run", "thread_id": run["thread_id"],
-            "assistant_id": run["assistant_id"], "status": status, "created_at": int(time.time()),
-            "expires_at": None, "started_at": None, "completed_at": None, "cancelled_at": None, "failed_at": None,
-            "last_error": None, "model": "gpt-4o", "instructions": "", "tools": [], "incomplete_details": None,
-            "usage": None, "metadata": {}, "parallel_tool_calls": True, "tool_resources": {},
-            "max_prompt_tokens": None, "max_completion_tokens": None, "truncation_strategy": None,
-            "tool_choice": "auto", "response_format": "auto", "temperature": 1, "top_p": 1,
+            "id": run["id"],
+            "object": "thread.run",
+            "thread_id": run["thread_id"],
+            "assistant_id": run["assistant_id"],
+            "status": status,
+            "created_at": int(time.time()),
+            "expires_at": None,
+            "started_at": None,
+            "completed_at": None,
+            "cancelled_at": None,
+            "failed_at": None,
+            "last_error": None,
+            "model": "gpt-4o",
+            "instructions": "",
+            "tools": [],
+            "incomplete_details": None,
+            "usage": None,
+            "metadata": {},
+            "parallel_tool_calls": True,
+            "tool_resources": {},
+            "max_prompt_tokens": None,
+            "max_completion_tokens": None,
+            "truncation_strategy": None,
+            "tool_choice": "auto",
+            "response_format": "auto",
+            "temperature": 1,
+            "top_p": 1,
         }
         if status == "requires_action":
-            body["required_action"] = {"type": "submit_tool_outputs",
-                                       "submit_tool_outputs": {"tool_calls": run["pending"]}}
+            body["required_action"] = {
+                "type": "submit_tool_outputs",
+                "submit_tool_outputs": {"tool_calls": run["pending"]},
+            }
         return body
 
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import openai
 import pytest
+from azure.core.exceptions import HttpResponseError
 
 from agents.foundry import (
     BILLING_AGENT_INSTRUCTIONS,
     SUPERVISOR_AGENT_INSTRUCTIONS,
+    azure_function_tools,
     create_billing_agent,
     function_tool_schemas,
     openai_client,
@@ -37,7 +39,9 @@ class Session:
         self.foundry, self.tools = foundry, tools
         self.project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
         self.agent = create_billing_agent(
-            self.project, model="gpt-4o", name="supervisor" if supervisor else "billing-agent",
+            self.project,
+            model="gpt-4o",
+            name="supervisor" if supervisor else "billing-agent",
             instructions=SUPERVISOR_AGENT_INSTRUCTIONS if supervisor else BILLING_AGENT_INSTRUCTIONS,
         )
         self.openai = openai_client(self.project, http_client=foundry.openai_http_client())
@@ -79,19 +83,18 @@ def test_create_billing_agent_posts_a_prompt_agent_with_strict_function_tools(fo
 def test_both_client_retry_layers_are_off(foundry: FakeFoundry) -> None:
     project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
     oc = openai_client(project, http_client=foundry.openai_http_client())
-    assert oc.max_retries == 0
-    assert project._config.retry_policy.total_retries == 0
     foundry.script.append(fail(503))
     with pytest.raises(openai.APIStatusError):
         oc.responses.create(input="hi", extra_body={})
-    assert len(foundry.responses_requests) == 1  # no hidden second attempt
+    assert len(foundry.responses_requests) == 1  # the OpenAI client did not retry
+    foundry.core_failures = 1
+    with pytest.raises(HttpResponseError):
+        create_billing_agent(project, model="gpt-4o")
+    assert foundry.core_requests == [("POST", "/agents/billing-agent/versions")]  # nor did azure-core
 
 
 # --- integration: the double-charge scenarios ------------------------------------------------
-pytestmark_integration = pytest.mark.integration
-
-
-@pytestmark_integration
+@pytest.mark.integration
 def test_lost_response_the_same_function_call_twice_charges_once(stack: AgentStack, foundry: FakeFoundry) -> None:
     customer = stack.new_customer()
     session = Session(foundry, stack.tools(billing=stack.billing_key(), audit=stack.audit_key()))
@@ -108,7 +111,7 @@ def test_lost_response_the_same_function_call_twice_charges_once(stack: AgentSta
     assert intent["id"] == first["charge_id"] and intent["amount"] == 2900 and intent["status"] == "succeeded"
 
 
-@pytestmark_integration
+@pytest.mark.integration
 def test_retried_run_resubmitting_identical_arguments_charges_once(stack: AgentStack, foundry: FakeFoundry) -> None:
     customer = stack.new_customer()
     session = Session(foundry, stack.tools(billing=stack.billing_key(), audit=stack.audit_key()))
@@ -129,7 +132,7 @@ def test_retried_run_resubmitting_identical_arguments_charges_once(stack: AgentS
     assert len(stack.payment_intents(customer)) == 1
 
 
-@pytestmark_integration
+@pytest.mark.integration
 def test_thread_replay_on_a_follow_up_charges_once_and_then_reads(stack: AgentStack, foundry: FakeFoundry) -> None:
     customer = stack.new_customer()
     billing, audit = stack.billing_key(), stack.audit_key()
@@ -139,18 +142,25 @@ def test_thread_replay_on_a_follow_up_charges_once_and_then_reads(stack: AgentSt
     session.turn(f"Charge {customer} $29 for June 2026")
 
     # Follow-up: the model first re-runs the charge from thread history, then looks it up.
-    foundry.script.extend([
-        call("charge_stripe", **args),
-        lambda fake, body: [fake.function_call_item(
-            "get_charge_status", {"charge_id": fake.last_output("charge_stripe")["charge_id"]})],
-        say("The June payment succeeded; the invoice email may be delayed."),
-    ])
+    foundry.script.extend(
+        [
+            call("charge_stripe", **args),
+            lambda fake, body: [
+                fake.function_call_item(
+                    "get_charge_status", {"charge_id": fake.last_output("charge_stripe")["charge_id"]}
+                )
+            ],
+            say("The June payment succeeded; the invoice email may be delayed."),
+        ]
+    )
     turn = session.turn(FOLLOW_UP)
 
     charge_id = foundry.outputs_for("charge_stripe")[0]["charge_id"]
     assert foundry.last_output("charge_stripe")["replayed"] is True
     status = foundry.last_output("get_charge_status")
-    assert status["charge_id"] == charge_id and status["status"] == "succeeded" and status["billing_period"] == "2026-06"
+    assert (
+        status["charge_id"] == charge_id and status["status"] == "succeeded" and status["billing_period"] == "2026-06"
+    )
     assert [c.name for c in turn.tool_calls] == ["charge_stripe", "get_charge_status"]
     assert len(stack.payment_intents(customer)) == 1
     # The read went out with the audit key; the billing key only ever POSTed (once forwarded, once replayed).
@@ -160,34 +170,42 @@ def test_thread_replay_on_a_follow_up_charges_once_and_then_reads(stack: AgentSt
     assert posts == ["forwarded", "replayed"]
 
 
-@pytestmark_integration
+@pytest.mark.integration
 def test_supervisor_holding_only_the_audit_key_cannot_charge(stack: AgentStack, foundry: FakeFoundry) -> None:
     customer = stack.new_customer()
     audit = stack.audit_key()
     session = Session(foundry, stack.tools(audit=audit), supervisor=True)  # it can charge "as a backup"
-    foundry.script.extend([call("charge_stripe", **charge_args(customer)), say("I can't bill; the billing agent will.")])
+    foundry.script.extend(
+        [call("charge_stripe", **charge_args(customer)), say("I can't bill; the billing agent will.")]
+    )
 
     turn = session.turn(f"The billing agent timed out; charge {customer} $29 for June 2026 as a backup.")
 
     out = foundry.last_output("charge_stripe")
-    assert out["error"] == "endpoint_not_allowed" and out["retryable"] is False and "nothing was charged" in out["message"]
+    assert (
+        out["error"] == "endpoint_not_allowed" and out["retryable"] is False and "nothing was charged" in out["message"]
+    )
     assert turn.answer is not None
     assert stack.payment_intents(customer) == []
     refused = [r for r in stack.audit_rows(audit["key_id"]) if r["method"] == "POST"]
     assert [r["decision"] for r in refused] == ["endpoint_not_allowed"]  # the proxy said 403
 
 
-@pytestmark_integration
-def test_spent_cap_tells_the_model_to_stop_and_nothing_more_reaches_stripe(stack: AgentStack, foundry: FakeFoundry) -> None:
+@pytest.mark.integration
+def test_spent_cap_tells_the_model_to_stop_and_nothing_more_reaches_stripe(
+    stack: AgentStack, foundry: FakeFoundry
+) -> None:
     customer = stack.new_customer()
     billing = stack.billing_key(daily_usd_cap=50)
     session = Session(foundry, stack.tools(billing=billing, audit=stack.audit_key()))
-    foundry.script.extend([
-        call("charge_stripe", **charge_args(customer)),
-        call("charge_stripe", **charge_args(customer, billing_period="2026-07")),
-        call("charge_stripe", **charge_args(customer, billing_period="2026-08")),  # a model ignoring STOP
-        say("Billing stopped: the spending limit was reached."),
-    ])
+    foundry.script.extend(
+        [
+            call("charge_stripe", **charge_args(customer)),
+            call("charge_stripe", **charge_args(customer, billing_period="2026-07")),
+            call("charge_stripe", **charge_args(customer, billing_period="2026-08")),  # a model ignoring STOP
+            say("Billing stopped: the spending limit was reached."),
+        ]
+    )
     turn = session.turn(f"Charge {customer} $29 for June, July and August 2026")
 
     june, july, august = foundry.outputs_for("charge_stripe")
@@ -205,7 +223,7 @@ def test_spent_cap_tells_the_model_to_stop_and_nothing_more_reaches_stripe(stack
     assert sorted(decisions) == ["forwarded", "spend_cap_exceeded", "spend_cap_exceeded"]  # August never left
 
 
-@pytestmark_integration
+@pytest.mark.integration
 def test_round_limit_ends_a_runaway_turn(stack: AgentStack, foundry: FakeFoundry) -> None:
     customer = stack.new_customer()
     tools = stack.tools(billing=stack.billing_key(), audit=stack.audit_key())
@@ -214,3 +232,17 @@ def test_round_limit_ends_a_runaway_turn(stack: AgentStack, foundry: FakeFoundry
     turn = run_turn(session.openai, session.agent, session.conversation, "look", tools, max_tool_rounds=2)
     assert turn.hit_round_limit and turn.rounds == 2 and turn.answer == "Giving up."
     assert json.loads(turn.tool_calls[-1].output)["error"] == "tool_round_limit"
+
+
+def test_azure_function_tools_for_2x_point_at_the_app_queues() -> None:
+    tools = [t.as_dict() for t in azure_function_tools("https://acct.queue.core.windows.net")]
+    assert [t["type"] for t in tools] == ["azure_function"] * 3
+    status = next(t["azure_function"] for t in tools if t["azure_function"]["function"]["name"] == "get_charge_status")
+    assert status["input_binding"] == {
+        "type": "storage_queue",
+        "storage_queue": {
+            "queue_service_endpoint": "https://acct.queue.core.windows.net",
+            "queue_name": "spendgate-tool-get-charge-status-input",
+        },
+    }
+    assert status["output_binding"]["storage_queue"]["queue_name"] == "spendgate-tool-get-charge-status-output"

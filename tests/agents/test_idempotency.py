@@ -17,8 +17,10 @@ def key(*args: object) -> str:
     return charge_idempotency_key(ChargeArgs.parse(*args))
 
 
-@pytest.mark.parametrize("period", ["2026-06", "June 2026", "jun 2026", "06/2026", "6/2026", "2026/6", " JUNE  2026 ",
-                                    "2026 June", "June, 2026"])
+@pytest.mark.parametrize(
+    "period",
+    ["2026-06", "June 2026", "jun 2026", "06/2026", "6/2026", "2026/6", " JUNE  2026 ", "2026 June", "June, 2026"],
+)
 def test_spellings_of_one_month_share_a_key(period: str) -> None:
     assert normalize_billing_period(period) == "2026-06"
     assert key("cus_A1", 2900, period) == key("cus_A1", 2900, "2026-06")
@@ -30,8 +32,13 @@ def test_models_sending_amounts_as_text_or_float_get_the_same_key() -> None:
 
 @pytest.mark.parametrize(
     "other",
-    [("cus_B2", 2900, "2026-06"), ("cus_A1", 2901, "2026-06"), ("cus_A1", 2900, "2026-07"),
-     ("cus_A1", 2900, "2026-06", "in_2"), ("cus_a1", 2900, "2026-06")],
+    [
+        ("cus_B2", 2900, "2026-06"),
+        ("cus_A1", 2901, "2026-06"),
+        ("cus_A1", 2900, "2026-07"),
+        ("cus_A1", 2900, "2026-06", "in_2"),
+        ("cus_a1", 2900, "2026-06"),
+    ],
 )
 def test_a_different_charge_gets_a_different_key(other: tuple[object, ...]) -> None:
     assert key(*other) != key("cus_A1", 2900, "2026-06")
@@ -56,10 +63,21 @@ def test_unrecognized_periods_are_kept_as_trimmed_lower_text() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("", 2900, "2026-06"), ("acct_1", 2900, "2026-06"), ("cus_1/../x", 2900, "2026-06"), ("cus_1", 0, "2026-06"),
-     ("cus_1", -5, "2026-06"), ("cus_1", 29.5, "2026-06"), ("cus_1", True, "2026-06"), ("cus_1", "29 dollars", "2026-06"),
-     ("cus_1", 100_000_000, "2026-06"), ("cus_1", 2900, ""), ("cus_1", 2900, None), ("cus_1", 2900, "p" * 101),
-     ("cus_1", 2900, "2026-06", "in 1")],
+    [
+        ("", 2900, "2026-06"),
+        ("acct_1", 2900, "2026-06"),
+        ("cus_1/../x", 2900, "2026-06"),
+        ("cus_1", 0, "2026-06"),
+        ("cus_1", -5, "2026-06"),
+        ("cus_1", 29.5, "2026-06"),
+        ("cus_1", True, "2026-06"),
+        ("cus_1", "29 dollars", "2026-06"),
+        ("cus_1", 100_000_000, "2026-06"),
+        ("cus_1", 2900, ""),
+        ("cus_1", 2900, None),
+        ("cus_1", 2900, "p" * 101),
+        ("cus_1", 2900, "2026-06", "in 1"),
+    ],
 )
 def test_unusable_arguments_are_refused(args: tuple[object, ...]) -> None:
     with pytest.raises(InvalidArguments):

@@ -21,9 +21,16 @@ def test_stop_codes_tell_the_model_to_stop_not_retry_and_tell_the_user(code: str
 
 
 def test_other_errors_keep_their_message_and_retry_flag() -> None:
-    out = json.loads(messages.error_output("upstream_unavailable", "try once more", retryable=True, idempotency_key="k"))
-    assert out == {"error": "upstream_unavailable", "message": "try once more", "retryable": True, "stop": False,
-                   "idempotency_key": "k"}
+    out = json.loads(
+        messages.error_output("upstream_unavailable", "try once more", retryable=True, idempotency_key="k")
+    )
+    assert out == {
+        "error": "upstream_unavailable",
+        "message": "try once more",
+        "retryable": True,
+        "stop": False,
+        "idempotency_key": "k",
+    }
     assert not messages.is_stop(json.dumps(out))
 
 

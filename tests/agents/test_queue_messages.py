@@ -28,8 +28,11 @@ ARGS = {"customer_id": "cus_1", "amount_cents": 2900, "billing_period": "2026-06
 
 @pytest.mark.parametrize(
     "message",
-    [{"CorrelationId": "c-1", "function_args": ARGS}, {"CorrelationId": "c-1", **ARGS},
-     {"CorrelationId": "c-1", "function_args": json.dumps(ARGS)}],
+    [
+        {"CorrelationId": "c-1", "function_args": ARGS},
+        {"CorrelationId": "c-1", **ARGS},
+        {"CorrelationId": "c-1", "function_args": json.dumps(ARGS)},
+    ],
 )
 def test_both_message_shapes_reach_the_tool_and_the_reply_echoes_the_correlation_id(message: dict[str, Any]) -> None:
     tools = RecordingTools()
@@ -38,8 +41,10 @@ def test_both_message_shapes_reach_the_tool_and_the_reply_echoes_the_correlation
     assert reply == {"Value": json.dumps({"ok": True}), "CorrelationId": "c-1"}
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"function_args": {}}', b'{"CorrelationId": ""}',
-                                  b'{"CorrelationId": 7}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'{"function_args": {}}', b'{"CorrelationId": ""}', b'{"CorrelationId": 7}', b"\xff\xfe"],
+)
 def test_unanswerable_messages_raise_so_the_host_poisons_them(body: bytes) -> None:
     tools = RecordingTools()
     with pytest.raises(MalformedToolMessage):
@@ -49,8 +54,9 @@ def test_unanswerable_messages_raise_so_the_host_poisons_them(body: bytes) -> No
 
 def test_arguments_that_are_not_an_object_are_answered_with_an_error() -> None:
     tools = RecordingTools()
-    reply = json.loads(handle_tool_message("charge_stripe", b'{"CorrelationId": "c-2", "function_args": [1]}',
-                                           lambda: tools))
+    reply = json.loads(
+        handle_tool_message("charge_stripe", b'{"CorrelationId": "c-2", "function_args": [1]}', lambda: tools)
+    )
     assert reply["CorrelationId"] == "c-2" and json.loads(reply["Value"])["error"] == "invalid_arguments"
     assert tools.calls == []
 

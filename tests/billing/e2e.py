@@ -43,8 +43,9 @@ def get_run(base: str, headers: dict[str, str], instance_id: str) -> dict[str, A
 FINISHED = ("Completed", "Failed", "Terminated")
 
 
-def wait_until(base: str, headers: dict[str, str], instance_id: str, done_at_least: int | None = None,
-               timeout: float = 120) -> dict[str, Any]:
+def wait_until(
+    base: str, headers: dict[str, str], instance_id: str, done_at_least: int | None = None, timeout: float = 120
+) -> dict[str, Any]:
     """Poll the run until it finishes (or its progress reaches `done_at_least`)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -57,8 +58,9 @@ def wait_until(base: str, headers: dict[str, str], instance_id: str, done_at_lea
         time.sleep(0.2)
 
 
-def succeeded_objects(localstripe_url: str, secret: str, instance_id: str,
-                      resource: str = "payment_intents") -> Counter[int]:
+def succeeded_objects(
+    localstripe_url: str, secret: str, instance_id: str, resource: str = "payment_intents"
+) -> Counter[int]:
     """How many succeeded Stripe objects each item of the run has (any value > 1 is a duplicate)."""
     per_item: Counter[int] = Counter()
     after = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.durable_functions.testing import orchestrator_generator_wrapper
@@ -33,7 +34,7 @@ class FakeTask:
 
 @dataclass
 class Call:
-    kind: str  # "activity" or "sub"
+    kind: str  # "activity", "sub" or "timer"
     name: str
     input: Any
     instance_id: str | None = None
@@ -47,6 +48,7 @@ class FakeContext:
     sub_orchestrators: dict[str, Callable[[FakeContext], Generator[Any, Any, Any]]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     statuses: list[Any] = field(default_factory=list)
+    current_utc_datetime: datetime = datetime(2026, 6, 1, tzinfo=UTC)
 
     def get_input(self) -> Any:
         return self.input
@@ -68,6 +70,11 @@ class FakeContext:
             return FakeTask(drive(self.sub_orchestrators[name], child))
         except Exception as exc:
             return FakeTask(error=exc)
+
+    def create_timer(self, fire_at: datetime) -> FakeTask:
+        self.calls.append(Call("timer", "timer", fire_at))
+        self.current_utc_datetime = fire_at
+        return FakeTask(None)
 
     def task_all(self, tasks: list[FakeTask]) -> FakeTask:
         for task in tasks:

@@ -107,9 +107,17 @@ class FaultProxy:
                 seen = Seen(self.command, self.path.split("?")[0], self.headers.get("Idempotency-Key"), form)
                 action = proxy._decide(seen)
                 if action == IN_USE_BEFORE:
-                    self._answer(409, {"Stripe-Should-Retry": "true"}, {"error": {
-                        "type": "invalid_request_error", "code": "idempotency_key_in_use",
-                        "message": "injected: a request with this key is in flight"}})
+                    self._answer(
+                        409,
+                        {"Stripe-Should-Retry": "true"},
+                        {
+                            "error": {
+                                "type": "invalid_request_error",
+                                "code": "idempotency_key_in_use",
+                                "message": "injected: a request with this key is in flight",
+                            }
+                        },
+                    )
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 upstream = proxy._http.request(self.command, proxy.target + self.path, headers=headers, content=body)

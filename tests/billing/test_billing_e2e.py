@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +21,17 @@ from tests.conftest import STRIPE_TEST_SECRET, AppStack, app_settings
 pytestmark = pytest.mark.integration
 
 
+def _own_devhost(azurite: Service, localstripe: Service, name: str, port: int, **overrides: str) -> Service:
+    """A devhost of the test's own (fault injection, kill and restart), proxy URL explicit."""
+    settings = {
+        **app_settings(azurite, localstripe),
+        "SPENDGATE_PROXY_URL": f"http://127.0.0.1:{port}/api/stripe",
+        **overrides,
+    }
+    log = REPO_ROOT / "artifacts" / f"devhost-billing-{name}.log"
+    return start_devhost(REPO_ROOT, settings, port=port, log_path=log, ready_path="/api/health")
+
+
 @pytest.fixture(scope="module")
 def pro_200(app_stack: AppStack) -> str:
     """200 chargeable customers on a plan of their own; returns the plan."""
@@ -31,8 +41,12 @@ def pro_200(app_stack: AppStack) -> str:
 
 
 def query_run(plan: str, budget_usd: float, **extra: Any) -> dict[str, Any]:
-    return {"billing_period": "2026-06", "customer_query": {"metadata": {"plan": plan}, "amount_cents": 2900},
-            "budget_usd": budget_usd, **extra}
+    return {
+        "billing_period": "2026-06",
+        "customer_query": {"metadata": {"plan": plan}, "amount_cents": 2900},
+        "budget_usd": budget_usd,
+        **extra,
+    }
 
 
 def test_full_budget_charges_all_200_exactly_once(app_stack: AppStack, pro_200: str) -> None:
@@ -63,22 +77,30 @@ def test_half_budget_charges_exactly_100_and_skips_the_rest(app_stack: AppStack,
     assert sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id).values()) == 100
 
 
-def test_a_query_pages_through_more_than_100_customers(app_stack: AppStack) -> None:
+def test_a_query_pages_through_more_than_100_customers(app_stack: AppStack, pro_200: str) -> None:
+    # The matching customers sit on different pages of a listing of > 100 customers
+    # (localstripe has no search, so every customer is listed and filtered client-side).
     plan = unique_plan("pages")
-    seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 130, plan)
-    run_id = start_run(app_stack.url, app_stack.admin_headers, query_run(plan, 10_000, endpoint="charges"))
+    first = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 1, plan)
+    seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 110, unique_plan("filler"))
+    last = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 1, plan)
+    run_id = start_run(app_stack.url, app_stack.admin_headers, query_run(plan, 100, endpoint="charges"))
     out = wait_until(app_stack.url, app_stack.admin_headers, run_id)["output"]
-    assert out["customer_pages"] >= 2
-    assert out["counts"]["charged"] == 130
-    objects = succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id, "charges")
-    assert sum(objects.values()) == 130
+    assert out["customer_pages"] >= 3  # 200 + 112 customers at least, 100 a page
+    assert out["counts"]["charged"] == 2
+    assert {i["customer_id"] for i in out["items"]} == {*first, *last}
+    assert sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id, "charges").values()) == 2
 
 
 def test_a_declined_card_is_reported_and_the_run_continues(app_stack: AppStack) -> None:
     plan = unique_plan("decline")
     ids = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 9, plan, declining=1)
-    body = {"billing_period": "2026-06", "budget_usd": 1000, "max_parallel": 4,
-            "customers": [{"customer_id": c, "amount_cents": 2900} for c in ids]}
+    body = {
+        "billing_period": "2026-06",
+        "budget_usd": 1000,
+        "max_parallel": 4,
+        "customers": [{"customer_id": c, "amount_cents": 2900} for c in ids],
+    }
     out = wait_until(app_stack.url, app_stack.admin_headers, start_run(app_stack.url, app_stack.admin_headers, body))
     out = out["output"]
     assert out["counts"]["declined"] == 1 and out["counts"]["charged"] == 9
@@ -93,8 +115,13 @@ def test_bad_bodies_and_existing_instance_ids(app_stack: AppStack, pro_200: str)
     assert httpx.post(url, content=b"{nope", headers=headers).status_code == 400
     assert httpx.post(url, json=query_run(pro_200, 1)).status_code == 401  # function auth
     run_id = f"dup-{uuid.uuid4().hex[:8]}"
-    body = {"billing_period": "2026-06", "budget_usd": 100, "instance_id": run_id,
-            "customers": [{"customer_id": "cus_missing", "amount_cents": 100}], "endpoint": "charges"}
+    body = {
+        "billing_period": "2026-06",
+        "budget_usd": 100,
+        "instance_id": run_id,
+        "customers": [{"customer_id": "cus_missing", "amount_cents": 100}],
+        "endpoint": "charges",
+    }
     assert start_run(app_stack.url, headers, body) == run_id
     again = httpx.post(url, json=body, headers=headers)
     assert again.status_code == 409 and again.json()["error"]["code"] == "run_exists"
@@ -132,12 +159,6 @@ def test_stop_revokes_then_terminates(app_stack: AppStack, pro_200: str) -> None
 # --- runs on a devhost of their own ------------------------------------------------------
 
 
-def _own_devhost(app: AppStack, name: str, port: int, **overrides: str) -> Service:
-    settings = {**app_settings(app.azurite, app.localstripe), **overrides}
-    log = Path(REPO_ROOT / "artifacts" / f"devhost-billing-{name}.log")
-    return start_devhost(REPO_ROOT, settings, port=port, log_path=log, ready_path="/api/health")
-
-
 def stripe_rule(seen: Seen, attempt: int) -> str:
     """Stripe creates the object, then answers 500, for every 7th item's first attempt."""
     if seen.method == "POST" and seen.item_index is not None and seen.item_index % 7 == 1 and attempt == 1:
@@ -161,8 +182,14 @@ def faulty_stack(app_stack: AppStack) -> Iterator[tuple[Service, FaultProxy, Fau
     port = free_port()
     to_stripe = FaultProxy(app_stack.localstripe.url, stripe_rule).start()
     to_proxy = FaultProxy(f"http://127.0.0.1:{port}", proxy_rule).start()
-    host = _own_devhost(app_stack, "faults", port, STRIPE_API_BASE=to_stripe.url,
-                        SPENDGATE_PROXY_URL=f"{to_proxy.url}/api/stripe")
+    host = _own_devhost(
+        app_stack.azurite,
+        app_stack.localstripe,
+        "faults",
+        port,
+        STRIPE_API_BASE=to_stripe.url,
+        SPENDGATE_PROXY_URL=f"{to_proxy.url}/api/stripe",
+    )
     yield host, to_stripe, to_proxy
     host.stop()
     to_stripe.stop()
@@ -175,8 +202,12 @@ def test_injected_faults_change_no_totals_and_duplicate_nothing(
     host, to_stripe, to_proxy = faulty_stack
     plan = unique_plan("faults")
     ids = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 60, plan)
-    body = {"billing_period": "2026-06", "budget_usd": 60 * 29, "max_parallel": 20,
-            "customers": [{"customer_id": c, "amount_cents": 2900} for c in ids]}
+    body = {
+        "billing_period": "2026-06",
+        "budget_usd": 60 * 29,
+        "max_parallel": 20,
+        "customers": [{"customer_id": c, "amount_cents": 2900} for c in ids],
+    }
     run_id = start_run(host.url, app_stack.admin_headers, body)
     run = wait_until(host.url, app_stack.admin_headers, run_id, timeout=150)
     assert run["runtime_status"] == "Completed", run
@@ -191,21 +222,24 @@ def test_injected_faults_change_no_totals_and_duplicate_nothing(
 
 def test_a_devhost_killed_mid_run_completes_after_restart_without_duplicates(app_stack: AppStack) -> None:
     plan = unique_plan("kill")
-    seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 200, plan)
+    seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 100, plan)
     port = free_port()
-    settings_prefix = "sg" + uuid.uuid4().hex[:10]
-    host = _own_devhost(app_stack, "kill1", port, SPENDGATE_TABLE_PREFIX=settings_prefix)
+    # Same tables after the restart; a shorter Stripe timeout shortens the proxy's in-flight
+    # lease (2 x 8 s + 10 s) that requests abandoned by the kill hold until a retry takes over
+    # (the batch is started again 30 s after it first failed: see BATCH_RETRY_DELAYS_SECONDS).
+    same = {"SPENDGATE_TABLE_PREFIX": "sg" + uuid.uuid4().hex[:10], "SPENDGATE_STRIPE_TIMEOUT_SECONDS": "8"}
+    host = _own_devhost(app_stack.azurite, app_stack.localstripe, "kill1", port, **same)
     try:
-        run_id = start_run(host.url, app_stack.admin_headers, query_run(plan, 5800, max_parallel=10))
-        wait_until(host.url, app_stack.admin_headers, run_id, done_at_least=40)
+        run_id = start_run(host.url, app_stack.admin_headers, query_run(plan, 2900, max_parallel=10))
+        wait_until(host.url, app_stack.admin_headers, run_id, done_at_least=30)
     finally:
         host.kill()
-    host = _own_devhost(app_stack, "kill2", port, SPENDGATE_TABLE_PREFIX=settings_prefix)
+    host = _own_devhost(app_stack.azurite, app_stack.localstripe, "kill2", port, **same)
     try:
-        run = wait_until(host.url, app_stack.admin_headers, run_id, timeout=150)
+        run = wait_until(host.url, app_stack.admin_headers, run_id, timeout=240)
     finally:
         host.stop()
     assert run["runtime_status"] == "Completed", run
-    assert run["output"]["counts"]["charged"] == 200
+    assert run["output"]["counts"]["charged"] == 100
     objects = succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id)
-    assert max(objects.values()) == 1 and sum(objects.values()) == 200
+    assert max(objects.values()) == 1 and sum(objects.values()) == 100

@@ -17,8 +17,13 @@ BASE = "http://proxy.test/api/stripe"
 
 
 def client(handler: Callable[[httpx.Request], httpx.Response]) -> ProxyClient:
-    return ProxyClient(BASE, "vk_k1_secret", http=httpx.Client(transport=httpx.MockTransport(handler)),
-                       max_retries=1, backoff_seconds=0.001)
+    return ProxyClient(
+        BASE,
+        "vk_k1_secret",
+        http=httpx.Client(transport=httpx.MockTransport(handler)),
+        max_retries=1,
+        backoff_seconds=0.001,
+    )
 
 
 def error(status: int, code: str, type_: str = "invalid_request_error") -> httpx.Response:
@@ -79,16 +84,20 @@ def test_terminal_answers_are_returned(response: httpx.Response, outcome: ItemOu
     assert charge_customer(client(lambda req: response), request()).outcome is outcome
 
 
-@pytest.mark.parametrize("response", [error(502, "upstream_unavailable"), error(409, "idempotency_key_in_use"),
-                                      error(503, "governance_unavailable")])
+@pytest.mark.parametrize(
+    "response",
+    [error(502, "upstream_unavailable"), error(409, "idempotency_key_in_use"), error(503, "governance_unavailable")],
+)
 def test_transient_answers_raise_for_a_durable_retry(response: httpx.Response) -> None:
     with pytest.raises(TransientChargeError):
         charge_customer(client(lambda req: response), request())
 
 
 def test_query_pages_through_all_customers_and_filters_metadata_client_side() -> None:
-    people = [{"id": f"cus_{i:03d}", "metadata": {"plan": "pro" if i % 3 else "free"}, "default_source": f"card_{i}"}
-              for i in range(250)]
+    people = [
+        {"id": f"cus_{i:03d}", "metadata": {"plan": "pro" if i % 3 else "free"}, "default_source": f"card_{i}"}
+        for i in range(250)
+    ]
     calls: list[dict[str, list[str]]] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -97,7 +106,7 @@ def test_query_pages_through_all_customers_and_filters_metadata_client_side() ->
         start = 0
         if "starting_after" in q:
             start = next(i for i, p in enumerate(people) if p["id"] == q["starting_after"][0]) + 1
-        page = people[start:start + int(q["limit"][0])]
+        page = people[start : start + int(q["limit"][0])]
         return httpx.Response(200, content=json.dumps({"data": page, "has_more": start + len(page) < len(people)}))
 
     result = fetch_customers(client(handler), FetchRequest("vk_r", query=CustomerQuery({"plan": "pro"}, 2900)))
@@ -120,6 +129,8 @@ def test_given_customers_get_their_default_card() -> None:
 
 
 def test_a_revoked_read_key_stops_the_fetch() -> None:
-    result = fetch_customers(client(lambda req: error(401, "vault_key_revoked")),
-                             FetchRequest("vk_r", query=CustomerQuery({"plan": "pro"}, 1)))
+    result = fetch_customers(
+        client(lambda req: error(401, "vault_key_revoked")),
+        FetchRequest("vk_r", query=CustomerQuery({"plan": "pro"}, 1)),
+    )
     assert (result.items, result.failure_code) == ((), "revoked")

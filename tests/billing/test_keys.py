@@ -30,7 +30,7 @@ class MemoryVault:
     def list(self, label: str | None = None, limit: int = 100, continuation: str | None = None) -> dict[str, Any]:
         rows = [k for k in self.keys.values() if label is None or k["label"] == label]
         start = int(continuation or 0)
-        page = rows[start:start + 1]  # one per page, to exercise paging
+        page = rows[start : start + 1]  # one per page, to exercise paging
         more = start + 1 < len(rows)
         return {"data": page, "continuation": str(start + 1) if more else None}
 
@@ -39,7 +39,9 @@ class MemoryVault:
         return {"label": label, "spent_cents": spent, "pending_cents": 0}
 
 
-REQUEST = KeyRequest("azure-durable/r1", "charge", 580000, ("POST /v1/payment_intents",), "2h", {"orchestration_id": "r1"})
+REQUEST = KeyRequest(
+    "azure-durable/r1", "charge", 580000, ("POST /v1/payment_intents",), "2h", {"orchestration_id": "r1"}
+)
 
 
 def test_issue_sends_the_run_policy() -> None:
@@ -47,8 +49,12 @@ def test_issue_sends_the_run_policy() -> None:
     issued = issue_run_key(vault, REQUEST)
     assert issued.key_id == "k0" and issued.vault_key == "vk_k0_s" and issued.cap_cents == 580000
     assert vault.issued[0] == {
-        "vendor": "stripe", "label": "azure-durable/r1", "daily_usd_cap": "5800.00", "total_usd_cap": "5800.00",
-        "allowed_endpoints": ["POST /v1/payment_intents"], "expires_in": "2h",
+        "vendor": "stripe",
+        "label": "azure-durable/r1",
+        "daily_usd_cap": "5800.00",
+        "total_usd_cap": "5800.00",
+        "allowed_endpoints": ["POST /v1/payment_intents"],
+        "expires_in": "2h",
         "metadata": {"orchestration_id": "r1", "role": "charge"},
     }
 

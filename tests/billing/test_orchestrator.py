@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,8 +26,14 @@ BATCH = registered(orch.billing_batch)
 class World:
     """Activities over an in-memory 'proxy': one cap per key, declines, faults, revokes."""
 
-    def __init__(self, *, declined: frozenset[str] = frozenset(), fail_times: dict[int, int] | None = None,
-                 revoke_after: int | None = None, customers: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        declined: frozenset[str] = frozenset(),
+        fail_times: dict[int, int] | None = None,
+        revoke_after: int | None = None,
+        customers: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.keys: dict[str, dict[str, Any]] = {}
         self.declined = declined
         self.fail_times = dict(fail_times or {})  # item index -> activity failures still to come
@@ -46,14 +53,21 @@ class World:
     def issue(self, payload: dict[str, Any]) -> dict[str, Any]:
         key_id = f"key{len(self.keys)}"
         self.keys[key_id] = {"cap": payload["cap_cents"], "spent": 0, "active": True}
-        return {"key_id": key_id, "vault_key": f"vk_{key_id}_secret", "label": payload["label"],
-                "cap_cents": payload["cap_cents"]}
+        return {
+            "key_id": key_id,
+            "vault_key": f"vk_{key_id}_secret",
+            "label": payload["label"],
+            "cap_cents": payload["cap_cents"],
+        }
 
     def fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
         request = FetchRequest.from_dict(payload)
         assert request.query is not None
-        items = [ChargeItem(c["id"], request.query.amount_cents, c["default_source"]).to_dict()
-                 for c in self.customers if request.query.matches(c)]
+        items = [
+            ChargeItem(c["id"], request.query.amount_cents, c["default_source"]).to_dict()
+            for c in self.customers
+            if request.query.matches(c)
+        ]
         return {"items": items, "failure_code": None, "pages": 1 + len(self.customers) // 100}
 
     def charge(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +77,11 @@ class World:
             raise RuntimeError("transient fault, retries exhausted")
         key_id = request.vault_key.split("_")[1]
         key = self.keys[key_id]
-        base = {"item_index": request.item_index, "customer_id": request.item.customer_id,
-                "amount_cents": request.item.amount_cents}
+        base = {
+            "item_index": request.item_index,
+            "customer_id": request.item.customer_id,
+            "amount_cents": request.item.amount_cents,
+        }
         if request.idempotency_key in self.charged:
             return {**base, "outcome": "charged", "object_id": self.charged[request.idempotency_key], "replayed": True}
         if not key["active"]:
@@ -88,8 +105,7 @@ class World:
 
 
 def run(world: World, request: RunRequest, instance_id: str = "run1") -> tuple[dict[str, Any], FakeContext]:
-    context = FakeContext(instance_id, request.to_dict(), world.activities(),
-                          {orch.BATCH_ORCHESTRATOR: BATCH})
+    context = FakeContext(instance_id, request.to_dict(), world.activities(), {orch.BATCH_ORCHESTRATOR: BATCH})
     return drive(RUN, context), context
 
 
@@ -118,8 +134,14 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     assert world.revoked_labels == [("azure-durable/run1", "azure-durable/run1/customers")]
     assert "vk_" not in json.dumps(output) and "vk_" not in json.dumps(ctx.statuses)
     assert output["key_ids"] == {"charge": "key0", "customers": None}
-    assert ctx.statuses[-1] == {"done": 200, "total": 200, "charged": 200, "spent_cents": 580000,
-                                "cap_cents": 580000, "stopped": None}
+    assert ctx.statuses[-1] == {
+        "done": 200,
+        "total": 200,
+        "charged": 200,
+        "spent_cents": 580000,
+        "cap_cents": 580000,
+        "stopped": None,
+    }
 
 
 def test_half_budget_charges_exactly_half_then_skips_the_rest() -> None:
@@ -152,23 +174,28 @@ def test_a_batch_that_exhausts_retries_is_restarted_with_the_same_idempotency_ke
     world = World(fail_times={3: 1})
     output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
     assert output["counts"]["charged"] == 10
-    subs = [c.instance_id for c in ctx.calls if c.kind == "sub"]
-    assert subs == ["run1:batch-0:1", "run1:batch-0:2", "run1:batch-1:1"]
+    subs = [c.instance_id for c in ctx.calls if c.kind in ("sub", "timer")]
+    assert subs == ["run1:batch-0:1", None, "run1:batch-0:2", "run1:batch-1:1"]
+    timer = next(c for c in ctx.calls if c.kind == "timer")
+    assert timer.input == datetime(2026, 6, 1, 0, 0, 30, tzinfo=UTC)  # replay-safe clock + 30 s
     # The restarted batch replayed its charged items instead of charging them again.
     assert len(world.charged) == 10
 
 
 def test_a_batch_failing_every_attempt_is_reported_and_the_run_goes_on() -> None:
     world = World(fail_times={3: 99})
-    output, _ = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
     assert output["counts"]["transient_exhausted"] == 5
+    assert len([c for c in ctx.calls if c.kind == "sub"]) == 4 + 1  # every attempt of batch 0, then batch 1
     assert output["counts"]["charged"] == 5
     assert [i["outcome"] for i in output["items"][5:]] == ["charged"] * 5
 
 
 def test_customers_by_query_use_a_read_only_key_and_the_fetched_list() -> None:
-    people = [{"id": f"cus_{i}", "metadata": {"plan": "pro" if i % 2 else "free"}, "default_source": f"card_{i}"}
-              for i in range(150)]
+    people = [
+        {"id": f"cus_{i}", "metadata": {"plan": "pro" if i % 2 else "free"}, "default_source": f"card_{i}"}
+        for i in range(150)
+    ]
     world = World(customers=people)
     request = RunRequest("2026-06", budget_cents=100_000, customer_query=CustomerQuery({"plan": "pro"}, 500))
     output, ctx = run(world, request)
@@ -185,7 +212,9 @@ def test_given_customers_without_cards_are_resolved_first_for_payment_intents_on
     bare = tuple(ChargeItem(f"cus_{i}", 100) for i in range(3))
     world = World()
     world.fetch = lambda payload: {  # type: ignore[method-assign]
-        "items": [dict(i, payment_method="card_x") for i in payload["items"]], "failure_code": None}
+        "items": [dict(i, payment_method="card_x") for i in payload["items"]],
+        "failure_code": None,
+    }
     _, ctx = run(world, RunRequest("2026-06", budget_cents=1000, customers=bare), "r2")
     assert len(ctx.activity_calls(orch.FETCH_CUSTOMERS)) == 1
     world2 = World()

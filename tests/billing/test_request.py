@@ -25,9 +25,15 @@ def test_defaults_and_round_trip() -> None:
 
 
 def test_query_endpoint_and_instance_id() -> None:
-    body = {"billing_period": "2026-12", "customer_query": {"metadata": {"plan": "pro"}, "amount_cents": 2900},
-            "budget_usd": "2900.50", "endpoint": "charges", "max_parallel": 10, "expires_in": "30m",
-            "instance_id": "june-run_1"}
+    body = {
+        "billing_period": "2026-12",
+        "customer_query": {"metadata": {"plan": "pro"}, "amount_cents": 2900},
+        "budget_usd": "2900.50",
+        "endpoint": "charges",
+        "max_parallel": 10,
+        "expires_in": "30m",
+        "instance_id": "june-run_1",
+    }
     run, instance_id = parse_run_request(body)
     assert instance_id == "june-run_1"
     assert run.customer_query == CustomerQuery({"plan": "pro"}, 2900)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from console.runs import decode_continuation, page_runs, parse_limit
+from console.runs import decode_continuation, fetch_page, page_runs, parse_limit
 from core.errors import SpendgateError
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -76,3 +77,58 @@ def test_bad_continuation_is_a_clear_400(token: str) -> None:
     with pytest.raises(SpendgateError) as err:
         decode_continuation(token)
     assert err.value.status == 400 and err.value.param == "continuation"
+
+
+class FakeInstances:
+    """A Durable client's instance queries over a fixed list of statuses (filters as the host does)."""
+
+    def __init__(self, statuses: list[dict[str, Any]]) -> None:
+        self.statuses = statuses
+        self.returned = 0  # how many statuses all queries together handed back
+
+    async def get_status_by(self, created_time_from: datetime | None = None,
+                            created_time_to: datetime | None = None) -> list[dict[str, Any]]:
+        lo = created_time_from.replace(tzinfo=UTC) if created_time_from else None
+        hi = created_time_to.replace(tzinfo=UTC) if created_time_to else None
+        found = [s for s in self.statuses if (lo is None or s["createdTime"] >= lo) and (hi is None or s["createdTime"] <= hi)]
+        self.returned += len(found)
+        return found
+
+    async def get_status_all(self) -> list[dict[str, Any]]:
+        self.returned += len(self.statuses)
+        return list(self.statuses)
+
+
+def spread(n: int, every: timedelta, name: str = "billing_run") -> list[dict[str, Any]]:
+    now = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)
+    return [{**status(i, name=name), "createdTime": now - every * i} for i in range(n)]
+
+
+def all_pages(client: FakeInstances, limit: int) -> list[str]:
+    seen: list[str] = []
+    token = None
+    now = datetime(2026, 11, 22, 23, 0, 30, tzinfo=UTC)
+    while True:
+        page = asyncio.run(fetch_page(client, "billing_run", dict, limit=limit, continuation=token, now=now))
+        seen += [r["instance_id"] for r in page["data"]]
+        token = page["continuation"]
+        if token is None:
+            return seen
+
+
+def test_a_page_of_1000_recent_runs_reads_about_one_page_not_the_hub() -> None:
+    client = FakeInstances(spread(1000, timedelta(seconds=30)) + spread(3000, timedelta(seconds=10), "billing_batch"))
+    first = asyncio.run(fetch_page(client, "billing_run", dict, limit=25, continuation=None,
+                                   now=datetime(2026, 11, 22, 23, 0, 30, tzinfo=UTC)))
+    assert [r["instance_id"] for r in first["data"]] == [f"run-{i:04d}" for i in range(25)]
+    assert client.returned < 600  # one hour of runs and batches, not all 4,000 instances
+
+
+def test_paging_through_runs_spread_over_months_sees_each_once() -> None:
+    client = FakeInstances(spread(300, timedelta(hours=7)))
+    assert all_pages(client, 40) == [f"run-{i:04d}" for i in range(300)]
+
+
+def test_few_old_runs_are_still_found() -> None:
+    client = FakeInstances(spread(3, timedelta(days=300)))
+    assert all_pages(client, 25) == ["run-0000", "run-0001", "run-0002"]

@@ -63,21 +63,22 @@ def dotted(expr: Any) -> str | None:
 def resources_of_type(tree: Tree, type_: str) -> dict[str, dict[str, Any]]:
     """Resources (not `existing` references) of one type, by symbolic name."""
     return {
-        name: res
-        for name, res in tree.get("resources", {}).items()
-        if res["type"] == type_ and not res.get("existing")
+        name: res for name, res in tree.get("resources", {}).items() if res["type"] == type_ and not res.get("existing")
     }
 
 
 def variable(tree: Tree, name: str) -> Any:
+    """The value expression of a `var`."""
     return tree["variables"][name]["value"]
 
 
 def has_default(param: dict[str, Any]) -> bool:
+    """Does a `param` have a default value (so callers may leave it out)?"""
     return param.get("default") is not None
 
 
 def is_secure(param: dict[str, Any]) -> bool:
+    """Is a `param` decorated `@secure()`?"""
     return any(d.get("type") == "secure" for d in param.get("decorators", []))
 
 

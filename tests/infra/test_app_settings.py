@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import os
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -58,14 +59,17 @@ def _ignored_patterns() -> list[str]:
 
 def deployed_python_files() -> Iterator[Path]:
     """The .py files azd would ship: everything .funcignore does not exclude."""
-    patterns = [*_ignored_patterns(), "__pycache__", ".venv*", "node_modules"]
-    for path in sorted(REPO_ROOT.rglob("*.py")):
-        rel = path.relative_to(REPO_ROOT)
-        if any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in patterns):
-            continue
-        if any(fnmatch.fnmatch(str(rel), pat) for pat in patterns):
-            continue
-        yield path
+    patterns = [*_ignored_patterns(), "__pycache__", ".venv*", "node_modules", ".git"]
+
+    def ignored(rel: str, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(rel, pat) for pat in patterns)
+
+    for root, dirs, files in os.walk(REPO_ROOT):
+        base = Path(root).relative_to(REPO_ROOT)
+        dirs[:] = sorted(d for d in dirs if not ignored((base / d).as_posix(), d))
+        for name in sorted(files):
+            if name.endswith(".py") and not ignored((base / name).as_posix(), name):
+                yield Path(root) / name
 
 
 def _is_environ(node: ast.expr) -> bool:
@@ -80,9 +84,11 @@ def names_read_in(source: str) -> set[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
-            reads_env = (isinstance(func, ast.Attribute) and func.attr in ENV_READERS and _is_environ(func.value)) or (
-                isinstance(func, ast.Attribute) and func.attr == "getenv"
-            ) or (isinstance(func, ast.Name) and func.id == "getenv")
+            reads_env = (
+                (isinstance(func, ast.Attribute) and func.attr in ENV_READERS and _is_environ(func.value))
+                or (isinstance(func, ast.Attribute) and func.attr == "getenv")
+                or (isinstance(func, ast.Name) and func.id == "getenv")
+            )
             if reads_env and isinstance(node.args[0].value, str):
                 names.add(node.args[0].value)
         elif isinstance(node, ast.Subscript) and _is_environ(node.value) and isinstance(node.slice, ast.Constant):
@@ -111,7 +117,10 @@ def test_the_scan_sees_the_deployed_code() -> None:
     assert {"function_app.py", "core/settings.py"} <= files
     assert not any(f.startswith(("tests/", "devhost/", "infra/", "scripts/")) for f in files)
     assert names_read_in('import os\nos.environ["A"]; os.environ.get("B"); os.getenv("C"); x = "SPENDGATE_D"') == {
-        "A", "B", "C", "SPENDGATE_D"
+        "A",
+        "B",
+        "C",
+        "SPENDGATE_D",
     }
 
 

@@ -19,8 +19,8 @@ from devhost.services import REPO_ROOT
 from tests.infra.bicep import (
     INFRA,
     MAIN,
-    body,
     bicep_files,
+    body,
     dotted,
     has_default,
     is_secure,
@@ -39,7 +39,9 @@ KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 
-KEY_VAULT_REFERENCE = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=\$\{keyVault\.outputs\.uri\}secrets/\$\{(\w+)\}/\)$")
+KEY_VAULT_REFERENCE = re.compile(
+    r"^@Microsoft\.KeyVault\(SecretUri=\$\{keyVault\.outputs\.uri\}secrets/\$\{(\w+)\}/\)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_azure_yaml_deploys_this_repo_to_the_tagged_function_app(main: dict[str,
     project = yaml.safe_load((REPO_ROOT / "azure.yaml").read_text())
     services = project["services"]
     assert len(services) == 1
-    (service_name, service), = services.items()
+    ((service_name, service),) = services.items()
     assert service["host"] == "function" and service["language"] == "python"
     project_dir = (REPO_ROOT / service["project"]).resolve()
     assert (project_dir / "function_app.py").is_file() and (project_dir / "host.json").is_file()
@@ -108,6 +110,12 @@ def test_azure_yaml_deploys_this_repo_to_the_tagged_function_app(main: dict[str,
     tags = body(site)["tags"]["function"]["parameters"]["arg_2"]
     assert {_unquote(k): v for k, v in tags.items()} == {"azd-service-name": "serviceName"}
     assert body(main["modules"]["api"])["params"]["serviceName"] == "serviceName"
+
+
+def test_funcignore_keeps_tooling_and_local_state_out_of_the_package() -> None:
+    ignored = {line.strip() for line in (REPO_ROOT / ".funcignore").read_text().splitlines()}
+    for entry in (".venv", ".venv-tools", ".azure", "tests", "infra", "bench", "devhost", "local.settings*.json"):
+        assert entry in ignored, f".funcignore must exclude {entry}"
 
 
 # --- what gets provisioned --------------------------------------------------------------------
@@ -127,7 +135,9 @@ def test_function_app_runs_python_311_on_flex_consumption_as_the_user_assigned_i
     assert props["keyVaultReferenceIdentity"] == "identityId", "Key Vault references must use the app's identity"
     # The app settings are exactly main.bicep's `appSettings`, name for name.
     loop = props["siteConfig"]["appSettings"]
-    assert loop["loop_type"]["detail"]["array_name"] == {"function": {"type": "items", "parameters": {"arg_1": "appSettings"}}}
+    assert loop["loop_type"]["detail"]["array_name"] == {
+        "function": {"type": "items", "parameters": {"arg_1": "appSettings"}}
+    }
     assert body(main["modules"]["api"])["params"]["appSettings"] == "appSettings"
     # Publishing with user name and password is off (azd deploys with an Entra ID token).
     policies = resources_of_type(tree, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
@@ -211,7 +221,9 @@ def test_app_identity_has_only_the_data_roles_it_needs(main: dict[str, Any]) -> 
         (KEY_VAULT_SECRETS_USER, "vault"),
         (MONITORING_METRICS_PUBLISHER, "applicationInsights"),
     }
-    others = {(principal, role, scope) for principal, role, scope in _role_assignments(rbac) if principal != "appPrincipalId"}
+    others = {
+        (principal, role, scope) for principal, role, scope in _role_assignments(rbac) if principal != "appPrincipalId"
+    }
     assert others == {("operatorPrincipalId", KEY_VAULT_SECRETS_OFFICER, "vault")}
     # The scopes are this deployment's own resources, not the resource group or subscription.
     existing = rbac["resources"]
@@ -230,7 +242,10 @@ def test_telemetry_goes_to_application_insights_on_log_analytics_with_entra_auth
     assert dotted(props["WorkspaceResourceId"]) == f"{workspace_name}.id"
     assert props["DisableLocalAuth"] is True
     settings = variable(main, "appSettings")
-    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identity.outputs.clientId};Authorization=AAD"
+    assert (
+        settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+        == "ClientId=${identity.outputs.clientId};Authorization=AAD"
+    )
 
 
 def test_outputs_give_the_app_and_proxy_urls(main: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ that blocks a later good request, or create anything in localstripe.
 from __future__ import annotations
 
 import base64
-import http.client
+import http.client as httplib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -42,7 +42,7 @@ def key(http: httpx.Client, app_stack: AppStack) -> dict[str, Any]:
 def raw_request(app_stack: AppStack, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict]:
     """Send the request line exactly as given (httpx would normalise `..` away)."""
     parts = urlsplit(app_stack.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = httplib.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
         conn.putrequest(method, target, skip_accept_encoding=True)
         for k, v in {**headers, "Content-Length": str(len(body))}.items():

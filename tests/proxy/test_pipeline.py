@@ -6,6 +6,8 @@ exercised over real HTTP in test_proxy_http.py.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -144,7 +146,7 @@ def test_a_crash_between_reserve_and_forward_is_in_use_then_recovered(domain: Do
     def crash(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("process died")
 
-    crashing = replace(domain.deps, stripe_http=httpx.Client(transport=httpx.MockTransport(crash)), ledger=None)  # type: ignore[arg-type]
+    crashing = replace(domain.deps, stripe_http=httpx.Client(base_url="http://stripe.test", transport=httpx.MockTransport(crash)), ledger=None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
         charge(crashing, k["vault_key"], pi_params(800, tag), key="c-1", at=t0)
     busy = charge(domain.deps, k["vault_key"], pi_params(800, tag), key="c-1", at=t0)
@@ -169,3 +171,54 @@ def test_unreachable_ledger_fails_closed(domain: Domain, fault: FaultUpstream) -
     assert r.status == 503 and r.json()["error"]["code"] == "governance_unavailable"
     assert r.headers["Stripe-Should-Retry"] == "true"
     assert len(fault.forwarded) == before
+
+
+def test_a_secret_echoed_by_the_upstream_is_scrubbed_everywhere(domain: Domain) -> None:
+    k = domain.vault.issue(key_request())
+    secret = domain.settings.stripe_secret_key
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"type": "invalid_request_error",
+                                                    "message": f"bad key {request.headers['Authorization']}"}})
+
+    echoing = replace(domain.deps, stripe_http=httpx.Client(base_url="http://stripe.test", transport=httpx.MockTransport(echo)), ledger=None)  # type: ignore[arg-type]
+    first = charge(echoing, k["vault_key"], pi_params(100, new_tag()), key="echo")
+    replay = charge(echoing, k["vault_key"], pi_params(100, new_tag()), key="echo")
+    assert first.status == 400 and secret not in first.body.decode() and "sk_***" in first.body.decode()
+    assert replay.status == 400  # a different body → idempotency_error, still no secret
+    record = domain.deps.store.read_key_and_idem(k["key_id"], "idem-" + hashlib.sha256(b"echo").hexdigest())[1]
+    assert record is not None and record.state == "completed" and secret not in (record.body or "")
+    assert domain.vault.describe(k["key_id"])["pending_cents"] == 0  # a definite 4xx releases
+
+
+def test_json_body_is_forwarded_as_stripe_form_encoding(domain: Domain) -> None:
+    k = domain.vault.issue(key_request())
+    tag = new_tag()
+    body = {"amount": 1100, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa",
+            "metadata": {"test_tag": tag, "plan": "pro"}}
+    headers = {"Authorization": f"Bearer {k['vault_key']}", "Content-Type": "application/json"}
+    r = handle_proxy_request(domain.deps, "POST", "v1/payment_intents", headers, json.dumps(body).encode())
+    assert r.status == 200
+    [obj] = tagged_objects(domain.localstripe.url, tag)
+    assert obj["metadata"]["plan"] == "pro" and obj["amount"] == 1100
+    assert domain.vault.describe(k["key_id"])["spent_cents"] == 1100
+
+
+def test_refunds_do_not_add_to_spend(domain: Domain) -> None:
+    k = domain.vault.issue(key_request(daily_usd_cap=20))
+    pi = charge(domain.deps, k["vault_key"], pi_params(2000, new_tag())).json()
+    headers = {"Authorization": f"Bearer {k['vault_key']}", "Content-Type": "application/x-www-form-urlencoded"}
+    r = handle_proxy_request(domain.deps, "POST", "v1/refunds", headers, f"payment_intent={pi['id']}".encode())
+    assert r.status == 200 and r.json()["object"] == "refund"
+    view = domain.vault.describe(k["key_id"])
+    assert (view["spent_cents"], view["pending_cents"]) == (2000, 0)
+
+
+def test_auto_idempotency_can_be_turned_off_per_key(domain: Domain) -> None:
+    on, off = domain.vault.issue(key_request()), domain.vault.issue(key_request(auto_idempotency=False))
+    tag_on, tag_off = new_tag(), new_tag()
+    for _ in range(2):
+        charge(domain.deps, on["vault_key"], pi_params(300, tag_on))
+        charge(domain.deps, off["vault_key"], pi_params(300, tag_off))
+    assert len(tagged_objects(domain.localstripe.url, tag_on)) == 1
+    assert len(tagged_objects(domain.localstripe.url, tag_off)) == 2

@@ -97,7 +97,7 @@ def test_stripe_python_permission_and_authentication_errors(http: httpx.Client, 
     assert http.delete(f"/api/vault/keys/{k['key_id']}", headers=app_stack.admin_headers).status_code == 200
     with pytest.raises(stripe.AuthenticationError) as err:
         client.v1.payment_intents.create(params={"amount": 100, "currency": "usd"})
-    assert err.value.code == "vault_key_revoked"
+    assert err.value.json_body["error"]["code"] == "vault_key_revoked"
     with pytest.raises(stripe.AuthenticationError):
         stripe_client(app_stack, k["vault_key"][:-1] + "Z").v1.payment_intents.list()
     assert [r["decision"] for r in audit(http, app_stack, k["key_id"])] == ["vault_key_revoked", "endpoint_not_allowed"]
@@ -176,7 +176,7 @@ def test_nothing_is_forwarded_after_a_revoke_returns(http: httpx.Client, app_sta
     tag = new_tag()
     stop = threading.Event()
     revoke_returned: list[float] = []
-    after: list[tuple[float, int]] = []
+    after: list[tuple[int, str]] = []
     counter = iter(range(10**9))
     lock = threading.Lock()
 
@@ -190,8 +190,7 @@ def test_nothing_is_forwarded_after_a_revoke_returns(http: httpx.Client, app_sta
             else:
                 r = post_charge(http, k["vault_key"], pi_params(100, tag), key=f"{tag}-{n}")
             if revoke_returned and started > revoke_returned[0]:
-                after.append((started, r.status_code))
-                assert r.json()["error"]["code"] == "vault_key_revoked"
+                after.append((r.status_code, r.json().get("error", {}).get("code")))
 
     threads = [threading.Thread(target=hammer) for _ in range(32)]
     for t in threads:
@@ -204,7 +203,7 @@ def test_nothing_is_forwarded_after_a_revoke_returns(http: httpx.Client, app_sta
     stop.set()
     for t in threads:
         t.join()
-    assert after and all(status == 401 for _, status in after)
+    assert after and set(after) == {(401, "vault_key_revoked")}
     rows = audit(http, app_stack, k["key_id"])
     forwarded = [r for r in rows if r["decision"] == "forwarded"]
     assert forwarded, "the hammer should have got some requests through before the revoke"

@@ -1,1 +1,0 @@
-from tests.agents.test_foundry import *  # noqa

@@ -1,0 +1,91 @@
+"""The run routes' logic over a stand-in Durable client (no host): 409, 404, revoke-then-terminate."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from billing import runs
+from billing.payloads import ChargeItem, RunRequest
+from core.errors import SpendgateError
+from tests.billing.test_keys import MemoryVault
+
+RUN = RunRequest("2026-06", 100, customers=(ChargeItem("cus_1", 100),))
+
+
+class FakeClient:
+    def __init__(self, log: list[str], existing: dict[str, str] | None = None) -> None:
+        self.log = log
+        self.existing = dict(existing or {})
+        self.started: list[tuple[str, str | None, Any]] = []
+
+    async def start_new(self, name: str, instance_id: str | None = None, client_input: Any = None) -> str:
+        self.started.append((name, instance_id, client_input))
+        return instance_id or "generated"
+
+    async def get_status(self, instance_id: str) -> Any:
+        status = self.existing.get(instance_id)
+        if status is None:
+            return SimpleNamespace(runtime_status=None)  # what the SDK gives for an unknown id
+        now = datetime(2026, 6, 1, tzinfo=UTC)
+        return SimpleNamespace(
+            runtime_status=SimpleNamespace(value=status),
+            created_time=now,
+            last_updated_time=now,
+            custom_status={"done": 1},
+            output=None,
+        )
+
+    async def terminate(self, instance_id: str, reason: str) -> None:
+        self.log.append(f"terminate {instance_id}")
+
+
+class LoggingVault(MemoryVault):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        self.log.append(f"revoke {key_id}")
+        return super().revoke(key_id)
+
+
+def test_start_passes_the_run_and_refuses_an_existing_instance_id() -> None:
+    client = FakeClient([], {"taken": "Running"})
+    assert asyncio.run(runs.start_run(client, RUN, "fresh")) == "fresh"
+    assert client.started == [("billing_run", "fresh", RUN.to_dict())]
+    with pytest.raises(SpendgateError) as err:
+        asyncio.run(runs.start_run(client, RUN, "taken"))
+    assert (err.value.code, err.value.status, err.value.param) == ("run_exists", 409, "instance_id")
+    assert len(client.started) == 1
+
+
+def test_stop_revokes_the_keys_before_it_terminates() -> None:
+    log: list[str] = []
+    vault = LoggingVault(log)
+    vault.issue({"label": "azure-durable/r1"})
+    vault.issue({"label": "azure-durable/r1/customers"})
+    result = asyncio.run(runs.stop_run(FakeClient(log, {"r1": "Running"}), vault, "r1"))
+    assert log == ["revoke k0", "revoke k1", "terminate r1"]
+    assert result == {"instance_id": "r1", "revoked_key_ids": ["k0", "k1"], "terminated": True}
+
+
+def test_a_finished_run_is_not_terminated_and_unknown_runs_are_404() -> None:
+    log: list[str] = []
+    assert (
+        asyncio.run(runs.stop_run(FakeClient(log, {"r1": "Completed"}), LoggingVault(log), "r1"))["terminated"] is False
+    )
+    assert log == []
+    for call in (runs.describe_run(FakeClient([]), "nope"), runs.stop_run(FakeClient([]), MemoryVault(), "nope")):
+        with pytest.raises(SpendgateError) as err:
+            asyncio.run(call)
+        assert err.value.status == 404
+
+
+def test_describe_shows_status_progress_and_output() -> None:
+    described = asyncio.run(runs.describe_run(FakeClient([], {"r1": "Running"}), "r1"))
+    assert described["runtime_status"] == "Running" and described["progress"] == {"done": 1}

@@ -1,0 +1,73 @@
+"""The console's routes over real HTTP on devhost: page, assets and the billing-run list."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.billing.e2e import seed, start_run, unique_plan, wait_until
+from tests.conftest import STRIPE_TEST_SECRET, AppStack
+
+pytestmark = pytest.mark.integration
+
+
+def test_page_and_assets_are_served_anonymously_with_their_types(app_stack: AppStack) -> None:
+    page = httpx.get(f"{app_stack.url}/api/console")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "/api/console/assets/console.js" in page.text
+    for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+        asset = httpx.get(f"{app_stack.url}/api/console/assets/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+
+
+@pytest.mark.parametrize("name", ["index.html", "assets.py", "..%2Fassets.py", "..%2F..%2Fhost.json", "nope.js"])
+def test_only_whitelisted_assets_exist(app_stack: AppStack, name: str) -> None:
+    resp = httpx.get(f"{app_stack.url}/api/console/assets/{name}")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_run_list_needs_the_function_key_and_checks_its_parameters(app_stack: AppStack) -> None:
+    url = f"{app_stack.url}/api/billing/runs"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"x-functions-key": "wrong"}).status_code == 401
+    bad = httpx.get(url, params={"limit": "0"}, headers=app_stack.admin_headers)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+    bad = httpx.get(url, params={"continuation": "garbage"}, headers=app_stack.admin_headers)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "continuation"
+
+
+def test_run_list_pages_newest_first_without_per_item_results(app_stack: AppStack) -> None:
+    customers = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 1, unique_plan("console-list"))
+    body = {"billing_period": "2026-06", "budget_usd": 10, "customers": [{"customer_id": customers[0], "amount_cents": 500}]}
+    older = start_run(app_stack.url, app_stack.admin_headers, body)
+    wait_until(app_stack.url, app_stack.admin_headers, older)
+    time.sleep(1.1)  # the Durable host reports created times to the second
+    newer = start_run(app_stack.url, app_stack.admin_headers, body)
+    wait_until(app_stack.url, app_stack.admin_headers, newer)
+
+    seen: list[dict] = []
+    token = None
+    while True:
+        params = {"limit": "1", **({"continuation": token} if token else {})}
+        resp = httpx.get(f"{app_stack.url}/api/billing/runs", params=params, headers=app_stack.admin_headers)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        assert len(page["data"]) <= 1
+        seen += page["data"]
+        token = page["continuation"]
+        if not token:
+            break
+    ids = [r["instance_id"] for r in seen]
+    assert len(ids) == len(set(ids))
+    assert ids.index(newer) < ids.index(older)
+    row = next(r for r in seen if r["instance_id"] == newer)
+    assert row["runtime_status"] == "Completed"
+    assert row["progress"]["done"] == 1 and row["output"]["spent_cents"] == 500
+    assert "items" not in row["output"]
+    assert all(r["name"] == "billing_run" for r in seen)
