@@ -38,8 +38,9 @@ def proxy_http() -> httpx.Client:
         return _http
 
 
-def _proxy(vault_key: str) -> ProxyClient:
-    return ProxyClient(get_settings().proxy_url, vault_key, http=proxy_http())
+def _proxy(key_id: str) -> ProxyClient:
+    """A proxy client for one of the run's keys; its secret is derived here, never in history."""
+    return ProxyClient(get_settings().proxy_url, vault_service().in_app_vault_key(key_id), http=proxy_http())
 
 
 @bp.activity_trigger(input_name="payload")
@@ -50,13 +51,13 @@ def issue_run_key(payload: dict[str, Any]) -> dict[str, Any]:
 @bp.activity_trigger(input_name="payload")
 def fetch_customers(payload: dict[str, Any]) -> dict[str, Any]:
     request = FetchRequest.from_dict(payload)
-    return charging.fetch_customers(_proxy(request.vault_key), request).to_dict()
+    return charging.fetch_customers(_proxy(request.key_id), request).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")
 def charge_customer(payload: dict[str, Any]) -> dict[str, Any]:
     request = ChargeRequest.from_dict(payload)
-    return charging.charge_customer(_proxy(request.vault_key), request).to_dict()
+    return charging.charge_customer(_proxy(request.key_id), request).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")

@@ -2,9 +2,9 @@
 
 Replays never re-run an activity whose result is in history, so the orchestrator cannot
 mint a second key. What remains is the activity being retried after it crashed between
-minting the key and reporting it: the first key then exists but nobody holds its secret
-(only its hash is stored). `issue_run_key` therefore revokes every still-active key under
-the run's label before minting, and caps the new key at the budget minus whatever keys
+minting the key and reporting it: the first key then exists but the run never learned
+its id. `issue_run_key` therefore revokes every still-active key under the run's label
+before minting, and caps the new key at the budget minus whatever keys
 under the label already spent or hold pending, so a run's keys together never exceed its
 budget and at most one of them is active.
 
@@ -24,7 +24,7 @@ from billing.payloads import KeyIssued, KeyRequest
 class Vault(Protocol):
     """The part of `proxy.vault.VaultService` used here."""
 
-    def issue(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
+    def issue_in_app(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def revoke(self, key_id: str) -> dict[str, Any]: ...
 
@@ -59,8 +59,8 @@ def issue_run_key(vault: Vault, request: KeyRequest) -> KeyIssued:
         used = vault.spend(request.label)
         cap -= int(used.get("spent_cents", 0)) + int(used.get("pending_cents", 0))
     if cap <= 0:
-        return KeyIssued(None, None, request.label, 0, superseded=tuple(superseded))
-    body = vault.issue(
+        return KeyIssued(None, request.label, 0, superseded=tuple(superseded))
+    body = vault.issue_in_app(
         {
             "vendor": "stripe",
             "label": request.label,
@@ -73,7 +73,6 @@ def issue_run_key(vault: Vault, request: KeyRequest) -> KeyIssued:
     )
     return KeyIssued(
         key_id=body["key_id"],
-        vault_key=body["vault_key"],
         label=request.label,
         cap_cents=cap,
         expires_at=body.get("expires_at"),

@@ -148,10 +148,13 @@ class KeyRequest:
 
 @dataclass(frozen=True)
 class KeyIssued:
-    """Output of `issue_run_key`. `vault_key` is None when the run's budget is already used up."""
+    """Output of `issue_run_key`. `key_id` is None when the run's budget is already used up.
+
+    It holds no secret: this lands in orchestration history, so activities re-derive the
+    key from its id in-process (`VaultService.in_app_vault_key`).
+    """
 
     key_id: str | None
-    vault_key: str | None
     label: str
     cap_cents: int
     expires_at: str | None = None
@@ -164,7 +167,6 @@ class KeyIssued:
     def from_dict(cls, data: Mapping[str, Any]) -> KeyIssued:
         return cls(
             key_id=data.get("key_id"),
-            vault_key=data.get("vault_key"),
             label=str(data["label"]),
             cap_cents=int(data["cap_cents"]),
             expires_at=data.get("expires_at"),
@@ -176,13 +178,13 @@ class KeyIssued:
 class FetchRequest:
     """Input of `fetch_customers`: select by query, or look up cards for given customers."""
 
-    vault_key: str
+    key_id: str  # the read-only key; the secret is re-derived in the activity
     query: CustomerQuery | None = None
     items: tuple[ChargeItem, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "vault_key": self.vault_key,
+            "key_id": self.key_id,
             "query": None if self.query is None else self.query.to_dict(),
             "items": None if self.items is None else [i.to_dict() for i in self.items],
         }
@@ -191,7 +193,7 @@ class FetchRequest:
     def from_dict(cls, data: Mapping[str, Any]) -> FetchRequest:
         query, items = data.get("query"), data.get("items")
         return cls(
-            vault_key=str(data["vault_key"]),
+            key_id=str(data["key_id"]),
             query=None if query is None else CustomerQuery.from_dict(query),
             items=None if items is None else tuple(ChargeItem.from_dict(i) for i in items),
         )
@@ -222,7 +224,7 @@ class ChargeRequest:
     item: ChargeItem
     item_index: int
     orchestration_id: str
-    vault_key: str
+    key_id: str  # the run's charge key; the secret is re-derived in the activity
     endpoint: Endpoint
     billing_period: str
 
@@ -236,7 +238,7 @@ class ChargeRequest:
             "item": self.item.to_dict(),
             "item_index": self.item_index,
             "orchestration_id": self.orchestration_id,
-            "vault_key": self.vault_key,
+            "key_id": self.key_id,
             "endpoint": str(self.endpoint),
             "billing_period": self.billing_period,
         }
@@ -247,7 +249,7 @@ class ChargeRequest:
             item=ChargeItem.from_dict(data["item"]),
             item_index=int(data["item_index"]),
             orchestration_id=str(data["orchestration_id"]),
-            vault_key=str(data["vault_key"]),
+            key_id=str(data["key_id"]),
             endpoint=Endpoint(data["endpoint"]),
             billing_period=str(data["billing_period"]),
         )
@@ -258,7 +260,7 @@ class BatchRequest:
     """Input of the `billing_batch` sub-orchestration: consecutive items from `first_index`."""
 
     orchestration_id: str
-    vault_key: str
+    key_id: str
     endpoint: Endpoint
     billing_period: str
     first_index: int
@@ -267,7 +269,7 @@ class BatchRequest:
     def charges(self) -> list[ChargeRequest]:
         return [
             ChargeRequest(
-                item, self.first_index + n, self.orchestration_id, self.vault_key, self.endpoint, self.billing_period
+                item, self.first_index + n, self.orchestration_id, self.key_id, self.endpoint, self.billing_period
             )
             for n, item in enumerate(self.items)
         ]
@@ -275,7 +277,7 @@ class BatchRequest:
     def to_dict(self) -> dict[str, Any]:
         return {
             "orchestration_id": self.orchestration_id,
-            "vault_key": self.vault_key,
+            "key_id": self.key_id,
             "endpoint": str(self.endpoint),
             "billing_period": self.billing_period,
             "first_index": self.first_index,
@@ -286,7 +288,7 @@ class BatchRequest:
     def from_dict(cls, data: Mapping[str, Any]) -> BatchRequest:
         return cls(
             orchestration_id=str(data["orchestration_id"]),
-            vault_key=str(data["vault_key"]),
+            key_id=str(data["key_id"]),
             endpoint=Endpoint(data["endpoint"]),
             billing_period=str(data["billing_period"]),
             first_index=int(data["first_index"]),

@@ -89,13 +89,13 @@ class RunPlan:
             c.payment_method is None for c in self.run.customers
         )
 
-    def batches(self, items: Sequence[ChargeItem], vault_key: str) -> Iterator[BatchRequest]:
+    def batches(self, items: Sequence[ChargeItem], key_id: str) -> Iterator[BatchRequest]:
         """Consecutive batches of at most `max_parallel` items, each knowing its first index."""
         size = self.run.max_parallel
         for start in range(0, len(items), size):
             yield BatchRequest(
                 orchestration_id=self.instance_id,
-                vault_key=vault_key,
+                key_id=key_id,
                 endpoint=self.run.endpoint,
                 billing_period=self.run.billing_period,
                 first_index=start,
@@ -142,11 +142,14 @@ def spent_cents(results: Sequence[ItemResult]) -> int:
 
 
 def progress(total: int, results: Sequence[ItemResult], cap_cents: int, stopped: str | None = None) -> dict[str, Any]:
-    """The custom status after each batch (no vault key, ever)."""
+    """The custom status after each batch (no vault key, ever): small, whatever the run's size."""
+    counts = Counter(str(r.outcome) for r in results)
     return {
         "done": len(results),
         "total": total,
-        "charged": sum(1 for r in results if r.outcome is ItemOutcome.CHARGED),
+        "charged": counts.get(str(ItemOutcome.CHARGED), 0),
+        "counts": dict(counts),
+        "skipped_by_reason": dict(Counter(r.reason or "" for r in results if r.outcome is ItemOutcome.SKIPPED)),
         "spent_cents": spent_cents(results),
         "cap_cents": cap_cents,
         "stopped": stopped,

@@ -89,7 +89,7 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
             (yield context.call_activity_with_retry(ISSUE_KEY, KEY_RETRY, plan.read_key_request().to_dict()))
         )
         key_ids["customers"] = read_key.key_id
-        fetch = FetchRequest(str(read_key.vault_key), plan.run.customer_query, plan.run.customers)
+        fetch = FetchRequest(str(read_key.key_id), plan.run.customer_query, plan.run.customers)
         fetched = FetchResult.from_dict(
             (yield context.call_activity_with_retry(FETCH_CUSTOMERS, FETCH_RETRY, fetch.to_dict()))
         )
@@ -99,8 +99,8 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
         items, fetch_pages = fetched.items, fetched.pages
 
     results: list[ItemResult] = []
-    stopped: str | None = None if charge_key.vault_key else str(ItemOutcome.CAP_EXCEEDED)
-    batches = list(plan.batches(items, str(charge_key.vault_key)))
+    stopped: str | None = None if charge_key.key_id else str(ItemOutcome.CAP_EXCEEDED)
+    batches = list(plan.batches(items, str(charge_key.key_id)))
     context.set_custom_status(planning.progress(len(items), results, cap, stopped))
     for batch_no, batch in enumerate(batches):
         if stopped is not None:

@@ -4,6 +4,13 @@ A vault key looks like ``vk_<key_id>_<secret>``. The key id is public (it names 
 key in URLs, audit rows and logs); the secret is shown once at issue time and only its
 SHA-256 is stored. Secrets are 256 random bits, so a plain hash (no salt, no slow KDF)
 is enough: there is nothing to brute-force. Comparison is constant-time.
+
+Keys the app issues to itself (a billing run's keys) use a *derived* secret instead:
+HMAC-SHA256 of the key id under the app's Stripe secret. An activity holding only the
+key id re-derives the secret in-process, so orchestration history, which Durable stores
+in plain text, carries key ids only. Whoever could derive such a secret already holds the
+Stripe secret itself, so derivation adds no exposure; rotating the Stripe secret
+invalidates every derived key at once (runs in flight stop with `vault_key_invalid`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ def new_key_id() -> str:
 def new_secret() -> str:
     """A fresh 48-char alphanumeric secret (~285 bits)."""
     return "".join(secrets.choice(_ALPHABET) for _ in range(48))
+
+
+def derive_secret(root_secret: str, key_id: str) -> str:
+    """The secret of an in-app key: 64 hex chars (256 bits), reproducible only with `root_secret`."""
+    message = f"spendgate/in-app-vault-key/v1/{key_id}".encode("ascii")
+    return hmac.new(root_secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def format_vault_key(key_id: str, secret: str) -> str:

@@ -51,9 +51,30 @@ class VaultService:
     # --- keys ------------------------------------------------------------------------
     def issue(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Create a key from a policy request; the answer holds the secret (shown once)."""
+        key_id = keys.new_key_id()
+        return self._issue(request, key_id, keys.new_secret())
+
+    def issue_in_app(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a key for the app's own activities: the answer holds no secret.
+
+        Its secret is derived from the key id (see `proxy.keys.derive_secret`), so the
+        key id is all that needs to travel through orchestration history;
+        `in_app_vault_key` turns it back into a usable key inside the process.
+        """
+        key_id = keys.new_key_id()
+        issued = self._issue(request, key_id, keys.derive_secret(self.settings.stripe_secret_key, key_id))
+        del issued["vault_key"]
+        return issued
+
+    def in_app_vault_key(self, key_id: str) -> str:
+        """The full vault key of a key made by `issue_in_app` (any other id yields a key that fails auth)."""
+        if not keys.is_valid_key_id(key_id):
+            raise SpendgateError("vault_key_invalid", "Not a vault key id.", param="key_id")
+        return keys.format_vault_key(key_id, keys.derive_secret(self.settings.stripe_secret_key, key_id))
+
+    def _issue(self, request: Mapping[str, Any], key_id: str, secret: str) -> dict[str, Any]:
         now = self.clock()
         policy = parse_policy(request, now)
-        key_id, secret = keys.new_key_id(), keys.new_secret()
         record = KeyRecord(
             key_id=key_id, vendor=policy.vendor, label=policy.label, secret_hash=keys.hash_secret(secret),
             daily_cap_cents=policy.daily_cap_cents, total_cap_cents=policy.total_cap_cents,

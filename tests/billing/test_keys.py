@@ -17,11 +17,11 @@ class MemoryVault:
         self.keys: dict[str, dict[str, Any]] = {}
         self.issued: list[Mapping[str, Any]] = []
 
-    def issue(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def issue_in_app(self, request: Mapping[str, Any]) -> dict[str, Any]:
         key_id = f"k{len(self.keys)}"
         self.issued.append(request)
         self.keys[key_id] = {"key_id": key_id, "label": request["label"], "status": "active", "spent_cents": 0}
-        return {"key_id": key_id, "vault_key": f"vk_{key_id}_s", "label": request["label"], "expires_at": "x"}
+        return {"key_id": key_id, "label": request["label"], "expires_at": "x"}
 
     def revoke(self, key_id: str) -> dict[str, Any]:
         self.keys[key_id]["status"] = "revoked"
@@ -47,7 +47,7 @@ REQUEST = KeyRequest(
 def test_issue_sends_the_run_policy() -> None:
     vault = MemoryVault()
     issued = issue_run_key(vault, REQUEST)
-    assert issued.key_id == "k0" and issued.vault_key == "vk_k0_s" and issued.cap_cents == 580000
+    assert issued.key_id == "k0" and "vault_key" not in issued.to_dict() and issued.cap_cents == 580000
     assert vault.issued[0] == {
         "vendor": "stripe",
         "label": "azure-durable/r1",
@@ -74,13 +74,13 @@ def test_no_key_when_the_budget_is_used_up() -> None:
     vault = MemoryVault()
     issue_run_key(vault, REQUEST)
     vault.keys["k0"]["spent_cents"] = 580000
-    assert issue_run_key(vault, REQUEST).vault_key is None
+    assert issue_run_key(vault, REQUEST).key_id is None
 
 
 def test_revoke_covers_every_active_key_under_the_labels_and_is_idempotent() -> None:
     vault = MemoryVault()
     for label in ("azure-durable/r1", "azure-durable/r1", "azure-durable/r1/customers", "azure-durable/other"):
-        vault.issue({"label": label})
+        vault.issue_in_app({"label": label})
     assert revoke_run_keys(vault, ["azure-durable/r1", "azure-durable/r1/customers"]) == ["k0", "k1", "k2"]
     assert vault.keys["k3"]["status"] == "active"
     assert revoke_run_keys(vault, ["azure-durable/r1", "azure-durable/r1/customers"]) == []

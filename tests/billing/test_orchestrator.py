@@ -55,7 +55,6 @@ class World:
         self.keys[key_id] = {"cap": payload["cap_cents"], "spent": 0, "active": True}
         return {
             "key_id": key_id,
-            "vault_key": f"vk_{key_id}_secret",
             "label": payload["label"],
             "cap_cents": payload["cap_cents"],
         }
@@ -75,7 +74,7 @@ class World:
         if self.fail_times.get(request.item_index, 0) > 0:
             self.fail_times[request.item_index] -= 1
             raise RuntimeError("transient fault, retries exhausted")
-        key_id = request.vault_key.split("_")[1]
+        key_id = request.key_id
         key = self.keys[key_id]
         base = {
             "item_index": request.item_index,
@@ -134,10 +133,13 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     assert world.revoked_labels == [("azure-durable/run1", "azure-durable/run1/customers")]
     assert "vk_" not in json.dumps(output) and "vk_" not in json.dumps(ctx.statuses)
     assert output["key_ids"] == {"charge": "key0", "customers": None}
+    assert "vk_" not in json.dumps([c.input for c in ctx.calls])  # activity inputs land in history too
     assert ctx.statuses[-1] == {
         "done": 200,
         "total": 200,
         "charged": 200,
+        "counts": {"charged": 200},
+        "skipped_by_reason": {},
         "spent_cents": 580000,
         "cap_cents": 580000,
         "stopped": None,

@@ -67,8 +67,8 @@ def test_start_passes_the_run_and_refuses_an_existing_instance_id() -> None:
 def test_stop_revokes_the_keys_before_it_terminates() -> None:
     log: list[str] = []
     vault = LoggingVault(log)
-    vault.issue({"label": "azure-durable/r1"})
-    vault.issue({"label": "azure-durable/r1/customers"})
+    vault.issue_in_app({"label": "azure-durable/r1"})
+    vault.issue_in_app({"label": "azure-durable/r1/customers"})
     result = asyncio.run(runs.stop_run(FakeClient(log, {"r1": "Running"}), vault, "r1"))
     assert log == ["revoke k0", "revoke k1", "terminate r1"]
     assert result == {"instance_id": "r1", "revoked_key_ids": ["k0", "k1"], "terminated": True}

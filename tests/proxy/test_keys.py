@@ -8,6 +8,7 @@ import pytest
 
 from core.errors import SpendgateError
 from proxy.keys import (
+    derive_secret,
     format_vault_key,
     hash_secret,
     key_from_headers,
@@ -43,3 +44,11 @@ def test_bearer_and_basic() -> None:
     assert key_from_headers({"authorization": f"Basic {basic}"}) == "vk_y"
     assert key_from_headers({"authorization": "Basic !!!"}) is None
     assert key_from_headers({}) is None
+
+
+def test_derived_secrets_depend_on_the_root_and_the_id_and_parse_as_vault_keys() -> None:
+    key_id = new_key_id()
+    secret = derive_secret("sk_test_a", key_id)
+    assert secret == derive_secret("sk_test_a", key_id)
+    assert secret != derive_secret("sk_test_b", key_id) and secret != derive_secret("sk_test_a", new_key_id())
+    assert parse_vault_key(format_vault_key(key_id, secret)).secret == secret

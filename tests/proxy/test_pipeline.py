@@ -222,3 +222,21 @@ def test_auto_idempotency_can_be_turned_off_per_key(domain: Domain) -> None:
         charge(domain.deps, off["vault_key"], pi_params(300, tag_off))
     assert len(tagged_objects(domain.localstripe.url, tag_on)) == 1
     assert len(tagged_objects(domain.localstripe.url, tag_off)) == 2
+
+
+def test_in_app_keys_travel_as_ids_and_authenticate_only_when_derived_with_the_app_secret(domain: Domain) -> None:
+    """A billing run's key: issued without a secret in the answer, re-derived from its id."""
+    issued = domain.vault.issue_in_app(key_request(daily_usd_cap=1))
+    assert "vault_key" not in issued
+    tag = new_tag()
+    good = domain.vault.in_app_vault_key(issued["key_id"])
+    assert charge(domain.deps, good, pi_params(60, tag)).status == 200
+    other_root = "sk_test_someone_elses_" + "x" * 20
+    forged = f"vk_{issued['key_id']}_{hashlib.sha256(other_root.encode()).hexdigest()}"
+    denied = charge(domain.deps, forged, pi_params(60, tag))
+    assert (denied.status, json.loads(denied.body)["error"]["code"]) == (401, "vault_key_invalid")
+    # an ordinary key's id does not turn into a working key this way
+    plain = domain.vault.issue(key_request(daily_usd_cap=1))
+    guessed = charge(domain.deps, domain.vault.in_app_vault_key(plain["key_id"]), pi_params(60, tag))
+    assert guessed.status == 401
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 1
