@@ -32,6 +32,8 @@ class Vault(Protocol):
 
     def spend(self, label: str) -> dict[str, Any]: ...
 
+    def audit(self, key_id: str, limit: int = 50, continuation: str | None = None) -> dict[str, Any]: ...
+
 
 def usd(cents: int) -> str:
     """Cents as the vault's dollar string: 290000 → "2900.00"."""

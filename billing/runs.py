@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from billing.keys import Vault, revoke_run_keys
-from billing.payloads import RunRequest
+from billing.keys import Vault, keys_with_label, revoke_run_keys
+from billing.payloads import ItemOutcome, RunRequest
 from billing.plan import charge_label, run_labels
 from core.errors import SpendgateError
 
@@ -24,7 +24,7 @@ class DurableClient(Protocol):
         self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any = None
     ) -> str: ...
 
-    async def get_status(self, instance_id: str) -> Any: ...
+    async def get_status(self, instance_id: str, show_input: bool = False) -> Any: ...
 
     async def terminate(self, instance_id: str, reason: str) -> None: ...
 
@@ -50,13 +50,19 @@ async def start_run(client: DurableClient, run: RunRequest, instance_id: str | N
     return await client.start_new(ORCHESTRATOR, instance_id, run.to_dict())
 
 
-async def describe_run(client: DurableClient, instance_id: str) -> dict[str, Any]:
-    """Status, progress (the custom status) and output of a run; 404 if there is none."""
+async def describe_run(client: DurableClient, instance_id: str, vault: Vault | None = None) -> dict[str, Any]:
+    """Status, progress (the custom status) and output of a run; 404 if there is none.
+
+    A run that ended without its summary (stopped, where Durable's output is the reason, or
+    failed) has no per-item list of its own; with `vault` given, `items` then lists what the
+    proxy's audit log recorded for each item of the run's key, so an operator still sees
+    who was charged.
+    """
     status = await _existing(client, instance_id)
     if status is None:
         raise SpendgateError("not_found", f"no billing run {instance_id}")
     created, updated = status.created_time, status.last_updated_time
-    return {
+    described = {
         "instance_id": instance_id,
         "runtime_status": _status_name(status),
         "created_time": created.isoformat() if created else None,
@@ -64,6 +70,67 @@ async def describe_run(client: DurableClient, instance_id: str) -> dict[str, Any
         "progress": status.custom_status,
         "output": status.output,
     }
+    if vault is not None and not isinstance(status.output, dict) and _status_name(status) in _FINISHED:
+        with_input = await client.get_status(instance_id, show_input=True)
+        described["items"] = audited_items(vault, instance_id, getattr(with_input, "input_", None))
+        described["items_source"] = "audit"
+    return described
+
+
+# What an audit decision means for the item it was made for.
+_AUDIT_OUTCOMES = {
+    "replayed": ItemOutcome.CHARGED,
+    "spend_cap_exceeded": ItemOutcome.CAP_EXCEEDED,
+    "vault_key_revoked": ItemOutcome.REVOKED,
+    "vault_key_expired": ItemOutcome.EXPIRED,
+}
+
+
+def _audit_outcome(row: dict[str, Any]) -> str:
+    decision, upstream = str(row.get("decision") or ""), row.get("upstream_status")
+    if decision == "forwarded":
+        if isinstance(upstream, int) and 200 <= upstream < 300:
+            return str(ItemOutcome.CHARGED)
+        return str(ItemOutcome.DECLINED) if upstream == 402 else str(ItemOutcome.INVALID)
+    outcome = _AUDIT_OUTCOMES.get(decision)
+    return str(outcome) if outcome is not None else decision
+
+
+def audited_items(vault: Vault, instance_id: str, run_input: Any = None) -> list[dict[str, Any]]:
+    """Per-item outcomes of a run from the audit rows of its charge keys (latest row per item).
+
+    Items are recognised by their idempotency key `{instanceId}-{itemIndex}`; customer ids
+    come from the run's input when it listed the customers.
+    """
+    customers: list[Any] = []
+    if isinstance(run_input, dict) and isinstance(run_input.get("customers"), list):
+        customers = run_input["customers"]
+    prefix, latest = f"{instance_id}-", {}
+    for key in keys_with_label(vault, charge_label(instance_id)):
+        continuation: str | None = None
+        while True:
+            page = vault.audit(key["key_id"], limit=1000, continuation=continuation)
+            for row in page.get("data", []):  # newest first: the first row seen per item wins
+                idem = str(row.get("idempotency_key") or "")
+                index = idem[len(prefix):]
+                if idem.startswith(prefix) and index.isdigit() and int(index) not in latest:
+                    latest[int(index)] = row
+            continuation = page.get("continuation")
+            if not continuation:
+                break
+    items = []
+    for index, row in sorted(latest.items()):
+        customer = customers[index] if index < len(customers) and isinstance(customers[index], dict) else {}
+        items.append({
+            "item_index": index,
+            "customer_id": customer.get("customer_id"),
+            "amount_cents": row.get("amount"),
+            "outcome": _audit_outcome(row),
+            "object_id": row.get("stripe_object_id"),
+            "code": None if row.get("decision") in ("forwarded", "replayed") else row.get("decision"),
+            "audited_at": row.get("time"),
+        })
+    return items
 
 
 async def stop_run(client: DurableClient, vault: Vault, instance_id: str) -> dict[str, Any]:

@@ -49,7 +49,7 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
 @bp.durable_client_input(client_name="client")
 async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
-        return _json(await runs.describe_run(client, req.route_params["instance_id"]))
+        return _json(await runs.describe_run(client, req.route_params["instance_id"], vault_service()))
     except SpendgateError as exc:
         return _error(exc)
 

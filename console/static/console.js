@@ -548,7 +548,7 @@
     $("#items-empty").textContent = running
       ? "Per-item outcomes appear when the run finishes."
       : x.status === "terminated"
-        ? "The run was stopped before it finished, so it has no per-item list: the run key's audit log (above) holds every request."
+        ? "The run was stopped before any charge was attempted."
         : x.omitted ? `Not listed: ${x.omitted}.` : "No items.";
   }
 

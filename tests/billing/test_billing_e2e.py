@@ -154,6 +154,12 @@ def test_stop_revokes_then_terminates(app_stack: AppStack, pro_200: str) -> None
     at_stop = sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id).values())
     assert wait_until(base, headers, run_id)["runtime_status"] == "Terminated"
     assert sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id).values()) == at_stop < 200
+    # No output after a stop: the per-item list comes from the audit log and matches Stripe.
+    described = httpx.get(f"{base}/api/billing/runs/{run_id}", headers=headers, timeout=30).json()
+    charged = [i for i in described["items"] if i["outcome"] == "charged"]
+    assert described["items_source"] == "audit"
+    assert len(charged) == sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id).values())
+    assert {i["item_index"] for i in described["items"]} >= {i["item_index"] for i in charged}
 
 
 # --- runs on a devhost of their own ------------------------------------------------------

@@ -27,7 +27,7 @@ class FakeClient:
         self.started.append((name, instance_id, client_input))
         return instance_id or "generated"
 
-    async def get_status(self, instance_id: str) -> Any:
+    async def get_status(self, instance_id: str, show_input: bool = False) -> Any:
         status = self.existing.get(instance_id)
         if status is None:
             return SimpleNamespace(runtime_status=None)  # what the SDK gives for an unknown id
@@ -38,6 +38,7 @@ class FakeClient:
             last_updated_time=now,
             custom_status={"done": 1},
             output=None,
+            input_=RUN.to_dict() if show_input else None,
         )
 
     async def terminate(self, instance_id: str, reason: str) -> None:
@@ -89,3 +90,39 @@ def test_a_finished_run_is_not_terminated_and_unknown_runs_are_404() -> None:
 def test_describe_shows_status_progress_and_output() -> None:
     described = asyncio.run(runs.describe_run(FakeClient([], {"r1": "Running"}), "r1"))
     assert described["runtime_status"] == "Running" and described["progress"] == {"done": 1}
+
+
+class AuditedVault(MemoryVault):
+    """A vault whose run key has audit rows (newest first, two per page)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def audit(self, key_id: str, limit: int = 50, continuation: str | None = None) -> dict[str, Any]:
+        start = int(continuation or 0)
+        more = start + 2 < len(self.rows)
+        return {"data": self.rows[start : start + 2], "continuation": str(start + 2) if more else None}
+
+
+def test_a_stopped_run_lists_its_items_from_the_audit_log() -> None:
+    rows = [  # newest first, as the vault answers
+        {"idempotency_key": "r1-1", "decision": "vault_key_revoked", "amount": 100, "time": "t4"},
+        {"idempotency_key": "r1-0", "decision": "replayed", "amount": 100, "stripe_object_id": "pi_1", "time": "t3"},
+        {"idempotency_key": "r1-0", "decision": "forwarded", "upstream_status": 200, "amount": 100,
+         "stripe_object_id": "pi_1", "time": "t2"},
+        {"idempotency_key": "other-0", "decision": "forwarded", "upstream_status": 200, "amount": 5, "time": "t1"},
+        {"idempotency_key": "r1-2", "decision": "forwarded", "upstream_status": 402, "amount": 100, "time": "t0"},
+    ]
+    vault = AuditedVault(rows)
+    vault.issue_in_app({"label": "azure-durable/r1"})
+    described = asyncio.run(runs.describe_run(FakeClient([], {"r1": "Terminated"}), "r1", vault))
+    assert described["items_source"] == "audit"
+    assert [(i["item_index"], i["outcome"], i["object_id"], i["code"]) for i in described["items"]] == [
+        (0, "charged", "pi_1", None),
+        (1, "revoked", None, "vault_key_revoked"),
+        (2, "declined", None, None),
+    ]
+    assert described["items"][0]["customer_id"] == "cus_1"  # from the run's input
+    running = asyncio.run(runs.describe_run(FakeClient([], {"r1": "Running"}), "r1", vault))
+    assert "items" not in running
