@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+RUN_ARGS ?=   # e.g. make run RUN_ARGS="--port 7072"
 
 .PHONY: setup run test lint demo bench bench-ledger bench-proxy bench-billing clean
 
@@ -23,7 +24,7 @@ node_modules/.installed: package.json package-lock.json
 setup: $(VENV)/.installed node_modules/.installed
 
 run: setup
-	$(BIN)/python -m scripts.run_local
+	$(BIN)/python -m scripts.run_local $(RUN_ARGS)
 
 test: setup
 	$(BIN)/ruff check .

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import traceback
 from dataclasses import dataclass
@@ -12,6 +10,7 @@ from typing import Any
 from azure.functions import meta
 from azure.functions.durable_functions import ActivityTriggerConverter
 
+from devhost.invoke import call_user_function
 from devhost.loader import FunctionInfo
 
 _OUT_OF_PROC_MARKER = "\n\n$OutOfProcData$:"
@@ -57,9 +56,7 @@ def run_activity(fn: FunctionInfo, input_text: str | None) -> ActivityResult:
         value = ActivityTriggerConverter.decode(
             meta.Datum(input_text if input_text is not None else "null", "json"), trigger_metadata=None
         )
-        outcome = fn.user_function(**{fn.trigger["name"]: value})
-        if inspect.isawaitable(outcome):
-            outcome = asyncio.run(_await(outcome))
+        outcome = call_user_function(fn.user_function, {fn.trigger["name"]: value})  # async on the shared loop
         encoded = ActivityTriggerConverter.encode(outcome, expected_type=None)
         return ActivityResult(True, str(encoded.value))
     except Exception as exc:
@@ -68,6 +65,3 @@ def run_activity(fn: FunctionInfo, input_text: str | None) -> ActivityResult:
             False, reason=f"Activity function '{fn.name}' failed: {type(exc).__name__}: {exc}", details=details
         )
 
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
