@@ -53,6 +53,14 @@ class MissingSettingError(RuntimeError):
         self.name = name
 
 
+class InvalidSettingError(MissingSettingError):
+    """An app setting is present but unusable (say, not a number); the message names it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        RuntimeError.__init__(self, f"app setting {name} {problem}")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class Settings:
     """A read-only view of the app settings.
@@ -75,6 +83,19 @@ class Settings:
     def _get(self, name: str, default: str | None = None) -> str | None:
         value = self.env.get(name)
         return value if value not in (None, "") else default
+
+    def _number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        """A numeric setting; anything unparsable or below `minimum` is an `InvalidSettingError`."""
+        raw = self._get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            raise InvalidSettingError(name, f"must be {'an integer' if integer else 'a number'}, got {raw!r}") from None
+        if value < minimum:
+            raise InvalidSettingError(name, f"must be at least {minimum:g}, got {raw!r}")
+        return value
 
     def _require(self, name: str, hint: str = "") -> str:
         value = self._get(name)
@@ -123,12 +144,12 @@ class Settings:
 
     @property
     def stripe_timeout_seconds(self) -> float:
-        return float(self._get(STRIPE_TIMEOUT_SECONDS, "30") or 30)
+        return self._number(STRIPE_TIMEOUT_SECONDS, 30.0, minimum=0.1)
 
     # --- proxy ---------------------------------------------------------------------
     @property
     def idempotency_retention_days(self) -> int:
-        return int(self._get(IDEMPOTENCY_RETENTION_DAYS, "30") or 30)
+        return int(self._number(IDEMPOTENCY_RETENTION_DAYS, 30, minimum=2, integer=True))
 
     @cached_property
     def proxy_url(self) -> str:
