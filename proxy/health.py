@@ -11,6 +11,7 @@ from azure.core.exceptions import AzureError
 from azure.data.tables import TableServiceClient
 
 from core.runtime import runtime
+from core.settings import MissingSettingError
 
 bp = func.Blueprint()
 
@@ -34,6 +35,10 @@ def check_health(tables: TableServiceClient, stripe_http: httpx.Client) -> tuple
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    ok, parts = check_health(runtime().tables, runtime().stripe_http)
+    try:
+        rt = runtime()
+        ok, parts = check_health(rt.tables, rt.stripe_http)
+    except MissingSettingError as exc:  # a misconfigured app is down, not broken: say which setting
+        ok, parts = False, {"settings": {"ok": False, "error": f"app setting {exc.name} is missing or invalid"}}
     body = {"status": "ok" if ok else "degraded", "parts": parts}
     return func.HttpResponse(json.dumps(body), status_code=200 if ok else 503, mimetype="application/json")

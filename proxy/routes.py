@@ -37,6 +37,9 @@ def _admin(call: Callable[[VaultService], Any], status: int = 200) -> func.HttpR
         return _json(status, call(vault_service()))
     except SpendgateError as err:
         return _error(err)
+    except Exception as exc:  # an unforeseen failure is not the caller's fault: retryable, no details
+        log.exception("admin route failed: %s", type(exc).__name__)
+        return _error(SpendgateError("governance_unavailable"))
 
 
 def _int_param(req: func.HttpRequest, name: str, default: int) -> int:

@@ -75,6 +75,10 @@ def test_issue_describe_list_revoke_and_spend(admin: httpx.Client, app_stack: Ap
         ("GET", "/api/vault/keys/not-a-key", None, 404, "not_found"),
         ("DELETE", "/api/vault/keys/0000000000000000ffff", None, 404, "not_found"),
         ("GET", "/api/vault/keys?limit=abc", None, 400, "policy_invalid"),
+        ("GET", "/api/vault/keys?limit=0", None, 400, "policy_invalid"),
+        ("GET", "/api/vault/keys?continuation=WyJ4Il0=", None, 400, "policy_invalid"),  # base64 of ["x"]
+        ("GET", "/api/vault/keys?continuation=NQ==", None, 400, "policy_invalid"),  # base64 of 5
+        ("GET", "/api/vault/keys?continuation=%%%", None, 400, "policy_invalid"),
         ("GET", "/api/spend", None, 400, "policy_invalid"),
     ],
 )
