@@ -39,9 +39,18 @@ async def _existing(client: DurableClient, instance_id: str) -> Any:
     return status if status and _status_name(status) is not None else None
 
 
-async def start_run(client: DurableClient, run: RunRequest, instance_id: str | None) -> str:
-    """Start a run; an instance id that already exists answers 409 `run_exists` (bills no one)."""
-    if instance_id is not None and await _existing(client, instance_id) is not None:
+async def start_run(client: DurableClient, run: RunRequest, instance_id: str | None, vault: Vault) -> str:
+    """Start a run; an instance id that was ever used answers 409 `run_exists` (bills no one).
+
+    "Ever used" includes runs whose history was purged: their vault keys (never deleted)
+    still carry the label `azure-durable/{id}`. A new run under the same id would get a
+    new key, and idempotency records are scoped per key, so `{id}-{index}` would charge
+    again; refusing the id closes that hole.
+    """
+    if instance_id is not None and (
+        await _existing(client, instance_id) is not None
+        or any(next(keys_with_label(vault, label), None) for label in run_labels(instance_id))
+    ):
         raise SpendgateError(
             "run_exists",
             f"billing run {instance_id} already exists; GET /api/billing/runs/{instance_id}",

@@ -39,7 +39,7 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
         except ValueError:
             raise SpendgateError("body_invalid", "the body must be JSON") from None
         run, instance_id = parse_run_request(body)
-        instance_id = await runs.start_run(client, run, instance_id)
+        instance_id = await runs.start_run(client, run, instance_id, vault_service())
     except SpendgateError as exc:
         return _error(exc)
     return client.create_check_status_response(req, instance_id)

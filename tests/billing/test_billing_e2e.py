@@ -126,6 +126,12 @@ def test_bad_bodies_and_existing_instance_ids(app_stack: AppStack, pro_200: str)
     again = httpx.post(url, json=body, headers=headers)
     assert again.status_code == 409 and again.json()["error"]["code"] == "run_exists"
     assert wait_until(app_stack.url, headers, run_id)["output"]["counts"]["invalid"] == 1
+    # Purging the history does not free the id: the run's keys still carry its label.
+    purged = httpx.delete(f"{app_stack.url}/runtime/webhooks/durabletask/instances/{run_id}")
+    assert purged.status_code == 200, purged.text
+    assert httpx.get(f"{url}/{run_id}", headers=headers).status_code == 404
+    after_purge = httpx.post(url, json=body, headers=headers)
+    assert after_purge.status_code == 409 and after_purge.json()["error"]["code"] == "run_exists"
     assert httpx.get(f"{url}/nope-{run_id}", headers=headers).status_code == 404
 
 

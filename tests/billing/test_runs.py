@@ -57,11 +57,17 @@ class LoggingVault(MemoryVault):
 
 def test_start_passes_the_run_and_refuses_an_existing_instance_id() -> None:
     client = FakeClient([], {"taken": "Running"})
-    assert asyncio.run(runs.start_run(client, RUN, "fresh")) == "fresh"
+    vault = MemoryVault()
+    assert asyncio.run(runs.start_run(client, RUN, "fresh", vault)) == "fresh"
     assert client.started == [("billing_run", "fresh", RUN.to_dict())]
     with pytest.raises(SpendgateError) as err:
-        asyncio.run(runs.start_run(client, RUN, "taken"))
+        asyncio.run(runs.start_run(client, RUN, "taken", vault))
     assert (err.value.code, err.value.status, err.value.param) == ("run_exists", 409, "instance_id")
+    # A purged run leaves no instance, but its keys still carry the run's label.
+    vault.issue_in_app({"label": "azure-durable/purged"})
+    with pytest.raises(SpendgateError) as err:
+        asyncio.run(runs.start_run(client, RUN, "purged", vault))
+    assert err.value.code == "run_exists"
     assert len(client.started) == 1
 
 
