@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from core.settings import Settings
+from core.storage import table_service
+from proxy.vault import VaultService
 from tests.billing.e2e import seed, start_run, unique_plan, wait_until
 from tests.conftest import STRIPE_TEST_SECRET, AppStack
 
@@ -71,3 +75,30 @@ def test_run_list_pages_newest_first_without_per_item_results(app_stack: AppStac
     assert row["progress"]["done"] == 1 and row["output"]["spent_cents"] == 500
     assert "items" not in row["output"]
     assert all(r["name"] == "billing_run" for r in seen)
+
+
+def test_a_thousand_keys_page_completely_in_bounded_pages(app_stack: AppStack) -> None:
+    """What the console's keys table pages through: 1,000 keys, 100 a page, none lost or repeated."""
+    settings = Settings.from_mapping(app_stack.settings)
+    vault = VaultService(table_service(settings), settings)
+    label = f"console-1000/{time.time_ns()}"
+    request = {"vendor": "stripe", "label": label, "daily_usd_cap": 1,
+               "allowed_endpoints": ["POST /v1/payment_intents"], "expires_in": "1h"}
+    with ThreadPoolExecutor(16) as pool:
+        issued = set(pool.map(lambda _: vault.issue(request)["key_id"], range(1000)))
+    seen: list[str] = []
+    pages, continuation = 0, None
+    with httpx.Client(base_url=app_stack.url, headers=app_stack.admin_headers, timeout=30) as admin:
+        while True:
+            params = {"label": label, "limit": 100, **({"continuation": continuation} if continuation else {})}
+            page = admin.get("/api/vault/keys", params=params)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert len(body["data"]) <= 100
+            seen += [k["key_id"] for k in body["data"]]
+            pages += 1
+            continuation = body["continuation"]
+            if not continuation:
+                break
+    assert len(seen) == len(set(seen)) == 1000 and set(seen) == issued
+    assert pages <= 11
