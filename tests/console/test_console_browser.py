@@ -189,6 +189,8 @@ def test_a_running_run_moves_on_screen_and_stop_ends_it(
     time.sleep(3)
     assert sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id).values()) == charged
     assert get_run(app_stack.url, app_stack.admin_headers, run_id)["runtime_status"] == "Terminated"
+    # A stopped run has no summary; its per-item outcomes come from the audit log and match Stripe.
+    expect(page.locator("#items-filter")).to_contain_text(f"Charged ({charged})", timeout=10_000)
     assert tab.console_errors == []
     tab.shot("run-stopped", full_page=True)
 
@@ -242,4 +244,18 @@ def test_phone_sized_screen_needs_no_sideways_scrolling(
     expect(page.locator('#items-table tr[data-outcome="declined"]')).to_contain_text("Card declined")
     assert page.evaluate(no_sideways)
     tab.shot("phone-run", full_page=True)
+    assert tab.console_errors == []
+
+
+def test_a_run_that_hit_its_cap_shows_skipped_items_by_reason(open_console: OpenConsole, app_stack: AppStack) -> None:
+    customers = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 6, unique_plan("console-cap"))
+    body = {**run_body(customers, 2000, max_parallel=2), "budget_usd": 40}  # 2 charged, 2 over the cap, 2 skipped
+    run_id = start_run(app_stack.url, app_stack.admin_headers, body)
+    out = wait_until(app_stack.url, app_stack.admin_headers, run_id)["output"]
+    assert out["skipped_by_reason"] == {"cap_exceeded": 2}
+    tab = open_console()
+    tab.open_signed_in("#/runs")
+    row = tab.page.locator(f'tr[data-run-id="{run_id}"]')
+    expect(row).to_contain_text("skipped: 2 (Run cap reached)")
+    expect(row).to_contain_text("2 charged")
     assert tab.console_errors == []
