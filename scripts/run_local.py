@@ -128,6 +128,7 @@ spendgate is running locally
   storage (Azurite)  blob :10000  queue :10001  table :10002  ({azurite})
   Stripe (local)     http://127.0.0.1:{STRIPE_PORT}  localstripe, {stripe}
   function key       {key}   (header x-functions-key, or ?code=)
+  operator console   {base}/api/console  (paste the function key once)
   demo customers     {len(customers)} on plan "pro": {", ".join(customers)}
   logs               app below; Azurite and localstripe in {LOG_DIR.relative_to(REPO_ROOT)}/
 
