@@ -1,4 +1,5 @@
-"""`make run` itself: it comes up healthy, its printed example works, and Ctrl-C stops it all.
+"""`make run` itself: it comes up healthy, its printed example and `scripts/smoke.sh` pass
+against it, and Ctrl-C stops everything it started.
 
 It uses the fixed ports of the README (Azurite 10000–10002, localstripe 8420), reusing
 them when a developer's own `make run` already holds them, and the app on a free port.
@@ -58,6 +59,11 @@ def test_make_run_serves_the_printed_example_and_ctrl_c_stops_everything_it_star
         charged = json.loads(ran.stdout.rsplit("\nvk_", 1)[0])
         assert charged["object"] == "payment_intent" and charged["status"] == "succeeded"
         assert charged["amount"] == 1200
+
+        # The deploy smoke test (issue a key, health, revoke, denied) passes against it too.
+        smoke = subprocess.run(["bash", "scripts/smoke.sh", f"http://127.0.0.1:{port}", "local-dev-function-key"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole foreground group
         try:
