@@ -115,6 +115,18 @@ def test_fan_out_fan_in_of_100_activities(client: httpx.Client, env: dict[str, s
     assert executions(env, "fan") == {str(i): 1 for i in range(100)}
 
 
+def test_activity_concurrency_stays_within_host_json(client: httpx.Client, env: dict[str, str]) -> None:
+    """maxConcurrentActivityFunctions is 8 in the test app's host.json: 24 slow activities never run 9 at once."""
+    urls = start(client, "fan_out", {"tag": "bound", "n": 24, "sleep": 0.4})
+    assert wait_done(client, urls, timeout=60)["runtimeStatus"] == "Completed"
+    table = TableServiceClient.from_connection_string(env["AzureWebJobsStorage"]).get_table_client(
+        env["DURABLE_TEST_COUNTER_TABLE"]
+    )
+    running = [int(r["Running"]) for r in table.query_entities("PartitionKey eq 'bound'")]
+    assert len(running) == 24
+    assert 2 <= max(running) <= 8, running  # in parallel, but never past the bound
+
+
 def test_retries_with_transient_failures(client: httpx.Client, env: dict[str, str], store: DurableStore) -> None:
     urls = start(client, "flaky_run", {"tag": "retry-ok", "fail": 2, "attempts": 4})
     status = wait_done(client, urls, showHistory="true")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -36,9 +37,15 @@ def _counter() -> TableClient:
     return _table
 
 
-def _record(tag: str, item: str) -> None:
-    """Record one execution of `item` in the run `tag`."""
-    _counter().create_entity({"PartitionKey": tag, "RowKey": f"{item}~{uuid.uuid4().hex}", "Item": item})
+_running = 0  # `record` activities executing in this process right now
+_running_lock = threading.Lock()
+
+
+def _record(tag: str, item: str, running: int = 0) -> None:
+    """Record one execution of `item` in the run `tag` (with how many ran at once)."""
+    _counter().create_entity(
+        {"PartitionKey": tag, "RowKey": f"{item}~{uuid.uuid4().hex}", "Item": item, "Running": running}
+    )
 
 
 def _executions(tag: str, item: str) -> int:
@@ -168,10 +175,18 @@ def broken(context: df.DurableOrchestrationContext):
 
 @app.activity_trigger(input_name="item")
 def record(item: dict) -> int:
-    _record(item["tag"], str(item["i"]))
-    if item.get("sleep"):
-        time.sleep(item["sleep"])
-    return int(item["i"]) * 2
+    global _running
+    with _running_lock:
+        _running += 1
+        running = _running
+    try:
+        _record(item["tag"], str(item["i"]), running)
+        if item.get("sleep"):
+            time.sleep(item["sleep"])
+        return int(item["i"]) * 2
+    finally:
+        with _running_lock:
+            _running -= 1
 
 
 @app.activity_trigger(input_name="payload")
