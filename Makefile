@@ -72,3 +72,15 @@ demo: setup
 browser-deps:
 	bash scripts/install_chromium.sh
 setup: browser-deps
+
+# --- benchmarks (issue 7): each script starts its own services and prints its figures -----------
+bench-ledger: setup
+	$(BIN)/python -m bench.ledger
+
+bench-proxy: setup
+	$(BIN)/python -m bench.proxy
+
+bench-billing: setup
+	$(BIN)/python -m bench.billing_run
+
+bench: bench-ledger bench-proxy bench-billing

@@ -38,7 +38,7 @@ from core.settings import Settings
 from proxy import idempotency as idem
 from proxy.audit import AuditDraft
 from proxy.keys import ParsedVaultKey, hash_secret, key_from_headers, parse_vault_key, secret_matches
-from proxy.ledger import Ledger, TableLedger
+from proxy.ledger import Ledger, TableLedger, shared_group_ledger
 from proxy.policy import Endpoint, unmetered_money_endpoint
 from proxy.store import (
     Conflict,
@@ -87,7 +87,9 @@ class ProxyDeps:
 
     @classmethod
     def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:
-        return cls(LedgerStore(tables, settings), stripe_http, settings)
+        """The proxy's deps: the process-wide group-commit ledger (docs/ledger.md)."""
+        store = LedgerStore(tables, settings)
+        return cls(store, stripe_http, settings, shared_group_ledger(tables, store))
 
     @property
     def lease(self) -> timedelta:
@@ -152,6 +154,14 @@ def _authenticate(key: KeyRecord | None, parsed: ParsedVaultKey, draft: AuditDra
     return key
 
 
+def _replayable(record: IdemRecord | None, request: StripeRequest, now: datetime) -> bool:
+    """A completed, still-kept record of this very request (same parameters)."""
+    return (
+        request.method == "POST" and record is not None and record.state == "completed"
+        and idem.is_live(record, now) and record.fingerprint == request.fingerprint()
+    )
+
+
 def _handle(
     deps: ProxyDeps, draft: AuditDraft, hdrs: dict[str, str], path: str | None, body: bytes, now: datetime,
     query: str, raw_path: str | None,
@@ -178,7 +188,18 @@ def _handle(
     if request is not None and request.method == "POST":
         candidate = caller_key or idem.derived_key(parsed.key_id, request)
     key, record = deps.store.read_key_and_idem(parsed.key_id, idem.idem_row(candidate) if candidate else None)
-    key = _authenticate(key, parsed, draft, now)
+    try:
+        key = _authenticate(key, parsed, draft, now)
+    except SpendgateError as err:
+        # The genuine holder of a revoked or expired key may still learn what an earlier,
+        # completed request did: a replay reaches nobody, so "stop means stop" holds, and a
+        # retry after a revoke reports the charge that happened instead of hiding it.
+        if err.code in ("vault_key_revoked", "vault_key_expired") and problem is None and request is not None \
+                and _replayable(record, request, now):
+            assert record is not None
+            deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
+            return _replay(record, draft.request_id)
+        raise
     if problem is not None and problem.code in ("method_not_allowed", "path_invalid", "body_too_large"):
         raise problem
     allowed = [Endpoint.parse(e) for e in key.allowed_endpoints]

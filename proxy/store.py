@@ -51,7 +51,14 @@ Operation = tuple[Any, ...]
 
 
 class Conflict(Exception):
-    """An If-Match or create lost a race; re-read and try again."""
+    """An If-Match or create lost a race; re-read and try again.
+
+    `index` is the failed operation's position in a transaction when storage named it
+    (the group-commit ledger uses it to drop just that request from a batch)."""
+
+    def __init__(self, message: str = "", index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -170,9 +177,13 @@ def decode_token(text: str | None) -> Any:
     if not text:
         return None
     try:
-        return json.loads(base64.urlsafe_b64decode(text.encode()))
+        token = json.loads(base64.urlsafe_b64decode(text.encode()))
     except ValueError:
-        raise SpendgateError("policy_invalid", "continuation is not a valid token", param="continuation") from None
+        token = None
+    # The SDK's tokens are small dicts of strings; anything else would make it raise later.
+    if not isinstance(token, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in token.items()):
+        raise SpendgateError("policy_invalid", "continuation is not a valid token", param="continuation")
+    return token
 
 
 # --- entity <-> dataclass --------------------------------------------------------------
@@ -290,6 +301,12 @@ def op_create_audit(a: AuditRow) -> Operation:
     return ("create", audit_to_entity(a))
 
 
+def _named_index(exc: TableTransactionError) -> int | None:
+    """The failed operation's index, only when the service's message really names one."""
+    head = (exc.message or "").split(":", 1)[0].strip()
+    return int(head) if head.isdigit() else None
+
+
 _created_tables: set[tuple[int, str]] = set()
 _created_lock = threading.Lock()
 
@@ -321,7 +338,7 @@ class LedgerStore:
             raise Conflict(str(exc)) from None
         except TableTransactionError as exc:
             if exc.status_code in (409, 412):
-                raise Conflict(exc.error_code or "") from None
+                raise Conflict(exc.error_code or "", _named_index(exc)) from None
             raise SpendgateError("governance_unavailable") from exc
         except ResourceNotFoundError:
             raise

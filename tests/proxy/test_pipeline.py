@@ -240,3 +240,28 @@ def test_in_app_keys_travel_as_ids_and_authenticate_only_when_derived_with_the_a
     guessed = charge(domain.deps, domain.vault.in_app_vault_key(plain["key_id"]), pi_params(60, tag))
     assert guessed.status == 401
     assert len(tagged_objects(domain.localstripe.url, tag)) == 1
+
+
+def test_a_revoked_or_expired_key_replays_completed_requests_and_nothing_else(domain: Domain) -> None:
+    """A retry after a revoke learns what already happened; nothing new reaches Stripe."""
+    k = domain.vault.issue(key_request(expires_in="1h"))
+    tag = new_tag()
+    first = charge(domain.deps, k["vault_key"], pi_params(700, tag), key="run-7")
+    assert first.status == 200
+    domain.vault.revoke(k["key_id"])
+    again = charge(domain.deps, k["vault_key"], pi_params(700, tag), key="run-7")
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    for params, idem_key in [(pi_params(700, tag), "run-8"), (pi_params(701, tag), "run-7"), (pi_params(700, tag), None)]:
+        denied = charge(domain.deps, k["vault_key"], params, key=idem_key)
+        assert (denied.status, denied.json()["error"]["code"]) == (401, "vault_key_revoked")
+    forged = k["vault_key"][:-4] + "AAAA"
+    assert charge(domain.deps, forged, pi_params(700, tag), key="run-7").status == 401  # the holder only
+    later = now() + timedelta(hours=2)
+    k2 = domain.vault.issue(key_request(expires_in="1h"))
+    assert charge(domain.deps, k2["vault_key"], pi_params(800, tag), key="x").status == 200
+    assert charge(domain.deps, k2["vault_key"], pi_params(800, tag), key="x", at=later).status == 200
+    expired = charge(domain.deps, k2["vault_key"], pi_params(800, tag), key="y", at=later)
+    assert (expired.status, expired.json()["error"]["code"]) == (401, "vault_key_expired")
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 2
+    assert domain.vault.describe(k["key_id"])["total_spent_cents"] == 700

@@ -1,0 +1,144 @@
+"""A 1,000-customer billing run end to end through devhost vs a plain direct fan-out.
+
+Run: ``python -m bench.billing_run`` (or ``make bench-billing``). Starts Azurite,
+localstripe and devhost (the real function_app.py), seeds N customers with cards, then:
+
+1. direct: list the customers (pages of 100, filter by plan) and confirm one payment
+   intent per customer with its card, `--parallel` at a time, against a twin localstripe
+   seeded with the same customers (both sides start from the same store; see `bench.stack`);
+2. spendgate: ``POST /api/billing/runs`` for the same customers with
+   ``max_parallel=--parallel`` and polls ``GET /api/billing/runs/{id}`` until it finishes.
+
+It prints both wall times and their ratio, and checks for duplicates by counting the
+payment intents in localstripe: exactly one per customer for the run (and for direct).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from bench.stack import STRIPE_SECRET, Stack, cpu_delta, running_stack
+from devhost.seed import seed_customers
+
+AMOUNT = 500
+FINISHED = ("Completed", "Failed", "Terminated")
+
+
+def seed(base_url: str, n: int, plan: str) -> None:
+    chunks = [(start, min(100, n - start + 1)) for start in range(1, n + 1, 100)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda c: seed_customers(base_url, STRIPE_SECRET, c[1], plan=plan, start=c[0]), chunks))
+
+
+def list_customers(client: httpx.Client, plan: str) -> list[dict[str, Any]]:
+    found, after = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"starting_after": after} if after else {})}
+        page = client.get("/v1/customers", params=params).raise_for_status().json()
+        found += [c for c in page["data"] if (c.get("metadata") or {}).get("plan") == plan]
+        if not page.get("has_more") or not page["data"]:
+            return found
+        after = page["data"][-1]["id"]
+
+
+def direct_fan_out(stack: Stack, plan: str, parallel: int, tag: str) -> float:
+    start = time.perf_counter()
+    with httpx.Client(base_url=stack.twin_stripe.url, auth=(STRIPE_SECRET, ""), timeout=60,
+                      limits=httpx.Limits(max_connections=parallel)) as client:
+        customers = list_customers(client, plan)
+
+        def charge(c: dict[str, Any]) -> None:
+            r = client.post("/v1/payment_intents", data={
+                "amount": AMOUNT, "currency": "usd", "customer": c["id"], "payment_method": c["default_source"],
+                "confirm": "true", "off_session": "true", "metadata[bench]": tag})
+            if r.status_code != 200:
+                raise RuntimeError(f"direct charge failed: {r.status_code} {r.text[:200]}")
+
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(charge, customers))
+    return time.perf_counter() - start
+
+
+def billing_run(stack: Stack, plan: str, n: int, parallel: int, timeout: float) -> tuple[float, dict[str, Any]]:
+    body = {"billing_period": time.strftime("%Y-%m", time.gmtime()),
+            "customer_query": {"metadata": {"plan": plan}, "amount_cents": AMOUNT},
+            "budget_usd": n * AMOUNT / 100 * 2, "max_parallel": parallel}
+    with httpx.Client(base_url=stack.url, headers=stack.admin_headers, timeout=60) as client:
+        start = time.perf_counter()
+        resp = client.post("/api/billing/runs", json=body)
+        if resp.status_code != 202:
+            raise RuntimeError(f"run refused: {resp.status_code} {resp.text[:300]}")
+        instance_id = resp.json()["id"]
+        deadline = start + timeout
+        while True:
+            run = client.get(f"/api/billing/runs/{instance_id}").raise_for_status().json()
+            if run["runtime_status"] in FINISHED:
+                return time.perf_counter() - start, run
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"run {instance_id} still {run['runtime_status']} after {timeout:.0f}s")
+            time.sleep(0.1)
+
+
+def payment_intents(base_url: str) -> list[dict[str, Any]]:
+    found, after = [], None
+    with httpx.Client(base_url=base_url, auth=(STRIPE_SECRET, ""), timeout=60) as client:
+        while True:
+            params: dict[str, Any] = {"limit": 100, **({"starting_after": after} if after else {})}
+            page = client.get("/v1/payment_intents", params=params).raise_for_status().json()
+            found += page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return found
+            after = page["data"][-1]["id"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args(argv)
+    plan, tag = "bench" + uuid.uuid4().hex[:6], "direct-" + uuid.uuid4().hex[:6]
+    with running_stack("billing") as stack:
+        t = time.perf_counter()
+        for svc in (stack.localstripe, stack.twin_stripe):  # the same customers in both
+            seed(svc.url, args.customers, plan)
+        print(f"seeded {args.customers} customers (twice) in {time.perf_counter() - t:.1f}s", flush=True)
+        cpu0 = stack.cpu()
+        direct = direct_fan_out(stack, plan, args.parallel, tag)
+        cpu1 = stack.cpu()
+        print(f"direct fan-out: {direct:.1f}s", flush=True)
+        wall, run = billing_run(stack, plan, args.customers, args.parallel, args.timeout)
+        cpu2 = stack.cpu()
+        print(f"billing run {run['instance_id']}: {run['runtime_status']} in {wall:.1f}s", flush=True)
+        intents = payment_intents(stack.localstripe.url) + payment_intents(stack.twin_stripe.url)
+    out = run.get("output") or {}
+    counts = {k: v for k, v in (out.get("counts") or {}).items() if v}
+    run_id = run["instance_id"]
+    ours = [pi for pi in intents if (pi.get("metadata") or {}).get("orchestration_id") == run_id]
+    direct_ones = [pi for pi in intents if (pi.get("metadata") or {}).get("bench") == tag]
+    per_customer = Counter(pi["customer"] for pi in ours)
+    duplicates = sum(c - 1 for c in per_customer.values() if c > 1)
+    ratio = wall / direct
+    print()
+    print(f"customers={args.customers} parallel={args.parallel}")
+    print(f"direct fan-out to localstripe   {direct:7.1f} s  ({args.customers / direct:6.1f} charges/s)")
+    print(f"billing run through spendgate  {wall:7.1f} s  ({args.customers / wall:6.1f} charges/s)  outcomes {counts}")
+    print(f"CPU per customer, direct:      {cpu_delta(cpu0, cpu1, args.customers)}")
+    print(f"CPU per customer, billing run: {cpu_delta(cpu1, cpu2, args.customers)}")
+    print(f"payment intents: run {len(ours)} for {len(per_customer)} customers, direct {len(direct_ones)}")
+    print(f"billing_ratio={ratio:.2f}")
+    print(f"duplicates={duplicates}")
+    ok = (run["runtime_status"] == "Completed" and duplicates == 0 and len(per_customer) == args.customers
+          and counts.get("charged") == args.customers and len(direct_ones) == args.customers)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
