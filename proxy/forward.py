@@ -192,10 +192,12 @@ def _handle(
         key = _authenticate(key, parsed, draft, now)
     except SpendgateError as err:
         # The genuine holder of a revoked or expired key may still learn what an earlier,
-        # completed request did: a replay reaches nobody, so "stop means stop" holds, and a
-        # retry after a revoke reports the charge that happened instead of hiding it.
+        # completed request with its own Idempotency-Key did: a replay reaches nobody, so
+        # "stop means stop" holds, and a retry after a revoke (a billing activity's) reports
+        # the charge that happened instead of hiding it. Keys the proxy derived itself are
+        # not replayed: without an explicit key, a request after a revoke is simply denied.
         if err.code in ("vault_key_revoked", "vault_key_expired") and problem is None and request is not None \
-                and _replayable(record, request, now):
+                and caller_key is not None and _replayable(record, request, now):
             assert record is not None
             deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
             return _replay(record, draft.request_id)

@@ -257,11 +257,16 @@ def test_a_revoked_or_expired_key_replays_completed_requests_and_nothing_else(do
         assert (denied.status, denied.json()["error"]["code"]) == (401, "vault_key_revoked")
     forged = k["vault_key"][:-4] + "AAAA"
     assert charge(domain.deps, forged, pi_params(700, tag), key="run-7").status == 401  # the holder only
+    # Without an explicit Idempotency-Key (the proxy derives one), a repeat is denied, not replayed.
+    k3 = domain.vault.issue(key_request())
+    assert charge(domain.deps, k3["vault_key"], pi_params(900, tag)).status == 200
+    domain.vault.revoke(k3["key_id"])
+    assert charge(domain.deps, k3["vault_key"], pi_params(900, tag)).json()["error"]["code"] == "vault_key_revoked"
     later = now() + timedelta(hours=2)
     k2 = domain.vault.issue(key_request(expires_in="1h"))
     assert charge(domain.deps, k2["vault_key"], pi_params(800, tag), key="x").status == 200
     assert charge(domain.deps, k2["vault_key"], pi_params(800, tag), key="x", at=later).status == 200
     expired = charge(domain.deps, k2["vault_key"], pi_params(800, tag), key="y", at=later)
     assert (expired.status, expired.json()["error"]["code"]) == (401, "vault_key_expired")
-    assert len(tagged_objects(domain.localstripe.url, tag)) == 2
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 3
     assert domain.vault.describe(k["key_id"])["total_spent_cents"] == 700
