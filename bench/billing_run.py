@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from bench.stack import STRIPE_SECRET, Stack, cpu_delta, running_stack
-from devhost.seed import seed_customers
+from devhost.seed import iter_objects, seed_customers
 
 AMOUNT = 500
 FINISHED = ("Completed", "Failed", "Terminated")
@@ -38,14 +38,7 @@ def seed(base_url: str, n: int, plan: str) -> None:
 
 
 def list_customers(client: httpx.Client, plan: str) -> list[dict[str, Any]]:
-    found, after = [], None
-    while True:
-        params: dict[str, Any] = {"limit": 100, **({"starting_after": after} if after else {})}
-        page = client.get("/v1/customers", params=params).raise_for_status().json()
-        found += [c for c in page["data"] if (c.get("metadata") or {}).get("plan") == plan]
-        if not page.get("has_more") or not page["data"]:
-            return found
-        after = page["data"][-1]["id"]
+    return [c for c in iter_objects("", "", "customers", client=client) if (c.get("metadata") or {}).get("plan") == plan]
 
 
 def direct_fan_out(stack: Stack, plan: str, parallel: int, tag: str) -> float:
@@ -87,15 +80,7 @@ def billing_run(stack: Stack, plan: str, n: int, parallel: int, timeout: float) 
 
 
 def payment_intents(base_url: str) -> list[dict[str, Any]]:
-    found, after = [], None
-    with httpx.Client(base_url=base_url, auth=(STRIPE_SECRET, ""), timeout=60) as client:
-        while True:
-            params: dict[str, Any] = {"limit": 100, **({"starting_after": after} if after else {})}
-            page = client.get("/v1/payment_intents", params=params).raise_for_status().json()
-            found += page["data"]
-            if not page.get("has_more") or not page["data"]:
-                return found
-            after = page["data"][-1]["id"]
+    return list(iter_objects(base_url, STRIPE_SECRET, "payment_intents"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,9 @@ carry `metadata[plan]` so billing runs can select them with a customer_query.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import httpx
 
 GOOD_CARD = "4242424242424242"
@@ -48,24 +51,34 @@ def seed_customers(
         ]
 
 
-def find_customers(base_url: str, secret_key: str, metadata: dict[str, str]) -> list[dict[str, object]]:
-    """Customers whose metadata includes all of `metadata` (filtered client-side: localstripe has no search)."""
-    found: list[dict[str, object]] = []
-    after = None
-    with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
+def iter_objects(
+    base_url: str, secret_key: str, resource: str, *, client: httpx.Client | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every object of `resource` (e.g. "payment_intents") the Stripe at base_url holds, a page at a time.
+
+    Pass `client` to reuse a connection pool whose base URL and auth are already set."""
+    own = client is None
+    http = client or httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=60)
+    try:
+        after = None
         while True:
-            params: dict[str, str | int] = {"limit": 100}
-            if after:
-                params["starting_after"] = after
-            resp = client.get("/v1/customers", params=params)
-            resp.raise_for_status()
-            page = resp.json()
-            found += [
-                c for c in page["data"] if all((c.get("metadata") or {}).get(k) == v for k, v in metadata.items())
-            ]
+            params: dict[str, str | int] = {"limit": 100, **({"starting_after": after} if after else {})}
+            page = http.get(f"/v1/{resource}", params=params).raise_for_status().json()
+            yield from page["data"]
             if not page.get("has_more") or not page["data"]:
-                return found
+                return
             after = page["data"][-1]["id"]
+    finally:
+        if own:
+            http.close()
+
+
+def find_customers(base_url: str, secret_key: str, metadata: dict[str, str]) -> list[dict[str, Any]]:
+    """Customers whose metadata includes all of `metadata` (filtered client-side: localstripe has no search)."""
+    return [
+        c for c in iter_objects(base_url, secret_key, "customers")
+        if all((c.get("metadata") or {}).get(k) == v for k, v in metadata.items())
+    ]
 
 
 def count_objects(base_url: str, secret_key: str, resource: str = "payment_intents") -> int:
@@ -73,17 +86,8 @@ def count_objects(base_url: str, secret_key: str, resource: str = "payment_inten
 
     localstripe answers lists with `total_count`, so one small request does; elsewhere this
     pages through everything."""
-    total, after = 0, None
     with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
         first = client.get(f"/v1/{resource}", params={"limit": 1}).json()
-        if isinstance(first.get("total_count"), int):
-            return int(first["total_count"])
-        while True:
-            params: dict[str, str | int] = {"limit": 100}
-            if after:
-                params["starting_after"] = after
-            page = client.get(f"/v1/{resource}", params=params).json()
-            total += len(page["data"])
-            if not page.get("has_more") or not page["data"]:
-                return total
-            after = page["data"][-1]["id"]
+    if isinstance(first.get("total_count"), int):
+        return int(first["total_count"])
+    return sum(1 for _ in iter_objects(base_url, secret_key, resource))

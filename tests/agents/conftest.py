@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from agents.tools import BillingTools
-from devhost.seed import create_customer
+from devhost.seed import create_customer, iter_objects
 from tests.agents.fake_foundry import FakeFoundry
 from tests.conftest import STRIPE_TEST_SECRET, AppStack
 
@@ -86,15 +86,8 @@ class AgentStack:
 
     def payment_intents(self, customer_id: str) -> list[dict[str, Any]]:
         """Every payment intent localstripe holds for `customer_id` (read directly, not via the proxy)."""
-        found, after = [], None
-        with httpx.Client(base_url=self.app.localstripe.url, auth=(STRIPE_TEST_SECRET, ""), timeout=30) as client:
-            while True:
-                params: dict[str, Any] = {"limit": 100, **({"starting_after": after} if after else {})}
-                page = client.get("/v1/payment_intents", params=params).json()
-                found += [pi for pi in page["data"] if pi.get("customer") == customer_id]
-                if not page.get("has_more") or not page["data"]:
-                    return found
-                after = page["data"][-1]["id"]
+        return [pi for pi in iter_objects(self.app.localstripe.url, STRIPE_TEST_SECRET, "payment_intents")
+                if pi.get("customer") == customer_id]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from devhost.seed import create_customer
+from devhost.seed import create_customer, iter_objects
 
 
 def unique_plan(name: str) -> str:
@@ -63,18 +63,9 @@ def succeeded_objects(
 ) -> Counter[int]:
     """How many succeeded Stripe objects each item of the run has (any value > 1 is a duplicate)."""
     per_item: Counter[int] = Counter()
-    after = None
-    with httpx.Client(base_url=localstripe_url, auth=(secret, ""), timeout=30) as client:
-        while True:
-            params: dict[str, Any] = {"limit": 100}
-            if after:
-                params["starting_after"] = after
-            page = client.get(f"/v1/{resource}", params=params).json()
-            for obj in page["data"]:
-                metadata = obj.get("metadata") or {}
-                ok = obj.get("status") == "succeeded" if resource == "payment_intents" else obj.get("paid")
-                if metadata.get("orchestration_id") == instance_id and ok:
-                    per_item[int(metadata["item_index"])] += 1
-            if not page.get("has_more") or not page["data"]:
-                return per_item
-            after = page["data"][-1]["id"]
+    for obj in iter_objects(localstripe_url, secret, resource):
+        metadata = obj.get("metadata") or {}
+        ok = obj.get("status") == "succeeded" if resource == "payment_intents" else obj.get("paid")
+        if metadata.get("orchestration_id") == instance_id and ok:
+            per_item[int(metadata["item_index"])] += 1
+    return per_item

@@ -13,6 +13,7 @@ from azure.data.tables import TableServiceClient
 
 from core.settings import Settings
 from core.storage import table_service
+from devhost.seed import iter_objects
 from devhost.services import Service
 from proxy.forward import ProxyDeps
 from proxy.vault import VaultService
@@ -60,17 +61,8 @@ def pi_params(amount: int, tag: str, **extra: str) -> dict[str, str]:
 
 def tagged_objects(base_url: str, tag: str, resource: str = "payment_intents") -> list[dict[str, Any]]:
     """Objects in localstripe carrying metadata[test_tag]=tag (pages through everything)."""
-    found, after = [], None
-    with httpx.Client(base_url=base_url, auth=(STRIPE_TEST_SECRET, ""), timeout=30) as client:
-        while True:
-            params: dict[str, Any] = {"limit": 100}
-            if after:
-                params["starting_after"] = after
-            page = client.get(f"/v1/{resource}", params=params).json()
-            found += [o for o in page["data"] if (o.get("metadata") or {}).get("test_tag") == tag]
-            if not page.get("has_more") or not page["data"]:
-                return found
-            after = page["data"][-1]["id"]
+    return [o for o in iter_objects(base_url, STRIPE_TEST_SECRET, resource)
+            if (o.get("metadata") or {}).get("test_tag") == tag]
 
 
 def new_tag() -> str:
