@@ -319,6 +319,16 @@
       h("button", { class: "btn", type: "button", disabled: !pager.next, onclick: () => onMove(1) }, "Next →"),
     );
   }
+  /**
+   * What a list request asked for. A response is dropped when the filter or page moved while it was in
+   * flight: the change itself called refresh(), so the newer request renders instead of the stale one.
+   */
+  function asked(s) {
+    return { pager: s.pager, current: s.pager.current, label: s.label, keyId: s.keyId };
+  }
+  function stale(s, ask) {
+    return s.pager !== ask.pager || s.pager.current !== ask.current || s.label !== ask.label || s.keyId !== ask.keyId;
+  }
   function movePager(pager, dir) {
     if (dir > 0 && pager.next) {
       pager.stack.push(pager.current);
@@ -330,7 +340,9 @@
 
   async function loadKeys() {
     const s = state.keys;
+    const ask = asked(s);
     const page = await api("GET", "/vault/keys", { label: s.label, limit: PAGE_SIZE, continuation: s.pager.current });
+    if (stale(s, ask)) return;
     s.pager.next = page.continuation || null;
     s.data = page.data || [];
     const tbody = $("#keys-table tbody");
@@ -391,7 +403,9 @@
   async function loadAudit(keyId) {
     const s = state.audit;
     if (s.keyId !== keyId) Object.assign(s, { keyId, pager: newPager(), filter: "all" });
+    const ask = asked(s);
     const page = await api("GET", `/vault/keys/${encodeURIComponent(keyId)}/audit`, { limit: AUDIT_PAGE, continuation: s.pager.current });
+    if (stale(s, ask)) return;
     s.pager.next = page.continuation || null;
     const rows = (page.data || []).filter((r) => {
       const allowed = ALLOWED_DECISIONS.has(r.decision);
@@ -462,7 +476,9 @@
 
   async function loadRuns() {
     const s = state.runs;
+    const ask = asked(s);
     const page = await api("GET", "/billing/runs", { limit: PAGE_SIZE, continuation: s.pager.current });
+    if (stale(s, ask)) return;
     s.pager.next = page.continuation || null;
     s.data = page.data || [];
     const runsBody = $("#runs-table tbody");
