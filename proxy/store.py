@@ -38,6 +38,7 @@ from azure.data.tables import (
 
 from core.errors import SpendgateError
 from core.settings import Settings
+from core.storage import submit_transaction
 
 KEY_ROW = "key"
 IDEM_PREFIX = "idem-"
@@ -350,7 +351,7 @@ class LedgerStore:
         if len(ops) == 1 and ops[0][0] == "create":
             meta = self._guard(lambda: self.table.create_entity(ops[0][1]))
             return [meta.get("etag")]
-        results = self._guard(lambda: self.table.submit_transaction(ops))
+        results = self._guard(lambda: submit_transaction(self.table, ops))
         return [r.get("etag") for r in results]
 
     def read_key_and_idem(self, key_id: str, idem_row: str | None) -> tuple[KeyRecord | None, IdemRecord | None]:

@@ -12,6 +12,11 @@ in Table Storage (see store.py), and each episode commits crash-safely:
 4. replace the instance row with If-Match, advancing `HistoryLength`: the commit point;
 5. only then start the new work and delete the consumed inbox rows.
 
+The history an episode committed is kept in memory with the instance row version it
+produced (`HistoryCache`); the next episode skips re-reading it only when the row it loads
+is still exactly that version, so any other writer (another engine, a purge, a restart)
+sends it back to storage.
+
 A crash anywhere leaves either the old committed state (the episode simply runs again) or
 the new one (whose work `start()` re-derives: unfinished activities are dispatched again,
 timers re-armed, sub-orchestrations re-checked). Results already in the inbox or history
@@ -26,6 +31,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,6 +49,50 @@ from devhost.durable.timers import DurableTimers
 from devhost.loader import FunctionIndex
 
 MAX_EPISODE_ATTEMPTS = 5  # storage hiccups are retried; a persistent fault parks the instance
+HISTORY_CACHE_INSTANCES = 256
+GATHER_SECONDS = 0.1  # see DurableEngine._gather
+DELIVERY_ATTEMPTS = 8  # ~25 s of storage trouble before an activity result is given up
+
+
+class HistoryCache:
+    """Committed history per instance, valid for one instance row version (its ETag).
+
+    Rereading and deserializing the whole history on every episode is the engine's largest
+    storage cost in a fan-out (a batch of 50 activities takes tens of episodes). A cached
+    entry is used only when the instance row read at the start of the episode has the very
+    ETag our own commit produced: the same generation and `HistoryLength`, written by us.
+    """
+
+    def __init__(self, capacity: int = HISTORY_CACHE_INSTANCES) -> None:
+        self._entries: OrderedDict[str, tuple[str, int, list[HistoryRow]]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, inst: Instance) -> list[HistoryRow] | None:
+        with self._lock:
+            entry = self._entries.get(inst.instance_id)
+            if entry is None:
+                return None
+            etag, generation, rows = entry
+            if inst.etag is None or etag != inst.etag or generation != inst.generation or len(rows) != inst.history_length:
+                del self._entries[inst.instance_id]
+                return None
+            self._entries.move_to_end(inst.instance_id)
+            return rows
+
+    def put(self, inst: Instance, rows: list[HistoryRow]) -> None:
+        with self._lock:
+            if inst.terminal or inst.etag is None:
+                self._entries.pop(inst.instance_id, None)
+                return
+            self._entries[inst.instance_id] = (inst.etag, inst.generation, rows)
+            self._entries.move_to_end(inst.instance_id)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def drop(self, instance_id: str) -> None:
+        with self._lock:
+            self._entries.pop(instance_id, None)
 
 
 class DurableEngine:
@@ -74,6 +124,10 @@ class DurableEngine:
         self._running: set[str] = set()
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
+        self._history = HistoryCache()
+        self._in_flight: dict[str, int] = {}  # activities dispatched and not yet delivered, per instance
+        self._last_episode: dict[str, float] = {}  # when its last episode ended (monotonic), while any are in flight
+        self._activity_done = threading.Condition(self._lock)
         self.peers = EnginePeers(self.store, self.base_url)
         self.engine_id = self.peers.engine_id
         self.timers = DurableTimers(
@@ -141,6 +195,7 @@ class DurableEngine:
                 self._running.add(instance_id)
             again = False
             try:
+                self._gather(instance_id)
                 again = self._episode(instance_id)
                 self._failures.pop(instance_id, None)
             except Exception:
@@ -156,10 +211,47 @@ class DurableEngine:
             finally:
                 with self._lock:
                     self._running.discard(instance_id)
+                    if self._in_flight.get(instance_id):
+                        self._last_episode[instance_id] = time.monotonic()
                     again = again or instance_id in self._dirty
                     self._dirty.discard(instance_id)
             if again and not self._stopping.is_set():
                 self.signal(instance_id)
+
+    def _gather(self, instance_id: str) -> None:
+        """Let results of a fan-out collect for a moment before the next episode.
+
+        Every episode replays the instance's whole history and costs five storage calls, so
+        one episode per activity result makes a 50-wide batch quadratic. While the instance
+        still has activities running and its last episode ended less than `GATHER_SECONDS`
+        ago, wait out the rest of that window (results keep arriving in the inbox meanwhile);
+        the episode that takes the last outstanding result is never delayed. This is what
+        the Durable extension's batched control-queue reads do on Azure.
+        """
+        with self._lock:
+            last = self._last_episode.get(instance_id)
+            if last is None:
+                return
+            deadline = last + GATHER_SECONDS
+            while self._in_flight.get(instance_id) and not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._activity_done.wait(left)
+
+    def _activity_started(self, instance_id: str) -> None:
+        with self._lock:
+            self._in_flight[instance_id] = self._in_flight.get(instance_id, 0) + 1
+
+    def _activity_finished(self, instance_id: str) -> None:
+        with self._lock:
+            left = self._in_flight.get(instance_id, 0) - 1
+            if left > 0:
+                self._in_flight[instance_id] = left
+            else:
+                self._in_flight.pop(instance_id, None)
+                self._last_episode.pop(instance_id, None)
+            self._activity_done.notify_all()
 
     def deliver(self, instance_id: str, event: dict[str, Any], generation: int = -1) -> None:
         """Persist a new event for the instance, then wake it."""
@@ -178,9 +270,14 @@ class DurableEngine:
         if inst.owner != self.engine_id and self.peers.adoptable(inst.owner):
             self._adopt(inst)
             return True
-        rows = self.store.load_history(instance_id, inst.generation, inst.history_length)
+        rows = self._history.get(inst)
+        if rows is None:
+            rows = self.store.load_history(instance_id, inst.generation, inst.history_length)
         sel = act.select_new_events(inbox, rows, inst.generation)
         batch, drop, terminate, scheduled = sel.batch, sel.drop, sel.terminate, sel.scheduled
+        if drop:
+            self.log.info("orchestration %s: %d stale inbox event(s) discarded (already in history, "
+                          "an earlier generation, or a repeated result)", instance_id, len(drop))
         if not batch and inst.history_length > 0:
             if drop:
                 self.store.delete_inbox(instance_id, drop)
@@ -257,8 +354,14 @@ class DurableEngine:
         try:
             self.store.replace_instance(inst)  # the commit point
         except ResourceModifiedError:
-            self.log.warning("orchestration %s: instance row changed during the episode; replaying", instance_id)
-            return True
+            if not self._commit_landed(inst):
+                self._history.drop(instance_id)
+                self.log.warning("orchestration %s: instance row changed during the episode; replaying", instance_id)
+                return True
+        if was_continued:
+            self._history.drop(instance_id)
+        else:
+            self._history.put(inst, rows + new_rows)
         self.log.info(
             "orchestrator %s (%s) episode: %d new events, %d scheduled, %.0f ms, %s",
             inst.name,
@@ -277,11 +380,31 @@ class DurableEngine:
             self._notify_parent(inst)
         return sel.more or was_continued
 
+    def _commit_landed(self, inst: Instance) -> bool:
+        """After a 412 on the commit: was it our own write, retried by the storage client after
+        a dropped connection? Then the episode committed and its work must still start."""
+        current = self.store.get_instance(inst.instance_id)
+        landed = current is not None and (
+            current.owner,
+            current.generation,
+            current.history_length,
+            current.updated,
+        ) == (self.engine_id, inst.generation, inst.history_length, inst.updated)
+        if landed:
+            assert current is not None
+            inst.etag = current.etag
+        return landed
+
     # --- work ----------------------------------------------------------------------
     def _start_work(self, inst: Instance, w: act.Work) -> None:
         if w.kind == "activity":
             assert self._pool is not None
-            self._pool.submit(self._activity, inst.instance_id, inst.generation, w.event_id, w.name, w.input)
+            self._activity_started(inst.instance_id)
+            try:
+                self._pool.submit(self._activity, inst.instance_id, inst.generation, w.event_id, w.name, w.input)
+            except Exception:
+                self._activity_finished(inst.instance_id)
+                raise
         elif w.kind == "timer":
             assert w.fire_at is not None
             self.timers.arm(inst.instance_id, inst.generation, w.event_id, w.fire_at)
@@ -290,6 +413,14 @@ class DurableEngine:
             self._start_sub(inst, w.event_id, w.name, w.instance_id, w.input)
 
     def _activity(self, instance_id: str, generation: int, event_id: int, name: str, input_text: str | None) -> None:
+        try:
+            self._run_activity(instance_id, generation, event_id, name, input_text)
+        finally:
+            self._activity_finished(instance_id)
+
+    def _run_activity(
+        self, instance_id: str, generation: int, event_id: int, name: str, input_text: str | None
+    ) -> None:
         fn = self.activities.get(name)
         started = time.monotonic()
         if fn is None:
@@ -310,10 +441,22 @@ class DurableEngine:
                 "succeeded" if res.ok else "failed",
                 (time.monotonic() - started) * 1000,
             )
-        if self._stopping.is_set():  # keep the result; the next start runs the episode
-            self.store.add_inbox(instance_id, event, generation)
-            return
-        self.deliver(instance_id, event, generation)
+        self._deliver_result(instance_id, event, generation, f"{name} #{event_id}")
+
+    def _deliver_result(self, instance_id: str, event: dict[str, Any], generation: int, what: str) -> None:
+        """Persist an activity's result, retrying storage faults: a result lost here would leave
+        its orchestration waiting forever (nothing else would ever run that activity again)."""
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            try:
+                self.store.add_inbox(instance_id, event, generation)
+                break
+            except Exception:
+                self.log.exception("activity %s (%s): storing its result failed (attempt %d)", what, instance_id, attempt)
+                if attempt == DELIVERY_ATTEMPTS:
+                    raise
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+        if not self._stopping.is_set():  # when stopping, the next start runs the episode
+            self.signal(instance_id)
 
     def _start_sub(self, parent: Instance, event_id: int, name: str, child_id: str, input_text: str | None) -> None:
         child = self.store.get_instance(child_id)

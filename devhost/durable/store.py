@@ -28,7 +28,9 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+
+from core.storage import submit_transaction, table_service_from_connection_string
 
 INLINE_CHARS = 30_000  # < 64 KiB as UTF-16
 CHUNKS_PER_ROW = 12  # 12 * 30k chars stays under the 1 MiB entity limit
@@ -85,7 +87,7 @@ class DurableStore:
     """Reads and writes the engine's tables; every method is one storage concern."""
 
     def __init__(self, connection_string: str, task_hub: str) -> None:
-        service = TableServiceClient.from_connection_string(connection_string)
+        service = table_service_from_connection_string(connection_string)
         self.hub = task_hub
         self.instances: TableClient = service.get_table_client(f"{task_hub}Instances")
         self.history: TableClient = service.get_table_client(f"{task_hub}History")
@@ -186,13 +188,17 @@ class DurableStore:
         self.instances.create_entity(self._instance_entity(inst))
 
     def replace_instance(self, inst: Instance) -> None:
-        """Write the row only if it is unchanged since `inst.etag` was read (the commit point)."""
-        self.instances.update_entity(
+        """Write the row only if it is unchanged since `inst.etag` was read (the commit point).
+
+        On success `inst.etag` becomes the row's new version.
+        """
+        meta = self.instances.update_entity(
             self._instance_entity(inst),
             mode=UpdateMode.REPLACE,
             etag=inst.etag,
             match_condition=MatchConditions.IfNotModified,
         )
+        inst.etag = meta.get("etag")
 
     def list_instances(self, with_payloads: bool = True) -> Iterator[Instance]:
         for e in self.instances.list_entities():
@@ -222,7 +228,7 @@ class DurableStore:
         for i in range(0, len(keys), 100):
             chunk = keys[i : i + 100]
             try:
-                table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in chunk])
+                submit_transaction(table, [("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in chunk])
             except TableTransactionError:  # one row already gone fails the batch: delete one by one
                 for pk, rk in chunk:
                     with contextlib.suppress(ResourceNotFoundError):
@@ -280,19 +286,20 @@ class DurableStore:
             self._put_text(props, "Event", json.dumps(row.event), instance_id)
             weight = len(props.get("Event", "")) + 500
             if batch and (len(batch) == 100 or size + weight > BATCH_CHARS):
-                self.history.submit_transaction(batch)
+                submit_transaction(self.history, batch)
                 batch, size = [], 0
             batch.append(("upsert", props, {"mode": UpdateMode.REPLACE}))
             size += weight
         if batch:
-            self.history.submit_transaction(batch)
+            submit_transaction(self.history, batch)
 
     # --- inbox ---------------------------------------------------------------------
     def add_inbox(self, instance_id: str, event: dict[str, Any], generation: int = -1) -> str:
         key = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         props: dict[str, Any] = {"PartitionKey": instance_id, "RowKey": key, "Gen": generation}
         self._put_text(props, "Event", json.dumps(event), instance_id)
-        self.inbox.create_entity(props)
+        with contextlib.suppress(ResourceExistsError):  # the key is unique: a retried create that landed
+            self.inbox.create_entity(props)
         return key
 
     def load_inbox(self, instance_id: str) -> list[InboxItem]:

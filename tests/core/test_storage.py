@@ -1,0 +1,148 @@
+"""core.storage: transactions against Azurite (the same answers and errors as the SDK's own), the transport."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.core import MatchConditions
+from azure.core.exceptions import ServiceResponseError
+from azure.core.rest import HttpRequest
+from azure.data.tables import (
+    EdmType,
+    EntityProperty,
+    TableClient,
+    TableServiceClient,
+    TableTransactionError,
+    UpdateMode,
+)
+
+from core.storage import PooledRequestsTransport, submit_transaction
+from devhost.services import Service
+
+
+@pytest.fixture(scope="module")
+def table(azurite: Service) -> Iterator[TableClient]:
+    service = TableServiceClient.from_connection_string(azurite.extra["connection_string"])
+    name = f"txn{uuid.uuid4().hex[:10]}"
+    client = service.create_table(name)
+    yield client
+    service.delete_table(name)
+
+
+def _pk() -> str:
+    return uuid.uuid4().hex
+
+
+def test_every_operation_kind_commits_and_returns_the_stored_etags(table: TableClient) -> None:
+    pk = _pk()
+    old = table.create_entity({"PartitionKey": pk, "RowKey": "old", "n": 1})
+    gone = table.create_entity({"PartitionKey": pk, "RowKey": "gone"})
+    tricky = 'HTTP/1.1 500 Oops\r\n--changesetresponse_x\r\n{"odata.error": 1} ünïcödé ' + "x" * 5000
+    results = submit_transaction(
+        table,
+        [
+            ("create", {"PartitionKey": pk, "RowKey": "new", "text": tricky, "big": EntityProperty(2**40, EdmType.INT64)}),
+            ("upsert", {"PartitionKey": pk, "RowKey": "up", "v": 1}, {"mode": UpdateMode.REPLACE}),
+            (
+                "update",
+                {"PartitionKey": pk, "RowKey": "old", "n": 2},
+                {"mode": UpdateMode.MERGE, "etag": old["etag"], "match_condition": MatchConditions.IfNotModified},
+            ),
+            (
+                "delete",
+                {"PartitionKey": pk, "RowKey": "gone"},
+                {"etag": gone["etag"], "match_condition": MatchConditions.IfNotModified},
+            ),
+        ],
+    )
+    assert len(results) == 4
+    stored = {e["RowKey"]: e for e in table.query_entities(f"PartitionKey eq '{pk}'")}
+    assert set(stored) == {"new", "up", "old"}
+    assert stored["new"]["text"] == tricky and stored["new"]["big"].value == 2**40
+    assert stored["old"]["n"] == 2
+    for i, row in enumerate(("new", "up", "old")):
+        assert results[i]["etag"] == stored[row].metadata["etag"]
+    assert "etag" not in results[3]  # a delete has no new version
+
+
+def test_a_refused_operation_fails_the_whole_transaction_and_names_its_index(table: TableClient) -> None:
+    pk = _pk()
+    table.create_entity({"PartitionKey": pk, "RowKey": "taken"})
+    ops: list[Any] = [("create", {"PartitionKey": pk, "RowKey": "a"}), ("create", {"PartitionKey": pk, "RowKey": "taken"})]
+    with pytest.raises(TableTransactionError) as ours:
+        submit_transaction(table, ops)
+    with pytest.raises(TableTransactionError) as sdk:
+        table.submit_transaction(ops)
+    assert ours.value.status_code == sdk.value.status_code == 409
+    assert str(ours.value.error_code) == str(sdk.value.error_code) == "EntityAlreadyExists"
+    assert ours.value.message.split(":", 1)[0] == sdk.value.message.split(":", 1)[0] == "1"
+    assert [e["RowKey"] for e in table.query_entities(f"PartitionKey eq '{pk}'")] == ["taken"]
+
+
+def test_a_stale_etag_is_412_and_changes_nothing(table: TableClient) -> None:
+    pk = _pk()
+    first = table.create_entity({"PartitionKey": pk, "RowKey": "row", "n": 1})
+    table.update_entity({"PartitionKey": pk, "RowKey": "row", "n": 2})
+    time.sleep(0.01)
+    stale = {"mode": UpdateMode.REPLACE, "etag": first["etag"], "match_condition": MatchConditions.IfNotModified}
+    with pytest.raises(TableTransactionError) as err:
+        submit_transaction(table, [("update", {"PartitionKey": pk, "RowKey": "row", "n": 3}, stale)])
+    assert err.value.status_code == 412
+    assert err.value.message.startswith("0:")
+    assert table.get_entity(pk, "row")["n"] == 2
+
+
+def test_a_full_transaction_of_100_operations(table: TableClient) -> None:
+    pk = _pk()
+    ops = [("upsert", {"PartitionKey": pk, "RowKey": f"r{i:03d}", "i": i}) for i in range(100)]
+    assert len(submit_transaction(table, ops)) == 100
+    assert len(list(table.query_entities(f"PartitionKey eq '{pk}'"))) == 100
+    assert submit_transaction(table, []) == []
+
+
+class _ClosingServer:
+    """Answers 204 on connection number `answer_from` onwards; closes earlier ones unanswered."""
+
+    def __init__(self, answer_from: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer_from = answer_from
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                if self.connections >= self.answer_from:
+                    conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -> None:
+    server = _ClosingServer(answer_from=2)
+    with PooledRequestsTransport() as transport:
+        response = transport.send(HttpRequest("POST", f"http://127.0.0.1:{server.port}/t", content=b"{}"))
+    assert response.status_code == 204
+    assert server.connections == 2
+    server.sock.close()
+
+
+def test_only_once_more() -> None:
+    server = _ClosingServer(answer_from=99)
+    with PooledRequestsTransport() as transport, pytest.raises(ServiceResponseError):
+        transport.send(HttpRequest("POST", f"http://127.0.0.1:{server.port}/t", content=b"{}"))
+    assert server.connections == 2
+    server.sock.close()
