@@ -7,11 +7,13 @@
    mint another; the activity itself is idempotent per label for retries after a crash.
 2. Customers come from the input, or `fetch_customers` reads them with a second,
    read-only key. The list is an activity result, so item indexes are stable in history.
-3. Each batch of `max_parallel` items is a `billing_batch` sub-orchestration that charges
-   its items in parallel. A batch that fails (an activity ran out of retries) is started
-   again after a durable timer, at last recorded as `transient_exhausted`: one bad item
-   never fails the run.
-4. After a batch reports cap_exceeded / revoked / expired, no further batch starts.
+3. Items go in batches of `max_parallel // 2`; each batch is a `billing_batch` sub-
+   orchestration that charges its items in parallel, and two batches run at once (the next
+   starts as soon as either finishes: no idle tail), so at most `max_parallel` charges are
+   in flight. A batch that fails (an activity ran out of retries) is started again after a
+   durable timer, at last recorded as `transient_exhausted`: one bad item never fails the run.
+4. After a batch reports cap_exceeded / revoked / expired, no further batch starts (the one
+   still in flight finishes; the proxy refuses its charges just the same).
 5. `revoke_run_keys` runs at the end whatever happened (the except-then-reraise below).
 
 Orchestrators must be deterministic: only `context` calls and pure functions from
@@ -98,21 +100,69 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
             return planning.summary(plan, [], cap_cents=cap, key_ids=key_ids, stopped=fetched.failure_code)
         items, fetch_pages = fetched.items, fetched.pages
 
-    results: list[ItemResult] = []
     stopped: str | None = None if charge_key.key_id else str(ItemOutcome.CAP_EXCEEDED)
     batches = list(plan.batches(items, str(charge_key.key_id)))
-    context.set_custom_status(planning.progress(len(items), results, cap, stopped))
-    for batch_no, batch in enumerate(batches):
-        if stopped is not None:
-            results.extend(planning.skipped(batch, stopped))
+    done: dict[int, list[ItemResult]] = {}
+    context.set_custom_status(planning.progress(len(items), [], cap, stopped))
+    lanes: dict[int, _Lane] = {}
+    next_batch = 0
+    while True:
+        while stopped is None and next_batch < len(batches) and len(lanes) < plan.lanes:
+            lanes[next_batch] = _Lane(_charge_batch(context, plan, next_batch, batches[next_batch]))
+            next_batch += 1
+        if not lanes:
+            break
+        order = sorted(lanes)
+        winner = yield context.task_any([lanes[n].task for n in order])
+        batch_no = next(n for n in order if lanes[n].task is winner)
+        finished = lanes[batch_no].advance(winner)
+        if finished is None:
             continue
-        batch_results = yield from _charge_batch(context, plan, batch_no, batch)
-        results.extend(batch_results)
-        reason = planning.stop_reason(batch_results)
-        stopped = str(reason) if reason is not None else None
-        context.set_custom_status(planning.progress(len(items), results, cap, stopped))
+        del lanes[batch_no]
+        done[batch_no] = finished
+        reason = planning.stop_reason(finished)
+        if stopped is None and reason is not None:
+            stopped = str(reason)
+        context.set_custom_status(planning.progress(len(items), _in_order(done), cap, stopped))
+    for batch_no in range(next_batch, len(batches)):  # never started: the run stopped
+        done[batch_no] = planning.skipped(batches[batch_no], str(stopped))
+    results = _in_order(done)
     context.set_custom_status(planning.progress(len(items), results, cap, stopped))
     return planning.summary(plan, results, cap_cents=cap, key_ids=key_ids, stopped=stopped, fetch_pages=fetch_pages)
+
+
+def _in_order(done: dict[int, list[ItemResult]]) -> list[ItemResult]:
+    return [r for n in sorted(done) for r in done[n]]
+
+
+class _Lane:
+    """One batch in flight: its `_charge_batch` generator and the task it waits on.
+
+    `task_any` hands back the task that finished first; the lane feeds its outcome (value or
+    failure) into the generator, which yields its next task (a retry timer, the next
+    attempt) or returns the batch's results.
+    """
+
+    def __init__(self, steps: Generator[Task, Any, list[ItemResult]]) -> None:
+        self.steps = steps
+        self.task: Task = next(steps)
+
+    def advance(self, finished: Task) -> list[ItemResult] | None:
+        value, error = _outcome(finished)
+        try:
+            self.task = self.steps.throw(error) if error is not None else self.steps.send(value)
+        except StopIteration as stop:
+            return list(stop.value)
+        return None
+
+
+def _outcome(task: Task) -> tuple[Any, Exception | None]:
+    """A finished task's value or failure (the SDK keeps a failure as the task's result)."""
+    try:
+        value = task.result
+    except Exception as exc:  # test doubles raise it instead
+        return None, exc
+    return (None, value) if isinstance(value, Exception) else (value, None)
 
 
 def _charge_batch(

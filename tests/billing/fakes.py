@@ -82,6 +82,11 @@ class FakeContext:
                 return FakeTask(error=_first_error(task))
         return FakeTask([t.result for t in tasks])
 
+    def task_any(self, tasks: list[FakeTask]) -> FakeTask:
+        """Every fake task is already finished: the first one listed wins (the SDK's rule for
+        children that completed before the `task_any`)."""
+        return FakeTask(tasks[0])
+
     def activity_calls(self, name: str) -> list[Call]:
         return [c for c in self.calls if c.kind == "activity" and c.name == name]
 

@@ -118,7 +118,7 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     assert output["counts"]["charged"] == 200
     assert output["spent_cents"] == 200 * 2900 == output["cap_cents"]
     subs = [c for c in ctx.calls if c.kind == "sub"]
-    assert [len(c.input["items"]) for c in subs] == [50, 50, 50, 50]
+    assert [len(c.input["items"]) for c in subs] == [25] * 8  # two batches of max_parallel / 2 at once
     # The first activity issues the spending key: label, cap and the one endpoint.
     first = ctx.calls[0]
     assert first.name == orch.ISSUE_KEY
@@ -150,10 +150,10 @@ def test_half_budget_charges_exactly_half_then_skips_the_rest() -> None:
     world = World()
     output, ctx = run(world, RunRequest("2026-06", budget_cents=100 * 2900, customers=customers(200)))
     assert output["counts"]["charged"] == 100
-    assert output["counts"]["cap_exceeded"] == 50  # the batch that hit the cap
+    assert output["counts"]["cap_exceeded"] == 50  # the batch that hit the cap and the one beside it
     assert output["counts"]["skipped"] == 50 and output["skipped_by_reason"] == {"cap_exceeded": 50}
     assert output["spent_cents"] <= output["cap_cents"]
-    assert len([c for c in ctx.calls if c.kind == "sub"]) == 3  # no batch scheduled after the cap
+    assert len([c for c in ctx.calls if c.kind == "sub"]) == 6  # no batch scheduled after the cap
     assert output["stopped"] == "cap_exceeded"
 
 
@@ -168,16 +168,18 @@ def test_revoked_mid_run_stops_scheduling_and_skips_with_revoked() -> None:
     world = World(revoke_after=30)
     output, _ = run(world, RunRequest("2026-06", budget_cents=200 * 2900, customers=customers(200)))
     assert output["counts"]["charged"] == 30
-    assert output["counts"]["revoked"] == 20
-    assert output["skipped_by_reason"] == {"revoked": 150}
+    # Batch 1 saw the revoke; batch 2 had started beside it (when batch 0 finished) and was
+    # refused as well; no batch started after that.
+    assert output["counts"]["revoked"] == 20 + 25
+    assert output["skipped_by_reason"] == {"revoked": 125}
 
 
 def test_a_batch_that_exhausts_retries_is_restarted_with_the_same_idempotency_keys() -> None:
     world = World(fail_times={3: 1})
-    output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=10, customers=customers(10)))
     assert output["counts"]["charged"] == 10
     subs = [c.instance_id for c in ctx.calls if c.kind in ("sub", "timer")]
-    assert subs == ["run1:batch-0:1", None, "run1:batch-0:2", "run1:batch-1:1"]
+    assert subs == ["run1:batch-0:1", "run1:batch-1:1", None, "run1:batch-0:2"]
     timer = next(c for c in ctx.calls if c.kind == "timer")
     assert timer.input == datetime(2026, 6, 1, 0, 0, 30, tzinfo=UTC)  # replay-safe clock + 30 s
     # The restarted batch replayed its charged items instead of charging them again.
@@ -186,7 +188,7 @@ def test_a_batch_that_exhausts_retries_is_restarted_with_the_same_idempotency_ke
 
 def test_a_batch_failing_every_attempt_is_reported_and_the_run_goes_on() -> None:
     world = World(fail_times={3: 99})
-    output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=5, customers=customers(10)))
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=10, customers=customers(10)))
     assert output["counts"]["transient_exhausted"] == 5
     assert len([c for c in ctx.calls if c.kind == "sub"]) == 4 + 1  # every attempt of batch 0, then batch 1
     assert output["counts"]["charged"] == 5
@@ -248,3 +250,12 @@ def test_the_orchestrator_is_deterministic() -> None:
         (c.kind, c.name, c.input, c.instance_id) for c in ctx2.calls
     ]
     assert ItemOutcome.SKIPPED.value in out1["counts"]
+
+
+def test_batches_in_flight_never_exceed_max_parallel() -> None:
+    from billing.plan import RunPlan
+
+    for max_parallel, lanes, size in ((1, 1, 1), (2, 2, 1), (5, 2, 2), (50, 2, 25), (51, 2, 25)):
+        plan = RunPlan("r", RunRequest("2026-06", budget_cents=100, max_parallel=max_parallel, customers=customers(3)))
+        assert (plan.lanes, plan.batch_size) == (lanes, size)
+        assert plan.lanes * plan.batch_size <= max_parallel
