@@ -32,6 +32,14 @@ class Stack:
                 (("devhost", self.devhost), ("azurite", self.azurite), ("localstripe", self.localstripe),
                  ("twin_localstripe", self.twin_stripe))}
 
+    def fresh_stripes(self) -> None:
+        """Empty localstripes on the same ports (devhost keeps its STRIPE_API_BASE): localstripe
+        gets slower with every object it stores, so repeated rounds each start from scratch."""
+        for attr in ("localstripe", "twin_stripe"):
+            old: Service = getattr(self, attr)
+            old.stop()
+            setattr(self, attr, start_localstripe(port=old.port, log_path=old.log_path))
+
     @property
     def url(self) -> str:
         return self.devhost.url
@@ -85,8 +93,11 @@ def running_stack(name: str, **settings: str) -> Iterator[Stack]:
         devhost = start_devhost(REPO_ROOT, env, log_path=ARTIFACTS / f"bench-{name}-devhost.log",
                                 ready_path="/api/health")
         started.append(devhost)
-        yield Stack(azurite, localstripe, devhost, relay, prefix, twin)
+        stack = Stack(azurite, localstripe, devhost, relay, prefix, twin)
+        yield stack
     finally:
+        if "stack" in locals():  # fresh_stripes() may have replaced the localstripes
+            started = [s for s in started if s.name != "localstripe"] + [stack.localstripe, stack.twin_stripe]
         for svc in reversed(started):
             svc.stop()
         if relay is not None:
