@@ -74,6 +74,7 @@ def running_stack(name: str, **settings: str) -> Iterator[Stack]:
     ARTIFACTS.mkdir(exist_ok=True)
     started: list[Service] = []
     relay: CountingRelay | None = None
+    stack: Stack | None = None
     try:
         azurite = start_azurite(log_path=ARTIFACTS / f"bench-{name}-azurite.log")
         started.append(azurite)
@@ -96,7 +97,7 @@ def running_stack(name: str, **settings: str) -> Iterator[Stack]:
         stack = Stack(azurite, localstripe, devhost, relay, prefix, twin)
         yield stack
     finally:
-        if "stack" in locals():  # fresh_stripes() may have replaced the localstripes
+        if stack is not None:  # fresh_stripes() may have replaced the localstripes
             started = [s for s in started if s.name != "localstripe"] + [stack.localstripe, stack.twin_stripe]
         for svc in reversed(started):
             svc.stop()
