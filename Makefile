@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 RUN_ARGS ?=   # e.g. make run RUN_ARGS="--port 7072"
 
-.PHONY: setup run test lint demo bench bench-ledger bench-proxy bench-billing clean
+.PHONY: setup run test lint demo bench bench-storage bench-ledger bench-proxy bench-billing clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,9 @@ browser-deps:
 setup: browser-deps
 
 # --- benchmarks (issue 7): each script starts its own services and prints its figures -----------
+bench-storage: setup
+	$(BIN)/python -m bench.storage_client
+
 bench-ledger: setup
 	$(BIN)/python -m bench.ledger
 
@@ -83,4 +86,4 @@ bench-proxy: setup
 bench-billing: setup
 	$(BIN)/python -m bench.billing_run
 
-bench: bench-ledger bench-proxy bench-billing
+bench: bench-storage bench-ledger bench-proxy bench-billing

@@ -3,78 +3,211 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import socket
+import ssl
+import threading
+import time
 import uuid
-from collections.abc import Iterable
-from http.client import RemoteDisconnected
+from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
-from azure.core.exceptions import DecodeError, ServiceResponseError
-from azure.core.pipeline.transport import RequestsTransport
-from azure.core.pipeline.transport._requests_basic import BiggerBlockSizeHTTPAdapter
+from azure.core.exceptions import (
+    DecodeError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
+from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest
+from azure.core.rest._http_response_impl import HttpResponseImpl
+from azure.core.utils import CaseInsensitiveDict
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError
 from azure.data.tables._error import RequestTooLargeError, _decode_error
 from azure.data.tables._table_batch import TableBatchOperations
-from urllib3.util.retry import Retry
 
 from core.settings import Settings
 
-# requests keeps 10 pooled connections per host by default; a billing fan-out makes ~50
-# storage calls at once, so connections were dropped after use and opened again per call.
+# A billing fan-out makes ~50 storage calls at once; connections beyond this many idle ones
+# are closed after use instead of kept.
 STORAGE_POOL_CONNECTIONS = 64
+# Azurite closes a keep-alive connection after 5 s idle (Azure's front ends after minutes);
+# one idle longer than this is closed here instead of risking a request on it.
+IDLE_SECONDS = 4.0
 
 
-class PooledRequestsTransport(RequestsTransport):
-    """azure-core's requests transport with a connection pool sized for a fan-out, and one
-    retry when the server had already closed the pooled connection a request went out on.
+class StorageTransport(HttpTransport):
+    """azure-core's transport interface on the standard library's `http.client`, for Table Storage.
 
-    Storage servers close idle keep-alive connections (Azurite after 5 s). If that close
-    races with a request reusing the connection, the request fails with "Remote end closed
-    connection without response" although the server never read it, and azure-core does not
-    retry POSTs (creates, `$batch`) on such errors: a billing activity's result was lost that
-    way. Sending it once more on a fresh connection is safe here even if the server had read
-    it, because every write this app makes is a create, an upsert, a delete or If-Match
-    conditioned: a repeat is either harmless or refused (409/412), never applied twice.
+    Why not azure-core's default `RequestsTransport`: per storage call, `requests` and `urllib3`
+    cost about as much client CPU again as the SDK and the azure-core pipeline together
+    (session settings merged and the environment scanned for proxies on every request,
+    urllib3's pool and retry bookkeeping); `make bench-storage` measures both, docs/ledger.md
+    has the figures. The proxy and devhost's durable engine make several storage calls per
+    charge, so this was the largest client cost on the hot path. Everything above the socket is
+    unchanged: the SDK builds the requests and parses the answers, the pipeline signs,
+    retries and logs. What it does not do: HTTP proxies from the environment, and streaming
+    (table answers are read whole; they are at most a page of entities).
+
+    Keep-alive connections are pooled per host. A request that fails because the server
+    closed the connection without answering (Azurite closes idle connections; that close
+    can race a request reusing one) is sent once more on a fresh connection. azure-core does
+    not retry POSTs (creates, `$batch`) on such errors, and a lost write here was once a
+    billing activity's result (docs/ledger.md). The resend is safe even if the server had
+    read the request, because every write this app makes is a create, an upsert, a delete or
+    If-Match conditioned: a repeat is either harmless or refused (409/412), never applied twice.
     """
 
-    def send(self, request: Any, **kwargs: Any) -> Any:
+    def __init__(
+        self,
+        *,
+        pool_size: int = STORAGE_POOL_CONNECTIONS,
+        connection_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
+        self._pool_size = pool_size
+        self._connection_timeout = connection_timeout
+        self._read_timeout = read_timeout
+        self._idle_seconds = idle_seconds
+        self._idle: dict[tuple[str, str], list[tuple[float, http.client.HTTPConnection]]] = {}
+        self._lock = threading.Lock()
+        self._ssl: ssl.SSLContext | None = None
+
+    def __enter__(self) -> StorageTransport:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for _, conn in conns:
+                conn.close()
+
+    def send(self, request: Any, **kwargs: Any) -> HttpResponseImpl:
+        """Send an `azure.core.rest.HttpRequest`; return its whole answer as a rest response."""
+        if not isinstance(request, HttpRequest):
+            raise TypeError(f"StorageTransport sends azure.core.rest.HttpRequest, not {type(request).__name__}")
+        connect_timeout = float(kwargs.get("connection_timeout") or self._connection_timeout)
+        read_timeout = float(kwargs.get("read_timeout") or self._read_timeout)
+        url = urlsplit(request.url)
+        target = url.path + (f"?{url.query}" if url.query else "")
+        body = request.content
+        if isinstance(body, str):
+            body = body.encode()
+        elif body is not None and not isinstance(body, bytes | bytearray):
+            body = b"".join(request.iter_bytes()) if hasattr(request, "iter_bytes") else bytes(body)
+        key = (url.scheme, url.netloc)
+        for attempt in (1, 2):
+            conn = self._checkout(key, connect_timeout)
+            try:
+                if conn.sock is not None:
+                    conn.sock.settimeout(read_timeout)
+                conn.request(request.method, target or "/", body=body, headers=dict(request.headers))
+                answer = conn.getresponse()
+                data = answer.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+                conn.close()
+                if attempt == 1:
+                    continue  # the server closed the connection before answering: once more, fresh
+                raise ServiceResponseError(f"storage connection closed without an answer: {err}", error=err) from err
+            except TimeoutError as err:
+                conn.close()
+                raise ServiceResponseTimeoutError(f"no answer from storage in {read_timeout:.0f} s", error=err) from err
+            except (OSError, http.client.HTTPException) as err:
+                conn.close()
+                raise ServiceResponseError(f"storage request failed: {err}", error=err) from err
+            headers = CaseInsensitiveDict(answer.getheaders())
+            if answer.will_close:
+                conn.close()
+            else:
+                self._checkin(key, conn)
+            response = _WholeResponse(request, answer.status, answer.reason, headers, data)
+            if not kwargs.get("stream"):
+                response.read()
+            return response
+        raise AssertionError("unreachable")
+
+    def _checkout(self, key: tuple[str, str], connect_timeout: float) -> http.client.HTTPConnection:
+        now = time.monotonic()
+        stale: list[http.client.HTTPConnection] = []
+        conn: http.client.HTTPConnection | None = None
+        with self._lock:
+            pooled = self._idle.get(key)
+            while pooled:
+                last_used, candidate = pooled.pop()
+                if now - last_used < self._idle_seconds:
+                    conn = candidate
+                    break
+                stale.append(candidate)
+        for old in stale:
+            old.close()
+        if conn is not None:
+            return conn
+        scheme, netloc = key
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(netloc, timeout=connect_timeout, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(netloc, timeout=connect_timeout)
         try:
-            return super().send(request, **kwargs)
-        except ServiceResponseError as err:
-            if not _closed_before_answer(err):
-                raise
-            return super().send(request, **kwargs)
+            conn.connect()
+        except TimeoutError as err:
+            raise ServiceRequestTimeoutError(f"could not connect to storage at {netloc}", error=err) from err
+        except OSError as err:
+            raise ServiceRequestError(f"could not connect to storage at {netloc}: {err}", error=err) from err
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
 
-    def _init_session(self, session: requests.Session) -> None:
-        super()._init_session(session)
-        adapter = BiggerBlockSizeHTTPAdapter(
-            max_retries=Retry(total=False, redirect=False, raise_on_status=False),  # the pipeline retries
-            pool_maxsize=STORAGE_POOL_CONNECTIONS,
+    def _checkin(self, key: tuple[str, str], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            pooled = self._idle.setdefault(key, [])
+            if len(pooled) < self._pool_size:
+                pooled.append((time.monotonic(), conn))
+                return
+        conn.close()
+
+
+class _Closed:
+    """The `internal_response` of a `_WholeResponse`: its body was read, nothing to release."""
+
+    def close(self) -> None:
+        pass
+
+
+def _chunks(response: _WholeResponse, **_: Any) -> Iterator[bytes]:
+    yield response.content
+
+
+class _WholeResponse(HttpResponseImpl):
+    """An azure-core rest response whose body was read in full by `StorageTransport`."""
+
+    def __init__(self, request: HttpRequest, status: int, reason: str, headers: CaseInsensitiveDict, body: bytes):
+        super().__init__(
+            request=request,
+            internal_response=_Closed(),
+            status_code=status,
+            reason=reason,
+            content_type=headers.get("content-type"),
+            headers=headers,
+            stream_download_generator=_chunks,
         )
-        for prefix in self._protocols:
-            session.mount(prefix, adapter)
-
-
-def _closed_before_answer(err: BaseException) -> bool:
-    """Did the server close the connection without sending any response?"""
-    seen: set[int] = set()
-    todo: list[Any] = [err]
-    while todo:
-        exc = todo.pop()
-        if not isinstance(exc, BaseException) or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        if isinstance(exc, RemoteDisconnected | ConnectionResetError | BrokenPipeError):
-            return True
-        todo.extend([exc.__cause__, exc.__context__, getattr(exc, "inner_exception", None), *exc.args])
-    return False
+        self._content = body
 
 
 def table_service_from_connection_string(conn: str) -> TableServiceClient:
-    """A TableServiceClient for a connection string, on the pooled transport."""
-    return TableServiceClient.from_connection_string(conn, transport=PooledRequestsTransport())
+    """A TableServiceClient for a connection string, on the app's storage transport."""
+    return TableServiceClient.from_connection_string(conn, transport=StorageTransport())
 
 
 def table_service(settings: Settings) -> TableServiceClient:
@@ -92,7 +225,7 @@ def table_service(settings: Settings) -> TableServiceClient:
 
     credential = DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id)
     return TableServiceClient(
-        endpoint=settings.table_endpoint, credential=credential, transport=PooledRequestsTransport()
+        endpoint=settings.table_endpoint, credential=credential, transport=StorageTransport()
     )
 
 

@@ -1,4 +1,5 @@
-"""core.storage: transactions against Azurite (the same answers and errors as the SDK's own), the transport."""
+"""core.storage against Azurite: the SDK through StorageTransport, transactions (the same answers and
+errors as the SDK's own), and the transport's pooling, resend and failure modes."""
 
 from __future__ import annotations
 
@@ -11,24 +12,30 @@ from typing import Any
 
 import pytest
 from azure.core import MatchConditions
-from azure.core.exceptions import ServiceResponseError
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
 from azure.core.rest import HttpRequest
 from azure.data.tables import (
     EdmType,
     EntityProperty,
     TableClient,
-    TableServiceClient,
     TableTransactionError,
     UpdateMode,
 )
 
-from core.storage import PooledRequestsTransport, submit_transaction
+from core.storage import StorageTransport, submit_transaction, table_service_from_connection_string
 from devhost.services import Service
 
 
 @pytest.fixture(scope="module")
 def table(azurite: Service) -> Iterator[TableClient]:
-    service = TableServiceClient.from_connection_string(azurite.extra["connection_string"])
+    service = table_service_from_connection_string(azurite.extra["connection_string"])  # on StorageTransport
     name = f"txn{uuid.uuid4().hex[:10]}"
     client = service.create_table(name)
     yield client
@@ -37,6 +44,30 @@ def table(azurite: Service) -> Iterator[TableClient]:
 
 def _pk() -> str:
     return uuid.uuid4().hex
+
+
+def test_the_sdk_works_through_the_transport(table: TableClient) -> None:
+    pk = _pk()
+    assert isinstance(table._client._client._pipeline._transport._transport, StorageTransport)
+    created = table.create_entity({"PartitionKey": pk, "RowKey": "a", "text": "ünï", "n": 1})
+    with pytest.raises(ResourceExistsError):
+        table.create_entity({"PartitionKey": pk, "RowKey": "a"})
+    got = table.get_entity(pk, "a")
+    assert (got["text"], got["n"], got.metadata["etag"]) == ("ünï", 1, created["etag"])
+    table.update_entity({"PartitionKey": pk, "RowKey": "a", "n": 2}, mode=UpdateMode.MERGE)
+    with pytest.raises(ResourceModifiedError):
+        table.update_entity({"PartitionKey": pk, "RowKey": "a", "n": 3}, etag=created["etag"],
+                            match_condition=MatchConditions.IfNotModified)
+    with pytest.raises(ResourceNotFoundError):
+        table.get_entity(pk, "missing")
+    for i in range(5):
+        table.upsert_entity({"PartitionKey": pk, "RowKey": f"r{i}"})
+    pages = table.query_entities(f"PartitionKey eq '{pk}'", results_per_page=2).by_page()
+    seen = [[e["RowKey"] for e in page] for page in pages]  # continuation tokens come back in headers
+    assert seen == [["a", "r0"], ["r1", "r2"], ["r3", "r4"]]
+    table.delete_entity(pk, "a")
+    assert [e["RowKey"] for e in table.query_entities(f"PartitionKey eq '{pk}'")] == [f"r{i}" for i in range(5)]
+    assert table.get_entity(pk, "r0")["RowKey"] == "r0"
 
 
 def test_every_operation_kind_commits_and_returns_the_stored_etags(table: TableClient) -> None:
@@ -133,7 +164,7 @@ class _ClosingServer:
 
 def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -> None:
     server = _ClosingServer(answer_from=2)
-    with PooledRequestsTransport() as transport:
+    with StorageTransport() as transport:
         response = transport.send(HttpRequest("POST", f"http://127.0.0.1:{server.port}/t", content=b"{}"))
     assert response.status_code == 204
     assert server.connections == 2
@@ -142,7 +173,82 @@ def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -> None
 
 def test_only_once_more() -> None:
     server = _ClosingServer(answer_from=99)
-    with PooledRequestsTransport() as transport, pytest.raises(ServiceResponseError):
+    with StorageTransport() as transport, pytest.raises(ServiceResponseError):
         transport.send(HttpRequest("POST", f"http://127.0.0.1:{server.port}/t", content=b"{}"))
     assert server.connections == 2
     server.sock.close()
+
+
+class _KeepAliveServer:
+    """Answers every request with 204 and keeps the connection open; counts connections."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        self.connections = 0
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
+                self.requests += 1
+                if not self.answer:
+                    time.sleep(5)
+                    return
+                conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_connections_are_kept_alive_and_reused() -> None:
+    server = _KeepAliveServer()
+    with StorageTransport() as transport:
+        for _ in range(5):
+            assert transport.send(HttpRequest("PUT", f"http://127.0.0.1:{server.port}/t", content=b"{}")).status_code == 204
+    assert (server.requests, server.connections) == (5, 1)
+    server.sock.close()
+
+
+def test_a_connection_idle_too_long_is_not_reused() -> None:
+    server = _KeepAliveServer()
+    with StorageTransport(idle_seconds=0.05) as transport:
+        transport.send(HttpRequest("GET", f"http://127.0.0.1:{server.port}/t"))
+        time.sleep(0.1)
+        transport.send(HttpRequest("GET", f"http://127.0.0.1:{server.port}/t"))
+    assert (server.requests, server.connections) == (2, 2)
+    server.sock.close()
+
+
+def test_no_answer_in_time_is_a_response_timeout() -> None:
+    server = _KeepAliveServer(answer=False)
+    with StorageTransport(read_timeout=0.3) as transport, pytest.raises(ServiceResponseTimeoutError):
+        transport.send(HttpRequest("GET", f"http://127.0.0.1:{server.port}/t"))
+    server.sock.close()
+
+
+def test_nothing_listening_is_a_request_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again: nothing listens there now
+    with StorageTransport() as transport, pytest.raises(ServiceRequestError):
+        transport.send(HttpRequest("GET", f"http://127.0.0.1:{port}/t"))
