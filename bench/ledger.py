@@ -36,7 +36,7 @@ from core.errors import SpendgateError
 from core.settings import Settings
 from devhost.services import start_azurite
 from proxy.ledger import GroupLedger
-from proxy.store import Conflict, LedgerStore, idem_row_key
+from proxy.store import Conflict, LedgerStore
 
 AMOUNT = 100
 LEVELS = (1, 8, 32, 64)
@@ -140,8 +140,8 @@ def spendgate_trial(store: LedgerStore, n: int, k: int, *, with_read: bool) -> T
         seq = 0
         while True:
             idem_key = f"bench-{i}-{seq}"
-            if with_read:  # the proxy's per-request read of key row + idempotency record
-                snapshot, _ = store.read_key_and_idem(key.key_id, idem_row_key(idem_key))
+            if with_read:  # the proxy's per-request point read of the key row
+                snapshot = store.read_key(key.key_id)
                 assert snapshot is not None
             try:
                 ledger.reserve(snapshot, AMOUNT, day, reserve_ops(key.key_id, idem_key, AMOUNT, day))

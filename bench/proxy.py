@@ -12,7 +12,7 @@ Direct calls go to a twin localstripe given the same number of calls (see
 
 It prints p50/p99 of both and their difference, and the storage HTTP requests per
 proxied charge (requests reaching Azurite that name the ledger table), which the
-design bounds at 3: authenticate (key + idempotency read), reserve + record, settle +
+design bounds at 3: authenticate (key row point read), reserve + record, settle +
 audit; under concurrency group commit makes the last two cheaper still.
 """
 

@@ -187,7 +187,12 @@ def _handle(
     candidate = None
     if request is not None and request.method == "POST":
         candidate = caller_key or idem.derived_key(parsed.key_id, request)
-    key, record = deps.store.read_key_and_idem(parsed.key_id, idem.idem_row(candidate) if candidate else None)
+    # Only the key row is read up front. The idempotency record is learned when needed: a
+    # POST's reservation creates the record in the same transaction, and if one exists that
+    # create fails, nothing is reserved, and `_post` reads the record and decides (replay,
+    # in use, different parameters, take over). A repeat costs one more read; a first
+    # request (the hot path) costs one point read instead of a two-row partition query.
+    key, record = deps.store.read_key(parsed.key_id), None
     try:
         key = _authenticate(key, parsed, draft, now)
     except SpendgateError as err:
@@ -197,7 +202,8 @@ def _handle(
         # the charge that happened instead of hiding it. Keys the proxy derived itself are
         # not replayed: without an explicit key, a request after a revoke is simply denied.
         if err.code in ("vault_key_revoked", "vault_key_expired") and problem is None and request is not None \
-                and caller_key is not None and _replayable(record, request, now):
+                and caller_key is not None \
+                and _replayable(record := deps.store.read_idem(parsed.key_id, idem.idem_row(caller_key)), request, now):
             assert record is not None
             deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
             return _replay(record, draft.request_id)
@@ -263,6 +269,13 @@ def _post(
         try:
             etag = deps.ledger.reserve(key, amount, day, ops)[1] if amount > 0 else deps.store.submit(ops)[0]
         except Conflict:
+            continue  # the key row moved, or a record exists: the next attempt reads both
+        except SpendgateError as err:
+            # A full cap must not hide an earlier answer: a retry of a charge that went
+            # through is replayed (or told it is in use), never refused for the cap it used.
+            if err.code != "spend_cap_exceeded" or record is not None or \
+                    deps.store.read_idem(key.key_id, idem.idem_row(idem_key)) is None:
+                raise
             continue
         return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, stripe_version)
     raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")

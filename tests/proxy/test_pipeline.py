@@ -82,6 +82,24 @@ def test_daily_window_is_a_utc_day_and_lifetime_cap_holds(domain: Domain) -> Non
     assert len(tagged_objects(domain.localstripe.url, tag)) == 2
 
 
+def test_a_full_cap_does_not_hide_an_earlier_answer(domain: Domain) -> None:
+    """The record is learned from the reservation's create; a cap the charge itself filled
+    must not turn its retry into a refusal."""
+    k = domain.vault.issue(key_request(total_usd_cap=30, daily_usd_cap=30))
+    tag = new_tag()
+    first = charge(domain.deps, k["vault_key"], pi_params(3000, tag), key="fill")
+    assert first.status == 200
+    again = charge(domain.deps, k["vault_key"], pi_params(3000, tag), key="fill")
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other_params = charge(domain.deps, k["vault_key"], pi_params(2900, tag), key="fill")
+    assert other_params.json()["error"]["code"] == "idempotency_error"
+    new = charge(domain.deps, k["vault_key"], pi_params(100, tag), key="new")
+    assert (new.status, new.json()["error"]["code"]) == (402, "spend_cap_exceeded")
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 1
+    assert domain.vault.describe(k["key_id"])["total_spent_cents"] == 3000
+
+
 def test_expiry_takes_effect_on_the_next_request(domain: Domain) -> None:
     k = domain.vault.issue(key_request(expires_in="1h"))
     r = charge(domain.deps, k["vault_key"], pi_params(100, new_tag()), at=now() + timedelta(hours=1, seconds=1))
