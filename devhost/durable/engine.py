@@ -50,7 +50,7 @@ from devhost.loader import FunctionIndex
 
 MAX_EPISODE_ATTEMPTS = 5  # storage hiccups are retried; a persistent fault parks the instance
 HISTORY_CACHE_INSTANCES = 256
-GATHER_SECONDS = 0.1  # see DurableEngine._gather
+GATHER_SECONDS = 0.3  # see DurableEngine._gather
 DELIVERY_ATTEMPTS = 8  # ~25 s of storage trouble before an activity result is given up
 
 
