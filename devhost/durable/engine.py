@@ -50,7 +50,7 @@ from devhost.loader import FunctionIndex
 
 MAX_EPISODE_ATTEMPTS = 5  # storage hiccups are retried; a persistent fault parks the instance
 HISTORY_CACHE_INSTANCES = 256
-GATHER_SECONDS = 0.3  # see DurableEngine._gather
+GATHER_SECONDS = 1.0  # see DurableEngine._gather
 DELIVERY_ATTEMPTS = 8  # ~25 s of storage trouble before an activity result is given up
 
 
@@ -227,6 +227,14 @@ class DurableEngine:
         ago, wait out the rest of that window (results keep arriving in the inbox meanwhile);
         the episode that takes the last outstanding result is never delayed. This is what
         the Durable extension's batched control-queue reads do on Azure.
+
+        The price: an orchestrator that reacts to *some* of its running activities (`task_any`
+        over activities, an activity raced against a timer) may see that result up to
+        `GATHER_SECONDS` late. On Azure, the control-queue polling delay of an idle hub is up
+        to 30 s by default, so 1 s stays within what the real host does; spendgate's own
+        `task_any` (billing lanes) waits on sub-orchestrations, which are never held back.
+        With 0.1 s a 25-charge batch took ~6 episodes; each costs a full replay and five
+        storage calls (docs/ledger.md).
         """
         with self._lock:
             last = self._last_episode.get(instance_id)
