@@ -140,7 +140,7 @@ def spendgate_trial(store: LedgerStore, n: int, k: int, *, with_read: bool) -> T
         seq = 0
         while True:
             idem_key = f"bench-{i}-{seq}"
-            if with_read:  # the proxy's per-request point read of the key row
+            if with_read:  # a key row point read per request (the proxy's, for a key it does not know yet)
                 snapshot = store.read_key(key.key_id)
                 assert snapshot is not None
             try:

@@ -12,8 +12,9 @@ Direct calls go to a twin localstripe given the same number of calls (see
 
 It prints p50/p99 of both and their difference, and the storage HTTP requests per
 proxied charge (requests reaching Azurite that name the ledger table), which the
-design bounds at 3: authenticate (key row point read), reserve + record, settle +
-audit; under concurrency group commit makes the last two cheaper still.
+design bounds at 3: authenticate (a key row point read, skipped once the process knows
+the key: proxy/known_keys.py), reserve + record, settle + audit; under concurrency group
+commit makes the last two cheaper still.
 """
 
 from __future__ import annotations

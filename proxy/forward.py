@@ -38,6 +38,7 @@ from core.settings import Settings
 from proxy import idempotency as idem
 from proxy.audit import AuditDraft
 from proxy.keys import ParsedVaultKey, hash_secret, key_from_headers, parse_vault_key, secret_matches
+from proxy.known_keys import KnownKeys, shared_known_keys
 from proxy.ledger import Ledger, TableLedger, shared_group_ledger
 from proxy.policy import Endpoint, unmetered_money_endpoint
 from proxy.store import (
@@ -80,6 +81,7 @@ class ProxyDeps:
     settings: Settings
     ledger: Ledger = field(default=None)  # type: ignore[assignment]
     sleep: Callable[[float], None] = time.sleep
+    known_keys: KnownKeys | None = None  # None: every request reads the key row
 
     def __post_init__(self) -> None:
         if self.ledger is None:
@@ -87,9 +89,17 @@ class ProxyDeps:
 
     @classmethod
     def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:
-        """The proxy's deps: the process-wide group-commit ledger (docs/ledger.md)."""
+        """The proxy's deps: the process-wide group-commit ledger and known key rows (docs/ledger.md)."""
         store = LedgerStore(tables, settings)
-        return cls(store, stripe_http, settings, shared_group_ledger(tables, store))
+        return cls(store, stripe_http, settings, shared_group_ledger(tables, store),
+                   known_keys=shared_known_keys(tables, store))
+
+    def read_key(self, key_id: str) -> KeyRecord | None:
+        """The key row as storage has it now (and remembered for later metered POSTs)."""
+        key = self.store.read_key(key_id)
+        if key is not None and self.known_keys is not None:
+            self.known_keys.put(key)
+        return key
 
     @property
     def lease(self) -> timedelta:
@@ -187,12 +197,15 @@ def _handle(
     candidate = None
     if request is not None and request.method == "POST":
         candidate = caller_key or idem.derived_key(parsed.key_id, request)
-    # Only the key row is read up front. The idempotency record is learned when needed: a
-    # POST's reservation creates the record in the same transaction, and if one exists that
-    # create fails, nothing is reserved, and `_post` reads the record and decides (replay,
-    # in use, different parameters, take over). A repeat costs one more read; a first
-    # request (the hot path) costs one point read instead of a two-row partition query.
-    key, record = deps.store.read_key(parsed.key_id), None
+    # The idempotency record is not read up front: a POST's reservation creates it in the
+    # same transaction, and if one exists that create fails, nothing is reserved, and `_post`
+    # reads the record and decides (replay, in use, different parameters, take over). A
+    # metered POST authenticates against the key row this process last read, if any: its
+    # reservation's If-Match is what stops it after a revoke (proxy/known_keys.py). So the
+    # hot path of a charge reads nothing; everything else reads the key row.
+    metered = problem is None and request is not None and request.method == "POST" and request.metered_amount > 0
+    known = deps.known_keys.get(parsed.key_id) if metered and deps.known_keys is not None else None
+    key, record = known or deps.read_key(parsed.key_id), None
     try:
         key = _authenticate(key, parsed, draft, now)
     except SpendgateError as err:
@@ -225,24 +238,34 @@ def _handle(
     if caller_key is None and not key.auto_idempotency:
         candidate, record = idem.random_key(), None
     draft.idempotency_key = candidate
-    return _post(deps, draft, key, record, request, candidate, now, hdrs.get("stripe-version"))  # type: ignore[arg-type]
+    return _post(deps, draft, key, record, request, candidate, now, hdrs.get("stripe-version"),  # type: ignore[arg-type]
+                 key_is_known=known is not None, caller_key=caller_key is not None)
 
 
 def _post(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord | None, request: StripeRequest,
-    idem_key: str, now: datetime, stripe_version: str | None,
+    idem_key: str, now: datetime, stripe_version: str | None, *, key_is_known: bool = False, caller_key: bool = False,
 ) -> ProxyResponse:
+    """Reserve (creating the idempotency record), forward, settle; or answer from the record.
+
+    `record` is None on the first attempt unless it was read; `key_is_known`: `key` came
+    from KnownKeys and may be stale (its counters and status are not to be trusted)."""
     amount, day = request.metered_amount, now.date().isoformat()
     parsed_key_id = key.key_id
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             deps.backoff(attempt)
-            fresh, record = deps.store.read_key_and_idem(parsed_key_id, idem.idem_row(idem_key))
+            fresh = deps.read_key(parsed_key_id)
+            record = deps.store.read_idem(parsed_key_id, idem.idem_row(idem_key))
             if fresh is None:
                 raise SpendgateError("vault_key_invalid", "The vault key is unknown or wrong.")
             key = fresh
             status = key.status(now)
             if status != "active":
+                if caller_key and _replayable(record, request, now):  # as in `_handle` (a revoke it just met)
+                    assert record is not None
+                    deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
+                    return _replay(record, draft.request_id)
                 raise SpendgateError(f"vault_key_{status}", f"This vault key is {status}.")
         if record is not None and idem.is_live(record, now):
             if record.fingerprint != request.fingerprint():
@@ -271,12 +294,14 @@ def _post(
         except Conflict:
             continue  # the key row moved, or a record exists: the next attempt reads both
         except SpendgateError as err:
-            # A full cap must not hide an earlier answer: a retry of a charge that went
-            # through is replayed (or told it is in use), never refused for the cap it used.
-            if err.code != "spend_cap_exceeded" or record is not None or \
-                    deps.store.read_idem(key.key_id, idem.idem_row(idem_key)) is None:
-                raise
-            continue
+            # A refusal for the cap is final only when decided on the key row as storage has it
+            # (a known row may be stale) and when there is no earlier answer to give: a retry
+            # of a charge that filled the cap is replayed (or told it is in use), never refused.
+            if err.code == "spend_cap_exceeded" and attempt == 0 and (
+                key_is_known or deps.store.read_idem(key.key_id, idem.idem_row(idem_key)) is not None
+            ):
+                continue
+            raise
         return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, stripe_version)
     raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")
 

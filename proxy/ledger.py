@@ -258,9 +258,11 @@ class GroupLedger:
     def _commit(self, lane: _Lane, batch: list[_Intent]) -> None:
         """Decide and commit `batch`; every intent in it is finished when this returns."""
         pending = sorted(batch, key=lambda i: i.action == "reserve")  # settles/releases first
-        # The row as this process last wrote it, else as the first caller just read it.
+        # The row as this process last wrote it, else as the first caller has it. Neither
+        # counts as fresh: a caller's row may come from KnownKeys (proxy/known_keys.py), so
+        # a refusal for the cap is made final only on a row this leader read or committed.
         state: KeyRecord | None = lane.known if lane.known is not None else batch[0].key
-        fresh = lane.known is None
+        fresh = False
         try:
             for _round in range(self.max_rounds):
                 if not pending or state is None:

@@ -18,7 +18,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from proxy.forward import ProxyDeps, ProxyResponse, handle_proxy_request
-from proxy.store import LedgerStore
+from proxy.store import Counters, LedgerStore
 from tests.proxy.conftest import Domain, key_request, new_tag, pi_params, tagged_objects
 from tests.proxy.fault_upstream import FaultUpstream
 
@@ -98,6 +98,47 @@ def test_a_full_cap_does_not_hide_an_earlier_answer(domain: Domain) -> None:
     assert (new.status, new.json()["error"]["code"]) == (402, "spend_cap_exceeded")
     assert len(tagged_objects(domain.localstripe.url, tag)) == 1
     assert domain.vault.describe(k["key_id"])["total_spent_cents"] == 3000
+
+
+def test_a_charge_reads_no_key_row_once_known_and_a_revoke_still_stops_everything(domain: Domain) -> None:
+    """KnownKeys: a metered POST authenticates from the row this process read before, and its
+    reservation's If-Match is what catches a revoke; requests that reserve nothing read the row."""
+    k = domain.vault.issue(key_request())
+    tag = new_tag()
+    assert charge(domain.deps, k["vault_key"], pi_params(100, tag)).status == 200  # reads the row, remembers it
+    assert domain.deps.known_keys is not None and domain.deps.known_keys.get(k["key_id"]) is not None
+    reads: list[str] = []
+    store = domain.deps.store
+    original = store.read_key
+    try:
+        store.read_key = lambda key_id: (reads.append(key_id), original(key_id))[1]  # type: ignore[method-assign]
+        assert charge(domain.deps, k["vault_key"], pi_params(101, tag)).status == 200
+        assert reads == []  # the hot path read no key row
+        domain.vault.revoke(k["key_id"])  # straight to storage, as another instance would: the cache is not told
+        denied = charge(domain.deps, k["vault_key"], pi_params(102, tag))
+        assert (denied.status, denied.json()["error"]["code"]) == (401, "vault_key_revoked")
+        assert reads  # the failed reservation sent it to storage
+        headers = {"Authorization": f"Bearer {k['vault_key']}"}
+        listed = handle_proxy_request(domain.deps, "GET", "v1/payment_intents", headers, b"")
+        assert (listed.status, listed.json()["error"]["code"]) == (401, "vault_key_revoked")
+    finally:
+        store.read_key = original  # type: ignore[method-assign]
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 2
+    assert domain.vault.describe(k["key_id"])["total_spent_cents"] == 201
+
+
+def test_a_stale_known_row_never_refuses_for_the_cap(domain: Domain) -> None:
+    """A remembered key row whose counters say the cap is used up is not believed."""
+    k = domain.vault.issue(key_request(total_usd_cap=30, daily_usd_cap=30))
+    fresh = domain.deps.store.read_key(k["key_id"])
+    assert fresh is not None and domain.deps.known_keys is not None
+    full = Counters(now().date().isoformat(), 3000, 0, 3000, 0)
+    domain.deps.known_keys.put(replace(fresh, counters=full, etag='W/"datetime\'2000-01-01T00%3A00%3A00Z\'"'))
+    tag = new_tag()
+    assert charge(domain.deps, k["vault_key"], pi_params(2500, tag)).status == 200
+    over = charge(domain.deps, k["vault_key"], pi_params(600, tag))
+    assert (over.status, over.json()["error"]["code"]) == (402, "spend_cap_exceeded")
+    assert len(tagged_objects(domain.localstripe.url, tag)) == 1
 
 
 def test_expiry_takes_effect_on_the_next_request(domain: Domain) -> None:
