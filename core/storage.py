@@ -54,11 +54,13 @@ class StorageTransport(HttpTransport):
 
     Keep-alive connections are pooled per host. A request that fails because the server
     closed the connection without answering (Azurite closes idle connections; that close
-    can race a request reusing one) is sent once more on a fresh connection. azure-core does
+    can race a request reusing one) is sent once more on a new connection. azure-core does
     not retry POSTs (creates, `$batch`) on such errors, and a lost write here was once a
-    billing activity's result (docs/ledger.md). The resend is safe even if the server had
-    read the request, because every write this app makes is a create, an upsert, a delete or
-    If-Match conditioned: a repeat is either harmless or refused (409/412), never applied twice.
+    billing activity's result (docs/ledger.md). The resend never applies a write twice, even
+    if the server had applied the first one, because every write this app makes is a create,
+    an upsert, a delete or If-Match conditioned; in that rare case the repeat is refused
+    (409/412) and the caller sees a conflict for a write that did land, which the ledger and
+    the durable engine (`_commit_landed`) resolve by re-reading.
     """
 
     def __init__(
@@ -108,14 +110,14 @@ class StorageTransport(HttpTransport):
             body = b"".join(request.iter_bytes()) if hasattr(request, "iter_bytes") else bytes(body)
         key = (url.scheme, url.netloc)
         for attempt in (1, 2):
-            conn = self._checkout(key, connect_timeout)
+            conn = self._checkout(key, connect_timeout, reuse=attempt == 1)
             try:
                 if conn.sock is not None:
                     conn.sock.settimeout(read_timeout)
                 conn.request(request.method, target or "/", body=body, headers=dict(request.headers))
                 answer = conn.getresponse()
                 data = answer.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as err:
                 conn.close()
                 if attempt == 1:
                     continue  # the server closed the connection before answering: once more, fresh
@@ -137,12 +139,13 @@ class StorageTransport(HttpTransport):
             return response
         raise AssertionError("unreachable")
 
-    def _checkout(self, key: tuple[str, str], connect_timeout: float) -> http.client.HTTPConnection:
+    def _checkout(self, key: tuple[str, str], connect_timeout: float, *, reuse: bool = True) -> http.client.HTTPConnection:
+        """A pooled connection idle for less than `idle_seconds`, else (or if not `reuse`) a new one."""
         now = time.monotonic()
         stale: list[http.client.HTTPConnection] = []
         conn: http.client.HTTPConnection | None = None
         with self._lock:
-            pooled = self._idle.get(key)
+            pooled = self._idle.get(key) if reuse else None
             while pooled:
                 last_used, candidate = pooled.pop()
                 if now - last_used < self._idle_seconds:

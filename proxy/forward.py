@@ -297,10 +297,16 @@ def _post(
             # A refusal for the cap is final only when decided on the key row as storage has it
             # (a known row may be stale) and when there is no earlier answer to give: a retry
             # of a charge that filled the cap is replayed (or told it is in use), never refused.
-            if err.code == "spend_cap_exceeded" and attempt == 0 and (
-                key_is_known or deps.store.read_idem(key.key_id, idem.idem_row(idem_key)) is not None
-            ):
-                continue
+            # The record is read again because it may have appeared since this attempt began
+            # (the original request committing just before this one was decided).
+            if err.code == "spend_cap_exceeded":
+                if attempt == 0 and key_is_known:
+                    continue
+                now_record = deps.store.read_idem(key.key_id, idem.idem_row(idem_key))
+                if now_record is not None and idem.is_live(now_record, now) and (
+                    record is None or now_record.etag != record.etag
+                ):
+                    continue
             raise
         return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, stripe_version)
     raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")

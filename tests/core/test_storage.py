@@ -252,3 +252,51 @@ def test_nothing_listening_is_a_request_error() -> None:
         port = probe.getsockname()[1]  # closed again: nothing listens there now
     with StorageTransport() as transport, pytest.raises(ServiceRequestError):
         transport.send(HttpRequest("GET", f"http://127.0.0.1:{port}/t"))
+
+
+class _OneAnswerServer:
+    """Answers one request per connection (keep-alive, as far as the client can tell), then
+    drops the connection unannounced, the way a storage front end closes idle connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._once, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _once(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            time.sleep(0.2)  # both first requests are in flight at once: two pooled connections
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_the_resend_goes_out_on_a_new_connection_not_another_pooled_one() -> None:
+    server = _OneAnswerServer()
+    url = f"http://127.0.0.1:{server.port}/t"
+    with StorageTransport() as transport:
+        threads = [threading.Thread(target=transport.send, args=(HttpRequest("GET", url),)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert server.connections == 2  # both now pooled, both already closed by the server
+        time.sleep(0.1)
+        assert transport.send(HttpRequest("POST", url, content=b"{}")).status_code == 204
+    assert server.connections == 3  # one pooled (dead) connection tried, then a new one
+    server.sock.close()
