@@ -260,7 +260,7 @@ def _post(
             if fresh is None:
                 raise SpendgateError("vault_key_invalid", "The vault key is unknown or wrong.")
             key = fresh
-            status = key.status(now)
+            status = key.status(max(now, utcnow()))  # the ledger judges expiry by the clock, not by `now`
             if status != "active":
                 if caller_key and _replayable(record, request, now):  # as in `_handle` (a revoke it just met)
                     assert record is not None
