@@ -205,7 +205,7 @@ def _handle(
     # hot path of a charge reads nothing; everything else reads the key row.
     metered = problem is None and request is not None and request.method == "POST" and request.metered_amount > 0
     known = deps.known_keys.get(parsed.key_id) if metered and deps.known_keys is not None else None
-    key, record = known or deps.read_key(parsed.key_id), None
+    key = known or deps.read_key(parsed.key_id)
     try:
         key = _authenticate(key, parsed, draft, now)
     except SpendgateError as err:
@@ -218,8 +218,7 @@ def _handle(
                 and caller_key is not None \
                 and _replayable(record := deps.store.read_idem(parsed.key_id, idem.idem_row(caller_key)), request, now):
             assert record is not None
-            deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
-            return _replay(record, draft.request_id)
+            return _replay(deps, draft, record)
         raise
     if problem is not None and problem.code in ("method_not_allowed", "path_invalid", "body_too_large"):
         raise problem
@@ -236,21 +235,23 @@ def _handle(
         deps.store.insert_audit(row)
         return _respond(upstream, draft.request_id)
     if caller_key is None and not key.auto_idempotency:
-        candidate, record = idem.random_key(), None
+        candidate = idem.random_key()
     draft.idempotency_key = candidate
-    return _post(deps, draft, key, record, request, candidate, now, hdrs.get("stripe-version"),  # type: ignore[arg-type]
+    return _post(deps, draft, key, request, candidate, now, hdrs.get("stripe-version"),  # type: ignore[arg-type]
                  key_is_known=known is not None, caller_key=caller_key is not None)
 
 
 def _post(
-    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord | None, request: StripeRequest,
+    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, request: StripeRequest,
     idem_key: str, now: datetime, stripe_version: str | None, *, key_is_known: bool = False, caller_key: bool = False,
 ) -> ProxyResponse:
     """Reserve (creating the idempotency record), forward, settle; or answer from the record.
 
-    `record` is None on the first attempt unless it was read; `key_is_known`: `key` came
-    from KnownKeys and may be stale (its counters and status are not to be trusted)."""
+    The first attempt assumes a new request (no record read); later attempts read the key row
+    and the record. `key_is_known`: `key` came from KnownKeys and may be stale (its counters
+    and status are not to be trusted)."""
     amount, day = request.metered_amount, now.date().isoformat()
+    record: IdemRecord | None = None
     parsed_key_id = key.key_id
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
@@ -264,8 +265,7 @@ def _post(
             if status != "active":
                 if caller_key and _replayable(record, request, now):  # as in `_handle` (a revoke it just met)
                     assert record is not None
-                    deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
-                    return _replay(record, draft.request_id)
+                    return _replay(deps, draft, record)
                 raise SpendgateError(f"vault_key_{status}", f"This vault key is {status}.")
         if record is not None and idem.is_live(record, now):
             if record.fingerprint != request.fingerprint():
@@ -275,8 +275,7 @@ def _post(
                     param="Idempotency-Key",
                 )
             if record.state == "completed":
-                deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
-                return _replay(record, draft.request_id)
+                return _replay(deps, draft, record)
             if idem.in_use(record, now):
                 raise SpendgateError("idempotency_key_in_use")
             claimed = idem.taken_over(record, now, deps.lease)
@@ -396,8 +395,10 @@ def _respond(upstream: Upstream, request_id: str) -> ProxyResponse:
     return ProxyResponse(upstream.status, upstream.body.encode(), headers)
 
 
-def _replay(record: IdemRecord, request_id: str) -> ProxyResponse:
-    headers = {"Content-Type": record.content_type or "application/json", "Request-Id": request_id,
+def _replay(deps: ProxyDeps, draft: AuditDraft, record: IdemRecord) -> ProxyResponse:
+    """Answer with a completed request's stored status and body (audited as "replayed")."""
+    deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
+    headers = {"Content-Type": record.content_type or "application/json", "Request-Id": draft.request_id,
                "Idempotent-Replayed": "true"}
     if (record.status_code or 200) >= 400:
         headers["Stripe-Should-Retry"] = "false"

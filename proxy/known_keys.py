@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 from azure.data.tables import TableServiceClient
 
-from proxy.store import KeyRecord, LedgerStore
+from proxy.store import KeyRecord, LedgerStore, per_ledger_table
 
 KNOWN_KEYS_CAPACITY = 10_000
 
@@ -46,14 +46,6 @@ class KnownKeys:
                 self._rows.popitem(last=False)
 
 
-_shared: dict[tuple[int, str], tuple[TableServiceClient, KnownKeys]] = {}
-_shared_lock = threading.Lock()
-
-
 def shared_known_keys(tables: TableServiceClient, store: LedgerStore) -> KnownKeys:
     """The one KnownKeys per (table service, table) in this process (like the group ledger)."""
-    marker = (id(tables), store.table_name)
-    with _shared_lock:
-        if marker not in _shared:
-            _shared[marker] = (tables, KnownKeys())
-        return _shared[marker][1]
+    return per_ledger_table(tables, store, KnownKeys)

@@ -33,7 +33,7 @@ from typing import Protocol
 from azure.data.tables import TableServiceClient
 
 from core.errors import SpendgateError
-from proxy.store import Conflict, Counters, KeyRecord, LedgerStore, Operation, op_update_counters
+from proxy.store import Conflict, Counters, KeyRecord, LedgerStore, Operation, op_update_counters, per_ledger_table
 
 
 def current(c: Counters, day: str) -> Counters:
@@ -357,18 +357,10 @@ def _copy_error(exc: BaseException) -> BaseException:
     return SpendgateError("governance_unavailable")
 
 
-_shared: dict[tuple[int, str], tuple[TableServiceClient, GroupLedger]] = {}
-_shared_lock = threading.Lock()
-
-
 def shared_group_ledger(tables: TableServiceClient, store: LedgerStore) -> GroupLedger:
     """The one GroupLedger per (table service, table) in this process, so every request
-    thread of the proxy queues on the same lanes. Holds `tables` so its id stays unique."""
-    marker = (id(tables), store.table_name)
-    with _shared_lock:
-        if marker not in _shared:
-            _shared[marker] = (tables, GroupLedger(store))
-        return _shared[marker][1]
+    thread of the proxy queues on the same lanes."""
+    return per_ledger_table(tables, store, GroupLedger, store)
 
 
 __all__ = [
