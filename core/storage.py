@@ -103,17 +103,12 @@ class StorageTransport(HttpTransport):
         read_timeout = float(kwargs.get("read_timeout") or self._read_timeout)
         url = urlsplit(request.url)
         target = url.path + (f"?{url.query}" if url.query else "")
-        body = request.content
-        if isinstance(body, str):
-            body = body.encode()
-        elif body is not None and not isinstance(body, bytes | bytearray):
-            body = b"".join(request.iter_bytes()) if hasattr(request, "iter_bytes") else bytes(body)
+        body = request.content.encode() if isinstance(request.content, str) else request.content
         key = (url.scheme, url.netloc)
         for attempt in (1, 2):
             conn = self._checkout(key, connect_timeout, reuse=attempt == 1)
             try:
-                if conn.sock is not None:
-                    conn.sock.settimeout(read_timeout)
+                conn.sock.settimeout(read_timeout)  # connected: by `_checkout`, or when first pooled
                 conn.request(request.method, target or "/", body=body, headers=dict(request.headers))
                 answer = conn.getresponse()
                 data = answer.read()

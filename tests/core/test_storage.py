@@ -137,14 +137,18 @@ def test_a_full_transaction_of_100_operations(table: TableClient) -> None:
     assert submit_transaction(table, []) == []
 
 
-class _ClosingServer:
-    """Answers 204 on connection number `answer_from` onwards; closes earlier ones unanswered."""
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 
-    def __init__(self, answer_from: int) -> None:
+
+class _Server:
+    """A local HTTP/1.1 server; each accepted connection is counted and handed to `talk`
+    (number, socket) on a thread of its own."""
+
+    def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.answer_from = answer_from
         self.connections = 0
+        self.requests = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -154,12 +158,42 @@ class _ClosingServer:
             except OSError:
                 return
             self.connections += 1
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                if self.connections >= self.answer_from:
-                    conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            threading.Thread(target=self._talk_then_close, args=(self.connections, conn), daemon=True).start()
+
+    def _talk_then_close(self, number: int, conn: socket.socket) -> None:
+        with conn:
+            self.talk(number, conn)
+
+    def talk(self, number: int, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def read_request(self, conn: socket.socket, data: bytes) -> bytes | None:
+        """Read one request (head and Content-Length body) after `data`; what follows it, or
+        None when the client closed the connection."""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(data) < length:
+            data += conn.recv(65536)
+        self.requests += 1
+        return data[length:]
+
+
+class _ClosingServer(_Server):
+    """Answers 204 on connection number `answer_from` onwards; closes earlier ones unanswered."""
+
+    def __init__(self, answer_from: int) -> None:
+        self.answer_from = answer_from
+        super().__init__()
+
+    def talk(self, number: int, conn: socket.socket) -> None:
+        if self.read_request(conn, b"") is not None and number >= self.answer_from:
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 def test_a_request_on_a_connection_the_server_closed_is_sent_once_more() -> None:
@@ -179,46 +213,21 @@ def test_only_once_more() -> None:
     server.sock.close()
 
 
-class _KeepAliveServer:
-    """Answers every request with 204 and keeps the connection open; counts connections."""
+class _KeepAliveServer(_Server):
+    """Answers every request with 204 and keeps the connection open (or, with `answer=False`,
+    never answers)."""
 
     def __init__(self, answer: bool = True) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.answer = answer
-        self.connections = 0
-        self.requests = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+    def talk(self, number: int, conn: socket.socket) -> None:
+        data: bytes | None = b""
+        while (data := self.read_request(conn, data)) is not None:
+            if not self.answer:
+                time.sleep(5)
                 return
-            self.connections += 1
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-
-    def _talk(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, data = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(data) < length:
-                    data += conn.recv(65536)
-                data = data[length:]
-                self.requests += 1
-                if not self.answer:
-                    time.sleep(5)
-                    return
-                conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            conn.sendall(NO_CONTENT)
 
 
 def test_connections_are_kept_alive_and_reused() -> None:
@@ -254,36 +263,14 @@ def test_nothing_listening_is_a_request_error() -> None:
         transport.send(HttpRequest("GET", f"http://127.0.0.1:{port}/t"))
 
 
-class _OneAnswerServer:
+class _OneAnswerServer(_Server):
     """Answers one request per connection (keep-alive, as far as the client can tell), then
     drops the connection unannounced, the way a storage front end closes idle connections."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._once, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _once(conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+    def talk(self, number: int, conn: socket.socket) -> None:
+        if self.read_request(conn, b"") is not None:
             time.sleep(0.2)  # both first requests are in flight at once: two pooled connections
-            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            conn.sendall(NO_CONTENT)
 
 
 def test_the_resend_goes_out_on_a_new_connection_not_another_pooled_one() -> None:
