@@ -1,6 +1,10 @@
 # spendgate: the two commands are `make run` and `make test` (see README.md).
 SHELL := /bin/bash
-PY ?= python3
+# Azure Functions runs spendgate on Python 3.13 (the worker is the azure-functions-runtime library pinned in
+# requirements.txt), so the venvs use 3.13 too: python3.13 on PATH, else pyenv's 3.13.
+PY ?= $(shell for c in python3.13 "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13; do \
+	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
+NEED_PY := spendgate needs Python 3.13 (python3.13 on PATH or under pyenv); none was found: install it, or make PY=/path/to/python3.13
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
@@ -8,11 +12,17 @@ RUN_ARGS ?=   # e.g. make run RUN_ARGS="--port 7072"
 
 .PHONY: setup run test lint demo bench bench-storage bench-ledger bench-proxy bench-billing clean
 
-$(BIN)/python:
+# The venv is rebuilt when it is not 3.13 (an older checkout's 3.11 venv, say).
+$(VENV)/.python-3.13:
+	@test -n "$(PY)" || { echo "$(NEED_PY)" >&2; exit 1; }
+	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
+	touch $@
+
+$(BIN)/python: $(VENV)/.python-3.13
 
 # Re-install only when the requirement files change.
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(VENV)/.python-3.13
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
@@ -45,6 +55,8 @@ SMOKE_FUNCTION_KEY ?= local-dev-function-key
 .PHONY: tools smoke
 
 $(TOOLS_VENV)/.installed: requirements-tools.txt
+	@test -n "$(PY)" || { echo "$(NEED_PY)" >&2; exit 1; }
+	rm -rf $(TOOLS_VENV)
 	$(PY) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
 	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt

@@ -1,4 +1,4 @@
-// spendgate on Azure, for `azd up` (docs/deploy.md): a Flex Consumption function app (Python 3.11)
+// spendgate on Azure, for `azd up` (docs/deploy.md): a Flex Consumption function app (Python 3.13)
 // that runs as one user-assigned identity; a storage account with shared keys disabled; the Stripe
 // secret in Key Vault behind a Key Vault reference; Application Insights on Log Analytics.
 //

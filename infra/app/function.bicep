@@ -1,4 +1,4 @@
-// The Flex Consumption plan and the function app (Python 3.11 on Linux). The app runs as the
+// The Flex Consumption plan and the function app (Python 3.13 on Linux). The app runs as the
 // user-assigned identity for everything: pulling its deployment package, AzureWebJobsStorage,
 // Key Vault references and telemetry. Its app settings come whole from main.bicep; this module
 // adds none, so main.bicep stays the one list of names (tests/infra checks both).
@@ -108,7 +108,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
   }

@@ -2,7 +2,7 @@
 
 There is no Bicep compiler here, so these tests do part of its job (every module parameter
 exists, every `x.outputs.y` is declared) and then pin the security properties that matter:
-no account keys, no secret in a template, least-privilege roles, Flex Consumption on Python 3.11.
+no account keys, no secret in a template, least-privilege roles, Flex Consumption on Python 3.13.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_function_app_runs_python_311_on_flex_consumption_as_the_user_assigned_i
     assert body(plan)["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
     site = body(resources_of_type(tree, "Microsoft.Web/sites")["site"])
     props = site["properties"]
-    assert props["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
+    assert props["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.13"}
     assert props["httpsOnly"] is True
     assert site["identity"]["type"] == "UserAssigned"
     assert props["functionAppConfig"]["deployment"]["storage"]["authentication"] == {
