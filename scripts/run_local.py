@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from core.storage import DEVELOPMENT_STORAGE
+from devhost.config import host_keys
 from devhost.seed import find_customers, seed_customers
 from devhost.services import REPO_ROOT, Service, port_open, start_azurite, start_devhost, start_localstripe
 
@@ -115,7 +116,16 @@ def wait_for_health(app: Service, timeout: float = 120.0) -> dict[str, Any]:
     raise StartupError(f"GET /api/health did not answer 200 within {timeout:.0f}s (last: {last})")
 
 
-def banner(*, host_kind: str, azurite: str, stripe: str, customers: list[str], key: str, port: int = APP_PORT) -> str:
+def banner(
+    *,
+    host_kind: str,
+    azurite: str,
+    stripe: str,
+    customers: list[str],
+    key: str,
+    port: int = APP_PORT,
+    host_key_lines: str = "",
+) -> str:
     base = f"http://localhost:{port}"
     issue = (
         f"curl -s -X POST {base}/api/vault/keys -H 'x-functions-key: {key}' -H 'Content-Type: application/json' "
@@ -127,7 +137,7 @@ spendgate is running locally
   app                {base}  ({host_kind}; health: {base}/api/health)
   storage (Azurite)  blob :10000  queue :10001  table :10002  ({azurite})
   Stripe (local)     http://127.0.0.1:{STRIPE_PORT}  localstripe, {stripe}
-  function key       {key}   (header x-functions-key, or ?code=)
+  function key       {key}   (header x-functions-key, or ?code=){host_key_lines}
   operator console   {base}/api/console  (paste the function key once)
   demo customers     {len(customers)} on plan "pro": {", ".join(customers)}
   logs               app below; Azurite and localstripe in {LOG_DIR.relative_to(REPO_ROOT)}/
@@ -187,8 +197,23 @@ def main(argv: list[str] | None = None) -> int:
             raise StartupError(f"the app host did not start: {exc} (its log is above)") from exc
         started.append(app)
         wait_for_health(app)
+        keys = host_keys(values)
+        host_key_lines = (
+            ""
+            if core_tools
+            else f"\n  master key         {keys.master}   (admin-level routes)"
+            f"\n  durable system key {keys.durabletask}   (/runtime/webhooks/durabletask/…; never give it out)"
+        )
         print(
-            banner(host_kind=host_kind, azurite=azurite, stripe=stripe, customers=customers, key=key, port=port),
+            banner(
+                host_kind=host_kind,
+                azurite=azurite,
+                stripe=stripe,
+                customers=customers,
+                key=key,
+                port=port,
+                host_key_lines=host_key_lines,
+            ),
             flush=True,
         )
         while app.proc.poll() is None:

@@ -86,7 +86,9 @@ class ManagementApi:
         return f"{self.engine.base_url}/runtime/webhooks/durabletask"
 
     def _qs(self) -> str:
-        return f"taskHub={quote(self.hub)}&connection=Storage"
+        # As on Azure, the webhook URLs carry the extension's system key: whoever holds one can
+        # terminate, purge or raise events on any instance, so the app must never hand them out.
+        return f"taskHub={quote(self.hub)}&connection=Storage&code={quote(self.engine.system_key)}"
 
     def management_urls(self, instance_id: str) -> dict[str, str]:
         base, qs, iid = self.webhook_base, self._qs(), quote(instance_id, safe="")
@@ -118,7 +120,8 @@ class ManagementApi:
                 "managementUrls": management,
                 "baseUrl": base,
                 "requiredQueryStringParameters": qs,
-                "rpcBaseUrl": f"{base}/",
+                # The SDK's client calls the extension's local RPC endpoint, not the keyed webhooks.
+                "rpcBaseUrl": self.engine.rpc_base_url or f"{base}/",
             }
         )
 
