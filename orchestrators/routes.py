@@ -20,7 +20,9 @@ import azure.functions as func
 
 from billing import runs
 from billing.request import parse_run_request
+from billing.run_index import RunIndex
 from core.errors import SpendgateError
+from core.runtime import runtime
 from proxy.vault import vault_service
 
 bp = df.Blueprint()
@@ -50,7 +52,9 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
         except ValueError:
             raise SpendgateError("body_invalid", "the body must be JSON") from None
         run, instance_id = parse_run_request(body)
-        instance_id = await runs.start_run(client, run, instance_id, vault_service())
+        rt = runtime()
+        index = RunIndex(rt.tables, rt.settings.table_prefix)
+        instance_id = await runs.start_run(client, run, instance_id, vault_service(), index)
     except SpendgateError as exc:
         return _error(exc)
     links = run_links(req.url, instance_id)
