@@ -53,11 +53,27 @@ class HttpRoute:
     auth_level: str
 
 
+# The Functions host keeps these for itself (`/admin/...` host API, `/runtime/webhooks/...`): a function
+# whose route, before the prefix is added, starts with one is put in error and served nowhere
+# ("The specified route conflicts with one or more built in routes."; ScriptHost.ValidateHttpFunction in
+# Azure/azure-functions-host, src/WebJobs.Script/Host/ScriptHost.cs, a plain lowercase StartsWith).
+# With an empty route prefix an app could otherwise shadow them here and not on Azure.
+RESERVED_ROUTE_STARTS = ("admin", "runtime")
+
+
 def build_routes(index: FunctionIndex, route_prefix: str) -> list[HttpRoute]:
-    """The app's HTTP routes, most specific first (ASP.NET precedence, then template text)."""
+    """The app's HTTP routes, most specific first (ASP.NET precedence, then template text).
+
+    Each route is `<route_prefix>/<route>`, or the route alone when the prefix is empty, exactly as
+    the host builds it (`WebJobsRouteBuilder.BuildRouteTemplate` in Azure/azure-webjobs-sdk-extensions);
+    a function without a route is routed at its name.
+    """
     routes = []
     for fn in index.of_trigger("httpTrigger"):
         route = str(fn.trigger.get("route") or fn.name).strip("/")
+        if route.lower().startswith(RESERVED_ROUTE_STARTS):
+            log.error("function %s is not served: its route %r conflicts with the host's built-in routes", fn.name, route)
+            continue
         full = f"{route_prefix}/{route}" if route_prefix else route
         methods = fn.trigger.get("methods")
         routes.append(

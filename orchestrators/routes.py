@@ -30,7 +30,7 @@ def _error(exc: SpendgateError) -> func.HttpResponse:
     return func.HttpResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
-@bp.route(route="billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
@@ -45,7 +45,7 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
     return client.create_check_status_response(req, instance_id)
 
 
-@bp.route(route="billing/runs/{instance_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs/{instance_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
@@ -54,7 +54,7 @@ async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestration
         return _error(exc)
 
 
-@bp.route(route="billing/runs/{instance_id}/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs/{instance_id}/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
@@ -63,7 +63,7 @@ async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestratio
         return _error(exc)
 
 
-@bp.route(route="billing/runs/{instance_id}/spend", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs/{instance_id}/spend", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def get_billing_run_spend(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:

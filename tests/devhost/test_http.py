@@ -108,8 +108,8 @@ def test_auth_levels(client: httpx.Client) -> None:
     assert client.get("/api/secure", params={"code": "wrong"}).status_code == 401
     assert client.get("/api/secure", headers={"x-functions-key": KEY}).json() == {"secure": True}
     assert client.get("/api/secure", params={"code": KEY}).json() == {"secure": True}
-    assert client.get("/api/admin-only").status_code == 401
-    assert client.get("/api/admin-only", headers={"x-functions-key": KEY}).json() == {"admin": True}
+    assert client.get("/api/master-only").status_code == 401
+    assert client.get("/api/master-only", headers={"x-functions-key": KEY}).json() == {"admin": True}
     assert client.get("/api/items/special").status_code == 200  # anonymous needs no key
 
 
@@ -146,6 +146,15 @@ def test_unhandled_exception_is_generic_500_with_traceback_in_log(host: Service,
 def test_durable_webhooks_without_durable_functions_are_404(client: httpx.Client) -> None:
     resp = client.get("/runtime/webhooks/durabletask/instances/abc")
     assert resp.status_code == 404
+
+
+def test_routes_reserved_by_the_host_are_not_served(host: Service, client: httpx.Client) -> None:
+    """`admin…` and `runtime…` routes are Azure's own: the host refuses such functions, so devhost does too."""
+    assert client.get("/api/admin/settings").status_code == 404
+    assert client.get("/api/runtimeinfo").status_code == 404
+    assert host.log_path is not None
+    log = host.log_path.read_text()
+    assert "function reserved_admin is not served" in log and "function reserved_runtime is not served" in log
 
 
 def test_log_has_one_line_per_invocation_and_no_key(host: Service, client: httpx.Client) -> None:

@@ -80,9 +80,20 @@ def secure(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"secure": True})
 
 
-@app.route(route="admin-only", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+@app.route(route="master-only", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def admin_only(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"admin": True})
+
+
+# Routes the Functions host keeps for itself: Azure puts these functions in error, so devhost serves neither.
+@app.route(route="admin/settings", methods=["GET"], auth_level=ANON)
+def reserved_admin(req: func.HttpRequest) -> func.HttpResponse:
+    return _json({"reserved": True})
+
+
+@app.route(route="runtimeinfo", methods=["GET"], auth_level=ANON)
+def reserved_runtime(req: func.HttpRequest) -> func.HttpResponse:
+    return _json({"reserved": True})
 
 
 @app.route(route="async/{n:int}", methods=["GET"], auth_level=ANON)
