@@ -7,18 +7,23 @@ own: a fresh localstripe (so a list holds only this module's objects), the fault
 front of it (tests/proxy/fault_upstream.py) and devhost running function_app.py. A counting
 tap in front of the app (tests/billing/faultproxy.py, passing everything) sees every request
 an SDK sends, so "retried once" and "never retried" are counted where they happen; objects
-are counted in localstripe and spend and decisions read through the admin API.
+are counted in localstripe and spend and decisions read through the admin API. The README's
+Node and Python snippets run here as the README prints them (only the port differs).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -227,3 +232,44 @@ def test_root_and_api_stripe_paths_are_one_pipeline(stack: Stack) -> None:
             assert odd.status_code == 400 and odd.json()["error"]["code"] == "path_invalid", path
     assert [o["id"] for o in tagged_objects(stack.stripe.url, tag)] == [first.json()["id"]]
     assert stack.describe(key["key_id"])["spent_cents"] == 700
+
+
+# --- the README's snippets, as written there --------------------------------------------------
+def _readme_block(lang: str, needle: str) -> str:
+    blocks = re.findall(rf"```{lang}\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.DOTALL)
+    return next(b for b in blocks if needle in b)
+
+
+def _charged_once(stack: Stack, key_id: str) -> None:
+    """The key's one charge exists in Stripe, succeeded, and is settled against the cap."""
+    rows = stack.audit(key_id)
+    assert [(r["method"], r["decision"]) for r in rows] == [("POST", "forwarded"), ("GET", "forwarded")]
+    intent = httpx.get(f"{stack.stripe.url}/v1/payment_intents/{rows[0]['stripe_object_id']}",
+                       auth=(STRIPE_TEST_SECRET, ""), timeout=30).json()
+    assert (intent["status"], intent["amount"], intent["metadata"]["plan"]) == ("succeeded", 2900, "pro")
+    assert stack.describe(key_id)["spent_cents"] == 2900
+
+
+def test_readme_node_snippet_charges_through_the_proxy(stack: Stack, artifacts_dir: Path) -> None:
+    key = stack.issue()
+    snippet = _readme_block("js", "new Stripe(")
+    url = urlsplit(stack.app.url)
+    code = snippet.replace("{host: 'localhost', port: 7071,", f"{{host: '{url.hostname}', port: {url.port},")
+    assert code != snippet, "the README's Node snippet no longer points at localhost:7071"
+    script = artifacts_dir / "readme-node-snippet.mjs"  # inside the checkout: `stripe` resolves from node_modules
+    script.write_text(code)
+    node = shutil.which("node")
+    assert node, "node is not on PATH"
+    proc = subprocess.run([node, str(script)], env={**os.environ, "VAULT_KEY": key["vault_key"]},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "succeeded", proc.stdout + proc.stderr
+    _charged_once(stack, key["key_id"])
+
+
+def test_readme_python_snippet_charges_through_the_proxy(stack: Stack) -> None:
+    key = stack.issue()
+    snippet = _readme_block("python", "stripe.StripeClient(")
+    code = snippet.replace('"http://localhost:7071"', f'"{stack.app.url}"')
+    assert code != snippet, "the README's Python snippet no longer points at http://localhost:7071"
+    exec(compile(code, "README.md", "exec"), {"vault_key": key["vault_key"]})  # the README snippet, verbatim but for the URL
+    _charged_once(stack, key["key_id"])
