@@ -72,7 +72,8 @@ def build_routes(index: FunctionIndex, route_prefix: str) -> list[HttpRoute]:
     for fn in index.of_trigger("httpTrigger"):
         route = str(fn.trigger.get("route") or fn.name).strip("/")
         if route.lower().startswith(RESERVED_ROUTE_STARTS):
-            log.error("function %s is not served: its route %r conflicts with the host's built-in routes", fn.name, route)
+            log.error("function %s is not served: its route %r conflicts with the host's built-in routes",
+                      fn.name, route)
             continue
         full = f"{route_prefix}/{route}" if route_prefix else route
         methods = fn.trigger.get("methods")

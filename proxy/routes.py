@@ -95,7 +95,8 @@ def vault_spend(req: func.HttpRequest) -> func.HttpResponse:
 
 def _proxy_error(err: SpendgateError) -> func.HttpResponse:
     """An error the proxy answers itself; it carries a Request-Id like every proxy answer."""
-    return func.HttpResponse(err.to_json(), status_code=err.status, headers={**err.headers(), "Request-Id": new_request_id()})
+    headers = {**err.headers(), "Request-Id": new_request_id()}
+    return func.HttpResponse(err.to_json(), status_code=err.status, headers=headers)
 
 
 def _stripe(req: func.HttpRequest, path: str) -> func.HttpResponse:

@@ -67,7 +67,8 @@ def test_invalid_templates_are_refused(bad: str) -> None:
 
 def _index(*routes: str) -> FunctionIndex:
     functions = {
-        f"fn{i}": FunctionInfo(f"fn{i}", {"type": "httpTrigger", "route": r, "authLevel": "anonymous"}, [], lambda: None)
+        f"fn{i}": FunctionInfo(f"fn{i}", {"type": "httpTrigger", "route": r, "authLevel": "anonymous"}, [],
+                               lambda: None)
         for i, r in enumerate(routes)
     }
     return FunctionIndex(functions, Path("."))

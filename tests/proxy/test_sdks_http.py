@@ -210,7 +210,8 @@ def test_an_unknown_vault_key_is_an_authentication_error(stack: Stack, sdk: str)
     out, sent = stack.run(sdk, key["vault_key"][:-1] + ("A" if key["vault_key"][-1] != "A" else "B"), "create",
                           amount=100, tag=new_tag())
     expected_class = "StripeAuthenticationError" if sdk == "node" else "AuthenticationError"
-    assert out["error"] == {"class": expected_class, "status": 401, "code": "vault_key_invalid", "should_retry": "false"}
+    assert out["error"] == {"class": expected_class, "status": 401, "code": "vault_key_invalid",
+                            "should_retry": "false"}
     assert len(sent) == 1
 
 
@@ -271,5 +272,5 @@ def test_readme_python_snippet_charges_through_the_proxy(stack: Stack) -> None:
     snippet = _readme_block("python", "stripe.StripeClient(")
     code = snippet.replace('"http://localhost:7071"', f'"{stack.app.url}"')
     assert code != snippet, "the README's Python snippet no longer points at http://localhost:7071"
-    exec(compile(code, "README.md", "exec"), {"vault_key": key["vault_key"]})  # the README snippet, verbatim but for the URL
+    exec(compile(code, "README.md", "exec"), {"vault_key": key["vault_key"]})  # verbatim but for the URL
     _charged_once(stack, key["key_id"])
