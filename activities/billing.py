@@ -2,7 +2,9 @@
 
 Each activity takes and returns a plain dict from `billing.payloads` (history-safe), builds
 its dependencies (the vault service, the one proxy client) and calls one domain function.
-Terminal outcomes are returned; transient faults raise so Durable retries them.
+Terminal outcomes are returned; transient faults raise so Durable retries them. Parameters are annotated
+`dict`, not `dict[str, Any]`: the Python worker refuses a built-in generic alias on a binding parameter
+("invalid non-type annotation") and then loads no function of the app at all.
 """
 
 from __future__ import annotations
@@ -44,22 +46,22 @@ def _proxy(key_id: str) -> ProxyClient:
 
 
 @bp.activity_trigger(input_name="payload")
-def issue_run_key(payload: dict[str, Any]) -> dict[str, Any]:
+def issue_run_key(payload: dict) -> dict[str, Any]:
     return keys.issue_run_key(vault_service(), KeyRequest.from_dict(payload)).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")
-def fetch_customers(payload: dict[str, Any]) -> dict[str, Any]:
+def fetch_customers(payload: dict) -> dict[str, Any]:
     request = FetchRequest.from_dict(payload)
     return charging.fetch_customers(_proxy(request.key_id), request).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")
-def charge_customer(payload: dict[str, Any]) -> dict[str, Any]:
+def charge_customer(payload: dict) -> dict[str, Any]:
     request = ChargeRequest.from_dict(payload)
     return charging.charge_customer(_proxy(request.key_id), request).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")
-def revoke_run_keys(payload: dict[str, Any]) -> list[str]:
+def revoke_run_keys(payload: dict) -> list[str]:
     return keys.revoke_run_keys(vault_service(), RevokeRequest.from_dict(payload).labels)

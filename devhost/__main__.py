@@ -1,7 +1,10 @@
-"""`python -m devhost [--port 7071] [--app-dir DIR] [--no-local-settings]`: run a function app locally.
+"""`python -m devhost [--port 7071] [--app-dir DIR] [--no-local-settings] [--check]`: run a function app locally.
 
 Logs go to stderr, one line per invocation. SIGTERM or Ctrl-C stops accepting
-requests, stops the durable engine and exits 0.
+requests, stops the durable engine and exits 0. An app the Python worker refuses to
+index or load stops devhost at start with the worker's message and exit code 3, as the
+app would serve nothing on Azure. `--check` only loads the app through the worker,
+prints its functions and exits (0, or 3 with the worker's message).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 from pathlib import Path
 
 from devhost.host import DurableEngineUnavailable, Host
+from devhost.loader import AppLoadError, load_function_app
 
 QUIET_LOGGERS = ("azure", "urllib3", "httpx", "httpcore", "aiohttp.access")
 
@@ -38,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ignore local.settings(.sample).json: the environment alone configures the app (tests use this)",
     )
+    parser.add_argument("--check", action="store_true", help="load the app through the worker, list it, and exit")
     args = parser.parse_args(argv)
     configure_logging()
     log = logging.getLogger("devhost")
+    if args.check:
+        return check(args.app_dir)
 
     stop = threading.Event()
 
@@ -58,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         host.stop()
         return 2
+    except AppLoadError as exc:
+        log.error("%s", exc)
+        host.stop()
+        return 3
     except Exception:
         log.exception("devhost could not start")
         host.stop()
@@ -68,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         host.stop()
     log.info("devhost stopped")
+    return 0
+
+
+def check(app_dir: Path) -> int:
+    """Load `app_dir` through the worker and print one line per function (name, trigger)."""
+    try:
+        index = load_function_app(app_dir)
+    except AppLoadError as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    for fn in index.functions.values():
+        print(f"{fn.name} {fn.trigger_type}")
+    index.worker.stop()
     return 0
 
 

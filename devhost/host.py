@@ -24,7 +24,7 @@ from devhost.config import (
     storage_connection_string,
 )
 from devhost.http import HttpHost
-from devhost.invoke import Invoker, shared_loop, uses_durable
+from devhost.invoke import Invoker, uses_durable
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.queue_io import QueueClients
 from devhost.queues import QueueTriggerListener
@@ -79,11 +79,11 @@ class Host:
             log.info("durable engine started (task hub %s)", self._task_hub())
 
         invoker = Invoker(
+            index,
             client_binding=self.engine.client_binding if self.engine else None,
             queue_options=self.config.queues,
             queues=self.queues,
             environ=self.environ,
-            function_directory=str(self.app_dir),
         )
         for fn in index.of_trigger("queueTrigger"):
             listener = QueueTriggerListener(
@@ -118,7 +118,7 @@ class Host:
         log.info("devhost ready on http://127.0.0.1:%d with %d functions", self.http.port, len(index.functions))
 
     def stop(self) -> None:
-        """Stop accepting requests, stop listeners and the engine, then the function loop."""
+        """Stop accepting requests, stop listeners and the engine, then the worker."""
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -131,7 +131,8 @@ class Host:
             finally:
                 self.engine = None
         self.queues.close()
-        shared_loop().stop()
+        if self.index is not None:
+            self.index.worker.stop()
 
     def _task_hub(self) -> str:
         return resolve_binding_expression(self.config.task_hub, self.environ)

@@ -1,8 +1,8 @@
 """devhost's HTTP server: HTTP-triggered functions and the durable webhooks.
 
-A `ThreadingHTTPServer` gives every connection its own daemon thread, so a slow sync
-function never holds up others (async functions go to the shared function loop,
-see `devhost.invoke`). Per request: route match (404), method (405), auth level
+A `ThreadingHTTPServer` gives every connection its own daemon thread; the function itself
+runs in the worker library (`devhost.worker`: sync functions on its thread pool, async
+ones on its event loop). Per request: route match (404), method (405), auth level
 (401 unless `anonymous`; the local key in `x-functions-key` or `?code=`), then the
 function. The host's own answers are small JSON errors; an unhandled exception in a
 function is a 500 whose traceback goes to the devhost log only. Requests under
@@ -23,9 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-import azure.functions as func
-
-from devhost.invoke import Invoker, log_invocation, sent_summary
+from devhost import protocol
+from devhost.invoke import FunctionFailed, HttpRequestData, Invoker, log_invocation, sent_summary
 from devhost.loader import FunctionIndex, FunctionInfo
 from devhost.routes import RouteTemplate, split_path
 
@@ -95,19 +94,25 @@ def error_body(status: int, code: str, message: str) -> bytes:
     return json.dumps({"error": {"type": kind, "code": code, "message": message}}).encode()
 
 
-def response_parts(resp: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Status, headers and body of what a function returned for its `$return` http binding."""
-    if resp is None:
-        return 204, [], b""
-    if isinstance(resp, str):
-        return 200, [("Content-Type", "text/plain; charset=utf-8")], resp.encode("utf-8")
-    if isinstance(resp, func.HttpResponse):
-        headers = [(k, v) for k, v in resp.headers.items()]
-        if not any(k.lower() == "content-type" for k, _ in headers):
-            ct = f"{resp.mimetype}; charset={resp.charset}" if resp.mimetype.startswith("text/") else resp.mimetype
-            headers.append(("Content-Type", ct))
-        return int(resp.status_code), headers, resp.get_body() or b""
-    raise TypeError(f"an HTTP function must return func.HttpResponse or str, not {type(resp).__name__}")
+def response_parts(data: protocol.TypedData | None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of an HTTP function's `$return`, as the worker encoded it.
+
+    `azure-functions`' HttpResponseConverter sends a `func.HttpResponse` as `http` (status,
+    headers with the content type filled in, body bytes, cookies) and a `str` as `string`,
+    which the host answers as a 200 text body.
+    """
+    kind = data.WhichOneof("data") if data is not None else None
+    if kind == "string":
+        return 200, [("Content-Type", "text/plain; charset=utf-8")], str(data.string).encode("utf-8")
+    if kind != "http":
+        raise TypeError(f"an HTTP function's $return arrived as {kind!r}, not an HTTP response")
+    http = data.http
+    headers = [(k, v) for k, v in http.headers.items()]
+    for cookie in http.cookies or []:
+        headers.append(("Set-Cookie", f"{cookie.name}={cookie.value}"))
+    body = http.body
+    payload = b"" if body is None else (body.bytes or (body.string or "").encode("utf-8"))
+    return int(http.status_code or 200), headers, payload
 
 
 class HttpHost:
@@ -182,11 +187,11 @@ class HttpHost:
         if route.auth_level != "anonymous" and not self._authorized(headers, query):
             log_invocation(route.function.name, "http", "401 no valid function key", 0.0, detail=f"{method} {url.path}")
             return _json(401, "function_key_required", "send the function key in x-functions-key or ?code=")
-        request = func.HttpRequest(
+        request = HttpRequestData(
             method=method,
             url=f"http://{host_header}{target}",
             headers=headers,
-            params=query,
+            query=query,
             route_params=route_params,
             body=body,
         )
@@ -196,14 +201,18 @@ class HttpHost:
         given = headers.get("x-functions-key") or query.get("code") or ""
         return hmac.compare_digest(given.encode(), self.function_key.encode())
 
-    def _invoke(self, route: HttpRoute, request: func.HttpRequest) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _invoke(self, route: HttpRoute, request: HttpRequestData) -> tuple[int, list[tuple[str, str]], bytes]:
         fn = route.function
         started = time.perf_counter()
         try:
-            invocation = self.invoker.invoke(fn, request)
-            status, headers, payload = response_parts(invocation.result)
+            invocation = self.invoker.invoke(fn, request.typed_data())
+            status, headers, payload = response_parts(invocation.result.return_value)
+        except FunctionFailed as exc:
+            log.error("function %s failed: %s\n%s", fn.name, exc.message, exc.stack_trace)
+            log_invocation(fn.name, "http", "500 error", _ms(started), detail=f"{request.method} {_path(request)}")
+            return _json(500, "function_error", "the function failed; see the devhost log")
         except Exception:
-            log.exception("function %s raised an unhandled exception", fn.name)
+            log.exception("function %s could not be invoked", fn.name)
             log_invocation(fn.name, "http", "500 error", _ms(started), detail=f"{request.method} {_path(request)}")
             return _json(500, "function_error", "the function failed; see the devhost log")
         log_invocation(
@@ -242,7 +251,7 @@ def _query_dict(query: str) -> dict[str, str]:
     return out
 
 
-def _path(request: func.HttpRequest) -> str:
+def _path(request: HttpRequestData) -> str:
     return urlsplit(request.url).path  # never the query: it may hold ?code=
 
 

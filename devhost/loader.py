@@ -1,25 +1,33 @@
-"""Loading a function app the way the Python worker does: import it, list its functions."""
+"""Loading a function app through Microsoft's worker library, and what devhost keeps of it.
+
+`load_function_app` starts the worker (`devhost.worker`), which imports `function_app.py`,
+indexes and loads every function with its own checks; a function the worker refuses
+stops devhost with the worker's message, as it would stop the app on Azure. What devhost
+keeps per function is what the host gets from the worker: its id and its bindings in
+function.json shape (`raw_bindings`).
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from devhost.worker import Worker, WorkerError
+
+
+class AppLoadError(RuntimeError):
+    """The worker could not index or load the app; the message is the worker's own."""
 
 
 @dataclass(frozen=True)
 class FunctionInfo:
-    """One function of the app: its name, trigger binding, other bindings and callable."""
+    """One function of the app: its name, worker function id, trigger binding and other bindings."""
 
     name: str
+    function_id: str
     trigger: dict[str, Any]
     bindings: list[dict[str, Any]]
-    user_function: Callable[..., Any]
-    raw: Any = field(repr=False, default=None)
 
     @property
     def trigger_type(self) -> str:
@@ -35,10 +43,11 @@ class FunctionInfo:
 
 @dataclass(frozen=True)
 class FunctionIndex:
-    """All functions of a loaded app, by name and by trigger type."""
+    """All functions of a loaded app, by name and by trigger type, and the worker that runs them."""
 
     functions: dict[str, FunctionInfo]
     app_dir: Path
+    worker: Worker
 
     def of_trigger(self, trigger_type: str) -> list[FunctionInfo]:
         return [f for f in self.functions.values() if f.trigger_type == trigger_type]
@@ -48,34 +57,22 @@ class FunctionIndex:
 
 
 def load_function_app(app_dir: Path, script: str = "function_app.py") -> FunctionIndex:
-    """Import `app_dir/script` as module `function_app` and index its functions.
-
-    As the worker does, the app directory goes first on sys.path so the app's own
-    packages import; the module-level `FunctionApp` instance (any name) is used.
-    """
+    """Start the worker on `app_dir/script` and index what it loaded; `AppLoadError` names what it refused."""
     app_dir = app_dir.resolve()
-    path = app_dir / script
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    if str(app_dir) not in sys.path:
-        sys.path.insert(0, str(app_dir))
-    spec = importlib.util.spec_from_file_location("function_app", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["function_app"] = module
-    spec.loader.exec_module(module)
-
-    import azure.functions as func
-
-    apps = [v for v in vars(module).values() if isinstance(v, func.FunctionRegister)]
-    if len(apps) != 1:
-        raise RuntimeError(f"{path} must define exactly one FunctionApp, found {len(apps)}")
+    if not (app_dir / script).exists():
+        raise FileNotFoundError(f"{app_dir / script} not found")
+    worker = Worker(app_dir, script_file=script)
+    try:
+        loaded = worker.start()
+    except WorkerError as exc:
+        worker.stop()
+        raise AppLoadError(f"the Python worker could not load {app_dir / script}: {exc.message}") from exc
+    if not loaded:
+        worker.stop()
+        raise AppLoadError(f"the Python worker found no functions in {app_dir / script}")
     functions: dict[str, FunctionInfo] = {}
-    for fn in apps[0].get_functions():
-        name = fn.get_function_name()
-        if name in functions:
-            raise RuntimeError(f"function {name!r} is registered twice")
-        bindings = json.loads(fn.get_function_json())["bindings"]
-        trigger = next(b for b in bindings if str(b.get("type", "")).endswith("Trigger"))
-        functions[name] = FunctionInfo(name, trigger, bindings, fn.get_user_function(), fn)
-    return FunctionIndex(functions, app_dir)
+    for fn in loaded:
+        direction_in = [b for b in fn.bindings if str(b.get("direction", "")).upper() == "IN"]
+        trigger = next(b for b in direction_in if str(b.get("type", "")).endswith("Trigger"))
+        functions[fn.name] = FunctionInfo(fn.name, fn.function_id, trigger, fn.bindings)
+    return FunctionIndex(functions, app_dir, worker)

@@ -20,6 +20,8 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
+from devhost.protocol import TypedData
+
 
 def decode_message(raw: str, encoding: str = "base64") -> bytes:
     """The body bytes of a queue message's text: base64-decoded, or the text itself if not base64."""
@@ -38,17 +40,33 @@ def encode_message(body: bytes, encoding: str = "base64") -> str:
     return body.decode("utf-8")
 
 
-def output_messages(value: Any) -> list[bytes]:
-    """The messages an output binding's value stands for: str, bytes, JSON-able or a list of them."""
-    if value is None:
+def queue_messages(data: TypedData | None) -> list[bytes]:
+    """The messages a queue output binding's value stands for, as the worker encoded it.
+
+    `azure-functions`' queue output converter sends a `str` as `string`, `bytes` as `bytes`,
+    and a list (of str or QueueMessage) or a QueueMessage as `json`; a JSON array is one
+    message per item (a QueueMessage item carries its text in `body`).
+    """
+    if data is None:
         return []
-    if isinstance(value, list | tuple):
-        return [m for item in value for m in output_messages(item)]
-    if isinstance(value, bytes | bytearray):
-        return [bytes(value)]
-    if isinstance(value, str):
-        return [value.encode("utf-8")]
-    return [json.dumps(value).encode("utf-8")]
+    kind = data.WhichOneof("data")
+    if kind == "string":
+        return [data.string.encode("utf-8")]
+    if kind == "bytes":
+        return [bytes(data.bytes)]
+    if kind == "json":
+        value = json.loads(data.json)
+        items = value if isinstance(value, list) else [value]
+        return [_message_body(item) for item in items]
+    if kind is None:
+        return []
+    raise TypeError(f"a queue output binding cannot send {kind!r} data")
+
+
+def _message_body(item: Any) -> bytes:
+    if isinstance(item, dict) and "body" in item:
+        item = item["body"]
+    return (item if isinstance(item, str) else json.dumps(item)).encode("utf-8")
 
 
 class QueueClients:

@@ -20,11 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.functions.queue import QueueMessage as FuncQueueMessage
 from azure.storage.queue import QueueClient, QueueMessage
 
 from devhost.config import QueueOptions, resolve_binding_expression, storage_connection_string
-from devhost.invoke import Invoker, log_invocation, sent_summary
+from devhost.invoke import FunctionFailed, Invoker, QueueMessageData, log_invocation, sent_summary
 from devhost.loader import FunctionInfo
 from devhost.queue_io import QueueClients, decode_message
 
@@ -128,20 +127,27 @@ class QueueTriggerListener:
             self._poison(msg)
             return
         started = time.perf_counter()
-        trigger = FuncQueueMessage(
+        message = QueueMessageData(
             id=msg.id,
             body=decode_message(_text(msg.content), self.options.message_encoding),
-            dequeue_count=msg.dequeue_count,
+            dequeue_count=msg.dequeue_count or 1,
             expiration_time=msg.expires_on,
             insertion_time=msg.inserted_on,
-            time_next_visible=msg.next_visible_on,
+            next_visible_time=msg.next_visible_on,
             pop_receipt=msg.pop_receipt,
         )
         try:
-            invocation = self.invoker.invoke(self.fn, trigger)
-        except Exception:
-            log.exception(
-                "function %s failed on message %s (dequeue count %s)", self.fn.name, msg.id, msg.dequeue_count
+            invocation = self.invoker.invoke(
+                self.fn, message.typed_data(), trigger_metadata=message.trigger_metadata()
+            )
+        except Exception as exc:
+            detail = f"{exc.message}\n{exc.stack_trace}" if isinstance(exc, FunctionFailed) else repr(exc)
+            log.error(
+                "function %s failed on message %s (dequeue count %s): %s",
+                self.fn.name,
+                msg.id,
+                msg.dequeue_count,
+                detail,
             )
             poisoned = (msg.dequeue_count or 0) >= max_count
             outcome = "error, moved to poison queue" if poisoned else "error, will retry"

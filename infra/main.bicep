@@ -135,6 +135,13 @@ var appSettings = {
   // Read by the Functions host: telemetry, sent with Entra ID because local auth is disabled.
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
+  // Read by the Python worker: sync functions run on ONE thread pool of this size, default min(32, CPUs + 4),
+  // i.e. about 6 on a Flex instance. Charge activities wait on the proxy, and the proxy on Stripe and storage,
+  // not on the CPU. The pool must also be larger than host.json's maxConcurrentActivityFunctions (32): a charge
+  // activity holds a pool thread while it calls the proxy, which may be served by this same instance and needs
+  // a thread of the same pool; with 32 threads, 32 activities would wait on proxy calls that cannot start.
+  // 64 = 32 activities + 32 HTTP requests.
+  PYTHON_THREADPOOL_THREAD_COUNT: '64'
   // Read by spendgate (core/settings.py).
   STRIPE_API_BASE: stripeApiBase
   STRIPE_SECRET_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${stripeSecretName}/)'

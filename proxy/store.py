@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -311,12 +311,11 @@ def _named_index(exc: TableTransactionError) -> int | None:
 _created_tables: set[tuple[int, str]] = set()
 _created_lock = threading.Lock()
 
-_T = TypeVar("_T")
 _per_table: dict[tuple[int, str, type], tuple[TableServiceClient, Any]] = {}
 _per_table_lock = threading.Lock()
 
 
-def per_ledger_table(tables: TableServiceClient, store: LedgerStore, kind: type[_T], *args: Any) -> _T:
+def per_ledger_table[T](tables: TableServiceClient, store: LedgerStore, kind: type[T], *args: Any) -> T:
     """The one `kind(*args)` per (table service, ledger table) in this process, so every
     request thread shares it (the group ledger's lanes, the known key rows). Holds `tables`
     so its id stays unique."""

@@ -80,6 +80,7 @@ def app_settings(azurite: Service, localstripe: Service, **overrides: str) -> di
         "STRIPE_SECRET_KEY": STRIPE_TEST_SECRET,
         "SPENDGATE_TABLE_PREFIX": "sg" + uuid.uuid4().hex[:10],
         "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
+        "PYTHON_THREADPOOL_THREAD_COUNT": "64",  # as main.bicep sets it (why: there)
     }
     settings.update(overrides)
     return settings

@@ -112,6 +112,7 @@ class DurableEngine:
         self.log = logger
         self.task_hub = task_hub
         self.base_url = base_url.rstrip("/")
+        self.worker = index.worker
         self.orchestrators = {f.name: f for f in index.of_trigger("orchestrationTrigger")}
         self.activities = {f.name: f for f in index.of_trigger("activityTrigger")}
         self.store = DurableStore(connection_string, task_hub)
@@ -321,7 +322,7 @@ class DurableEngine:
                     "parentInstanceId": inst.parent_instance_id,
                     "upperSchemaVersion": 2,
                 }
-                res = run_orchestrator(fn, context)
+                res = run_orchestrator(self.worker, fn, context)
                 result_state, error = res.state, res.error
             if "customStatus" in result_state:
                 inst.custom_status = json.dumps(result_state["customStatus"])
@@ -435,7 +436,7 @@ class DurableEngine:
             self.log.error("activity %s (%s #%d): no such activity function", name, instance_id, event_id)
             event = h.task_failed(event_id, f"The function '{name}' doesn't exist or is not an activity.", "")
         else:
-            res = run_activity(fn, input_text)
+            res = run_activity(self.worker, fn, input_text)
             event = (
                 h.task_completed(event_id, res.result_text)
                 if res.ok

@@ -296,3 +296,13 @@ def test_start_with_a_running_instance_id_is_refused(client: httpx.Client) -> No
     again = client.post(f"{base}/orchestrators/forever/{instance_id}")  # a finished id may be reused
     assert again.status_code == 202
     client.post(urls["terminatePostUri"].replace("{text}", "done"))
+
+
+def test_activities_go_through_the_worker_converters(client: httpx.Client) -> None:
+    """A custom class crosses the activity boundary both ways; an async activity's failure reaches the orchestrator
+    as the extension words it ("Activity function '<name>' failed: <Type>: <message>")."""
+    status = wait_done(client, start(client, "money", 21))
+    assert status["runtimeStatus"] == "Completed", status
+    out = status["output"]
+    assert out["cents"] == 42 and out["type"] == "Money"
+    assert out["failure"].startswith("Activity function 'boom' failed: RuntimeError: card network down")

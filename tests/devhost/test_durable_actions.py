@@ -6,20 +6,16 @@ back through the SDK's own orchestrator handle, which must resolve every task.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
-from azure.functions._durable_functions import df_dumps, df_loads
 
 from devhost.durable import actions as act
 from devhost.durable import history as h
 from devhost.durable.api import body_to_json_text, history_json
-from devhost.durable.runner import run_activity
 from devhost.durable.store import HistoryRow, InboxItem
-from devhost.loader import FunctionInfo
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -168,51 +164,6 @@ def test_history_json_folds_scheduling_into_results() -> None:
     assert [e["EventType"] for e in shown] == ["ExecutionStarted", "TaskCompleted"]
     assert shown[1]["FunctionName"] == "A" and shown[1]["Result"] == "y"
     assert "Result" not in history_json(events, show_output=False)[1]
-
-
-class Money:
-    """A custom class that travels through activities like the worker carries it."""
-
-    def __init__(self, cents: int) -> None:
-        self.cents = cents
-
-    @staticmethod
-    def to_json(obj: Money) -> dict[str, int]:
-        return {"cents": obj.cents}
-
-    @staticmethod
-    def from_json(data: dict[str, int]) -> Money:
-        return Money(data["cents"])
-
-
-def _activity(fn: Any) -> FunctionInfo:
-    return FunctionInfo(fn.__name__, {"type": "activityTrigger", "name": "money", "direction": "in"}, [], fn)
-
-
-def test_activities_decode_and_encode_custom_classes_like_the_worker() -> None:
-    def double(money: Money) -> Money:
-        assert isinstance(money, Money)
-        return Money(money.cents * 2)
-
-    result = run_activity(_activity(double), df_dumps(Money(21)))
-    assert result.ok
-    envelope = json.loads(result.result_text or "")
-    assert envelope["__class__"] == "Money" and envelope["__data__"] == {"cents": 42}
-    assert df_loads(result.result_text or "").cents == 42
-
-
-def test_async_activities_and_failures() -> None:
-    async def slow(money: dict[str, int]) -> int:
-        await asyncio.sleep(0)
-        return money["cents"] + 1
-
-    def boom(money: Any) -> None:
-        raise RuntimeError("card network down")
-
-    assert run_activity(_activity(slow), '{"cents": 1}').result_text == "2"
-    failed = run_activity(_activity(boom), "null")
-    assert not failed.ok and failed.reason == "Activity function 'boom' failed: RuntimeError: card network down"
-    assert "Traceback" in failed.details
 
 
 def test_episode_selection_drops_duplicates_and_stops_at_retry_steps_and_terminate() -> None:

@@ -39,6 +39,7 @@ READ_BY_THE_HOST: dict[str, str] = {
     "AzureWebJobsStorage__credential": "the host's identity-based storage connection ('managedidentity')",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "the host's telemetry target",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the host sends telemetry with Entra ID (local auth is disabled)",
+    "PYTHON_THREADPOOL_THREAD_COUNT": "the Python worker's thread pool for sync functions (devhost runs that worker)",
 }
 
 # In local.settings.sample.json only: read by the local tooling, not by the deployed app.
@@ -150,3 +151,16 @@ def test_local_sample_uses_only_known_names() -> None:
     sample = json.loads((REPO_ROOT / "local.settings.sample.json").read_text())["Values"]
     unknown = set(sample) - code_setting_names() - set(READ_BY_THE_HOST) - set(LOCAL_ONLY)
     assert not unknown, f"local.settings.sample.json sets names nothing reads: {sorted(unknown)}"
+
+
+def test_the_worker_pool_outnumbers_concurrent_activities() -> None:
+    """Sync activities and HTTP functions share the worker's one thread pool; a charge activity holds a thread
+    while its proxy call waits for another, so the pool must be larger than maxConcurrentActivityFunctions."""
+    main = (REPO_ROOT / "infra" / "main.bicep").read_text()
+    pool = int(re.search(r"PYTHON_THREADPOOL_THREAD_COUNT: '(\d+)'", main).group(1))  # type: ignore[union-attr]
+    activities = json.loads((REPO_ROOT / "host.json").read_text())["extensions"]["durableTask"][
+        "maxConcurrentActivityFunctions"
+    ]
+    sample = json.loads((REPO_ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert pool > activities
+    assert int(sample["PYTHON_THREADPOOL_THREAD_COUNT"]) == pool

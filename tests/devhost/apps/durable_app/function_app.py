@@ -202,3 +202,41 @@ async def flaky(item: dict) -> str:
     if attempt <= item["fail"]:
         raise RuntimeError(f"transient failure on attempt {attempt}")
     return f"ok on attempt {attempt}"
+
+
+class Money:
+    """A custom class crossing the activity boundary (the worker's `__class__`/`__data__` envelope)."""
+
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+    @staticmethod
+    def to_json(obj: Money) -> dict:
+        return {"cents": obj.cents}
+
+    @staticmethod
+    def from_json(data: dict) -> Money:
+        return Money(data["cents"])
+
+
+@app.orchestration_trigger(context_name="context")
+def money(context: df.DurableOrchestrationContext):
+    doubled = yield context.call_activity("double_money", Money(context.get_input()))
+    try:
+        yield context.call_activity("boom", None)
+    except Exception as exc:  # the activity's failure, as the extension reports it
+        return {"cents": doubled.cents, "type": type(doubled).__name__, "failure": str(exc)}
+    return "unreachable"
+
+
+@app.activity_trigger(input_name="money")
+def double_money(money: Money) -> Money:
+    if not isinstance(money, Money):
+        raise TypeError(f"expected Money, got {type(money).__name__}")
+    return Money(money.cents * 2)
+
+
+@app.activity_trigger(input_name="nothing")
+async def boom(nothing: str) -> str:
+    await asyncio.sleep(0)
+    raise RuntimeError("card network down")

@@ -131,7 +131,8 @@ def boom(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="nothing", methods=["DELETE"], auth_level=ANON)
-def nothing(req: func.HttpRequest) -> None:
+def nothing(req: func.HttpRequest):
+    """Returns None: the worker cannot encode that as an HTTP response, so the host answers 500."""
     return None
 
 

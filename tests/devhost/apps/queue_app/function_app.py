@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 
 import azure.functions as func
 
@@ -41,7 +42,8 @@ def work(msg: func.QueueMessage, results: func.Out[str]) -> None:
 
 @app.route(route="enqueue", methods=["POST"])
 @app.queue_output(arg_name="work_items", queue_name="%WORK_QUEUE%", connection="AzureWebJobsStorage")
-def enqueue(req: func.HttpRequest, work_items: func.Out[list[str]]) -> func.HttpResponse:
+def enqueue(req: func.HttpRequest, work_items: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    # typing.List, not list: the worker refuses `Out[list[str]]` as a non-type annotation.
     """Queues one work item per line of the body (a list value sends several messages)."""
     lines = [line for line in req.get_body().decode("utf-8").splitlines() if line]
     work_items.set(lines)
