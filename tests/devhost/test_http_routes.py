@@ -67,11 +67,10 @@ def test_invalid_templates_are_refused(bad: str) -> None:
 
 def _index(*routes: str) -> FunctionIndex:
     functions = {
-        f"fn{i}": FunctionInfo(f"fn{i}", {"type": "httpTrigger", "route": r, "authLevel": "anonymous"}, [],
-                               lambda: None)
+        f"fn{i}": FunctionInfo(f"fn{i}", f"id-{i}", {"type": "httpTrigger", "route": r, "authLevel": "anonymous"}, [])
         for i, r in enumerate(routes)
     }
-    return FunctionIndex(functions, Path("."))
+    return FunctionIndex(functions, Path("."), None)  # type: ignore[arg-type]  # routing never touches the worker
 
 
 def _routed(routes: list[HttpRoute], path: str) -> str | None:
