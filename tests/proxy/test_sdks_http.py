@@ -151,6 +151,7 @@ def test_automatic_idempotency_key_makes_a_retried_create_one_object(stack: Stac
     and the proxy finds the object instead of creating a second. The key turns the proxy's own
     derived keys off, so only the SDK's key can make the retry the same request."""
     key, tag = stack.issue(daily_usd_cap=100, auto_idempotency=False), new_tag()
+    assert stack.describe(key["key_id"])["auto_idempotency"] is False
     forwarded_before = len(stack.fault.forwarded)
     stack.fault.arm("drop_after_forward")
     out, sent = stack.run(sdk, key["vault_key"], "create", amount=2900, tag=tag)
