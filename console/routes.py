@@ -32,12 +32,12 @@ def _error(err: SpendgateError) -> func.HttpResponse:
     return func.HttpResponse(err.to_json(), status_code=err.status, headers=err.headers())
 
 
-@bp.route(route="console", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/console", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def console_page(req: func.HttpRequest) -> func.HttpResponse:
     return _asset_response(page())
 
 
-@bp.route(route="console/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/console/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def console_asset(req: func.HttpRequest) -> func.HttpResponse:
     asset = find_asset(req.route_params.get("name"))
     if asset is None or asset.name == "index.html":
@@ -58,7 +58,7 @@ def _status_dict(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
     }
 
 
-@bp.route(route="billing/runs", methods=["GET"])
+@bp.route(route="api/billing/runs", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 async def list_billing_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """`GET /api/billing/runs?limit=&continuation=`: billing runs, newest first, a page at a time."""

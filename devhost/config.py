@@ -88,7 +88,13 @@ class HostConfig:
 
     @property
     def route_prefix(self) -> str:
-        """HTTP route prefix without slashes; "" means routes sit at the root."""
+        """HTTP route prefix without slashes; "" means routes sit at the root.
+
+        As on Azure: `extensions.http.routePrefix` defaults to `api` and applies to every HTTP
+        route; an empty string removes it ("The route prefix that applies to all routes. Use an
+        empty string to remove the default prefix.", host.json settings in
+        https://learn.microsoft.com/azure/azure-functions/functions-bindings-http-webhook#hostjson-settings).
+        """
         http = self.extensions.get("http") or {}
         return str(http.get("routePrefix", "api")).strip("/")
 

@@ -39,7 +39,11 @@ log = logging.getLogger("devhost")
 
 DURABLE_WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
 DURABLE_RPC_PREFIX = "/durabletask"
-RESERVED_ROUTE_PREFIXES = ("admin", "runtime")  # the host's own APIs live there
+# The Functions host keeps these for itself (`/admin/...` host API, `/runtime/webhooks/...`): a function whose
+# route, before the prefix is added, starts with one is refused ("The specified route conflicts with one or more
+# built in routes."; ScriptHost.ValidateHttpFunction in Azure/azure-functions-host, src/WebJobs.Script/Host/
+# ScriptHost.cs, a plain lowercase StartsWith). Azure puts that function in error; devhost refuses to start.
+RESERVED_ROUTE_PREFIXES = ("admin", "runtime")
 ALL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -66,7 +70,12 @@ class RouteConflict(ValueError):
 
 
 def build_routes(index: FunctionIndex, route_prefix: str) -> list[HttpRoute]:
-    """The app's HTTP routes, most specific first (ASP.NET precedence, then template text)."""
+    """The app's HTTP routes, most specific first (ASP.NET precedence, then template text).
+
+    Each route is `<route_prefix>/<route>`, or the route alone when the prefix is empty, exactly as
+    the host builds it (`WebJobsRouteBuilder.BuildRouteTemplate` in Azure/azure-webjobs-sdk-extensions);
+    a function without a route is routed at its name.
+    """
     routes = []
     for fn in index.of_trigger("httpTrigger"):
         route = str(fn.trigger.get("route") or fn.name).strip("/")

@@ -43,7 +43,7 @@ def run_links(request_url: str, instance_id: str) -> dict[str, str]:
     return {"id": instance_id, "status_url": base, "stop_url": f"{base}/stop", "spend_url": f"{base}/spend"}
 
 
-@bp.route(route="billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
@@ -66,7 +66,7 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
     )
 
 
-@bp.route(route="billing/runs/{instance_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs/{instance_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
@@ -75,7 +75,7 @@ async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestration
         return _error(exc)
 
 
-@bp.route(route="billing/runs/{instance_id}/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs/{instance_id}/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
@@ -84,7 +84,7 @@ async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestratio
         return _error(exc)
 
 
-@bp.route(route="billing/runs/{instance_id}/spend", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="api/billing/runs/{instance_id}/spend", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def get_billing_run_spend(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:

@@ -4,7 +4,8 @@ Starts (or reuses, when already listening) Azurite on 10000–10002 with its dat
 `.local/azurite/`, and localstripe on 8420; seeds five demo customers on plan `pro`
 unless they exist; writes `local.settings.json` from the sample if missing; then runs
 the app with `func start` where Core Tools are installed, else with devhost, waits for
-`GET /api/health` to answer 200 and prints what runs where. Ctrl-C stops every process
+`GET /api/health` to answer 200 and prints what runs where, with a curl, a stripe-node and a
+stripe-python example against the proxy at Stripe's own paths (`/v1/...`). Ctrl-C stops every process
 this script started (reused ones keep running). Running it again is safe.
 """
 
@@ -144,10 +145,22 @@ spendgate is running locally
 
 Try it:
   # 1. issue a vault key (capped at $50/day, payment intents only)
-  VK=$({issue} | python3 -c 'import json,sys; print(json.load(sys.stdin)["vault_key"])')
-  # 2. charge $12 through the governed proxy with that key (Stripe's own API shape)
-  curl -s {base}/api/stripe/v1/payment_intents -u "$VK:" -H 'Idempotency-Key: demo-1' \\
+  export VK=$({issue} | python3 -c 'import json,sys; print(json.load(sys.stdin)["vault_key"])')
+  # 2. charge $12 through the governed proxy with that key: Stripe's own API at this host (/v1/...)
+  curl -s {base}/v1/payment_intents -u "$VK:" -H 'Idempotency-Key: demo-1' \\
        -d amount=1200 -d currency=usd -d confirm=true -d payment_method=pm_card_visa
+  # 3. the same with the official SDKs, unchanged but for the key and where the app is
+  #    Node (npm stripe; from this checkout, where `make setup` installed it):
+  node --input-type=module -e "import Stripe from 'stripe';
+    const stripe = new Stripe(process.env.VK, {{host: 'localhost', port: {port}, protocol: 'http'}});
+    const pi = await stripe.paymentIntents.create({{amount: 1300, currency: 'usd', confirm: true,
+      payment_method: 'pm_card_visa'}});
+    console.log(pi.id, pi.status);"
+  #    Python (pip stripe):
+  .venv/bin/python -c "import os, stripe; \\
+    client = stripe.StripeClient(os.environ['VK'], base_addresses={{'api': '{base}'}}); \\
+    pi = client.v1.payment_intents.create(params={{'amount': 1400, 'currency': 'usd', 'confirm': True, \\
+      'payment_method': 'pm_card_visa'}}); print(pi.id, pi.status)"
 
 Press Ctrl-C to stop everything this command started.
 """
