@@ -2,21 +2,25 @@
 
 - `POST /api/billing/runs` → 202 with Durable's check-status payload
 - `GET  /api/billing/runs/{instance_id}` → status, progress and output
-- `POST /api/billing/runs/{instance_id}/stop` → revoke the run's keys, then terminate
+- `POST /api/billing/runs/{instance_id}/stop` → mark the run stopped, revoke its keys, then terminate
 - `GET  /api/billing/runs/{instance_id}/spend` → the run's spend from the audit log
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from billing import runs
+from billing.plan import warnings
 from billing.request import parse_run_request
+from billing.table import StopMarks, stop_marks
 from core.errors import SpendgateError
+from core.runtime import runtime
 from proxy.vault import vault_service
 
 bp = df.Blueprint()
@@ -30,6 +34,20 @@ def _error(exc: SpendgateError) -> func.HttpResponse:
     return func.HttpResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
+def _marks() -> StopMarks:
+    rt = runtime()
+    return stop_marks(rt.tables, rt.settings)
+
+
+def _with_warnings(resp: func.HttpResponse, warned: list[dict[str, Any]]) -> func.HttpResponse:
+    """Durable's check-status answer plus what is odd about the run (`warnings`)."""
+    body = json.loads(resp.get_body() or b"{}")
+    body["warnings"] = warned
+    headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+    return func.HttpResponse(json.dumps(body), status_code=resp.status_code, headers=headers,
+                             mimetype="application/json")
+
+
 @bp.route(route="billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
@@ -39,10 +57,10 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
         except ValueError:
             raise SpendgateError("body_invalid", "the body must be JSON") from None
         run, instance_id = parse_run_request(body)
-        instance_id = await runs.start_run(client, run, instance_id, vault_service())
+        instance_id = await runs.start_run(client, run, instance_id, vault_service(), _marks())
     except SpendgateError as exc:
         return _error(exc)
-    return client.create_check_status_response(req, instance_id)
+    return _with_warnings(client.create_check_status_response(req, instance_id), warnings(run))
 
 
 @bp.route(route="billing/runs/{instance_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -58,7 +76,11 @@ async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestration
 @bp.durable_client_input(client_name="client")
 async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
-        return _json(await runs.stop_run(client, vault_service(), req.route_params["instance_id"]))
+        return _json(
+            await runs.stop_run(
+                client, vault_service(), req.route_params["instance_id"], _marks(), datetime.now(UTC)
+            )
+        )
     except SpendgateError as exc:
         return _error(exc)
 

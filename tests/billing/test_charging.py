@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from billing.charging import TransientChargeError, charge_customer, fetch_customers
-from billing.payloads import ChargeItem, ChargeRequest, CustomerQuery, Endpoint, FetchRequest, ItemOutcome
+from billing import charging
+from billing.charging import TransientChargeError, fetch_customers
+from billing.claims import Claim, Identity, Owner, Verdict
+from billing.payloads import ChargeItem, ChargeRequest, CustomerQuery, Endpoint, FetchRequest, ItemOutcome, ItemResult
 from proxy.client import ProxyClient
 
 BASE = "http://proxy.test/api/stripe"
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+class MemoryClaims:
+    """Claims that always let the caller charge (or answer `verdict`), recording settlements."""
+
+    def __init__(self, verdict: Verdict = Verdict.PROCEED, object_id: str | None = None) -> None:
+        self.verdict, self.object_id = verdict, object_id
+        self.claimed: list[tuple[Identity, Owner]] = []
+        self.settled: list[tuple[Identity, bool, str | None]] = []
+
+    def claim(self, identity: Identity, owner: Owner, amount_cents: int, now: datetime) -> Claim:
+        self.claimed.append((identity, owner))
+        holder = owner if self.verdict is Verdict.PROCEED else Owner("other", "other-0", "azure-durable/other")
+        return Claim(self.verdict, holder, self.object_id)
+
+    def settle(
+        self, identity: Identity, owner: Owner, *, moved_money: bool, object_id: str | None, now: datetime
+    ) -> None:
+        self.settled.append((identity, moved_money, object_id))
+
+
+def charge_customer(client: ProxyClient, request: ChargeRequest, claims: MemoryClaims | None = None) -> ItemResult:
+    return charging.charge_customer(client, request, claims or MemoryClaims(), NOW)
 
 
 def client(handler: Callable[[httpx.Request], httpx.Response]) -> ProxyClient:

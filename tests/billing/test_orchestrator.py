@@ -143,6 +143,7 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
         "spent_cents": 580000,
         "cap_cents": 580000,
         "stopped": None,
+        "warnings": [],
     }
 
 
@@ -205,7 +206,7 @@ def test_customers_by_query_use_a_read_only_key_and_the_fetched_list() -> None:
     output, ctx = run(world, request)
     issue_calls = ctx.activity_calls(orch.ISSUE_KEY)
     assert [c.input["role"] for c in issue_calls] == ["charge", "customers"]
-    assert issue_calls[1].input["allowed_endpoints"] == ["GET /v1/customers", "GET /v1/customers/*"]
+    assert issue_calls[1].input["allowed_endpoints"] == ["GET /v1/customers", "GET /v1/customers/*", "GET /v1/payment_methods"]
     assert output["counts"]["charged"] == 75
     assert output["key_ids"] == {"charge": "key0", "customers": "key1"}
     charged = {i["customer_id"] for i in output["items"]}
