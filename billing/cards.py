@@ -121,8 +121,15 @@ def _checked(result: ProxyResult) -> ProxyResult:
 
 
 def only_card(reader: Reader, customer_id: str, currency: str | None = None) -> CardChoice:
-    """Step 4: the customer's single attached card PaymentMethod, if there is exactly one."""
-    listed = _checked(reader.get("/v1/payment_methods", {"customer": customer_id, "type": "card", "limit": 3}))
+    """Step 4: the customer's single attached card PaymentMethod, if there is exactly one.
+
+    A key whose allowlist lacks `GET /v1/payment_methods` (an older audit key) skips the step.
+    """
+    answer = reader.get("/v1/payment_methods", {"customer": customer_id, "type": "card", "limit": 3})
+    if answer.outcome is Outcome.FORBIDDEN:
+        return no_card(CardCode.NO_PAYMENT_METHOD, "the customer has no default payment method (and this key may "
+                       "not list its cards: allow GET /v1/payment_methods)", currency)
+    listed = _checked(answer)
     cards = [pm for pm in (listed.body.get("data") or []) if isinstance(pm, Mapping) and _text(pm.get("id"))]
     if listed.outcome is Outcome.SUCCEEDED and len(cards) == 1:
         return CardChoice(str(cards[0]["id"]), CardSource.ONLY_CARD, currency=currency)

@@ -195,7 +195,9 @@ def interpret(request: ChargeRequest, answer: ProxyResult) -> ItemResult:
 
 
 def _result(request: ChargeRequest, outcome: ItemOutcome, **extra: Any) -> ItemResult:
-    return ItemResult(request.item_index, request.item.customer_id, request.item.amount_cents, outcome, **extra)
+    item = request.item
+    return ItemResult(request.item_index, item.customer_id, item.amount_cents, outcome, card_source=item.card_source,
+                      **extra)
 
 
 class TransientFetchError(RuntimeError):

@@ -335,6 +335,7 @@ class ItemResult:
     code: str | None = None
     reason: str | None = None  # for skipped items: the outcome that stopped the run; else a message
     replayed: bool = False
+    card_source: str | None = None  # how the card was chosen (`billing.cards.CardSource`)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "outcome": str(self.outcome)}
@@ -350,6 +351,7 @@ class ItemResult:
             code=data.get("code"),
             reason=data.get("reason"),
             replayed=bool(data.get("replayed", False)),
+            card_source=data.get("card_source"),
         )
 
 

@@ -4,6 +4,8 @@
 - `GET  /api/billing/runs/{instance_id}` → status, progress and output
 - `POST /api/billing/runs/{instance_id}/stop` → mark the run stopped, revoke its keys, then terminate
 - `GET  /api/billing/runs/{instance_id}/spend` → the run's spend from the audit log
+- `POST /api/billing/charges` (vault key, no function key) → a payment intent charged once
+  per customer, billing period and purpose (`billing.once`; the agent tools use it)
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from billing import runs
+from activities.billing import proxy_http
+from billing import once, runs
 from billing.plan import warnings
 from billing.request import parse_run_request
-from billing.table import StopMarks, stop_marks
+from billing.table import StopMarks, charge_claims, stop_marks
 from core.errors import SpendgateError
 from core.runtime import runtime
+from proxy.client import ProxyClient
+from proxy.keys import key_from_headers
+from proxy.store import LedgerStore
 from proxy.vault import vault_service
 
 bp = df.Blueprint()
@@ -92,3 +98,32 @@ async def get_billing_run_spend(req: func.HttpRequest, client: df.DurableOrchest
         return _json(await runs.run_spend(client, vault_service(), req.route_params["instance_id"]))
     except SpendgateError as exc:
         return _error(exc)
+
+
+@bp.route(route="billing/charges", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def charge_once(req: func.HttpRequest) -> func.HttpResponse:
+    """Authenticated by the caller's vault key (like the proxy), not by a function key."""
+    rt = runtime()
+    headers = {k.lower(): v for k, v in req.headers.items()}
+
+    def poster(vault_key: str) -> ProxyClient:
+        # No retries here: the caller's own client retries the whole call with the same key.
+        return ProxyClient(rt.settings.proxy_url, vault_key, http=proxy_http(), max_retries=0)
+
+    try:
+        answer = once.charge_once(
+            LedgerStore(rt.tables, rt.settings),
+            charge_claims(rt.tables, rt.settings),
+            poster,
+            key_from_headers(headers),
+            headers.get("idempotency-key"),
+            req.get_body() or b"",
+            datetime.now(UTC),
+        )
+    except SpendgateError as exc:
+        return _error(exc)
+    out_headers = {"Stripe-Should-Retry": "true" if answer.retryable else "false"}
+    if answer.replayed:
+        out_headers["Idempotent-Replayed"] = "true"
+    return func.HttpResponse(json.dumps(answer.body), status_code=answer.status, headers=out_headers,
+                             mimetype="application/json")
