@@ -101,8 +101,9 @@ async def describe_run(client: DurableClient, instance_id: str, vault: Vault | N
     if vault is not None and not isinstance(status.output, dict) and _status_name(status) in _FINISHED:
         full = await client.get_status(instance_id, show_history=True, show_history_output=True, show_input=True)
         reason = "stopped" if _status_name(status) == "Terminated" else str(_status_name(status)).lower()
-        items = accounted_items(vault, instance_id, getattr(full, "input_", None), getattr(full, "history", None),
-                                reason)
+        # The status API names the list `historyEvents`; the SDK keeps unknown fields as attributes.
+        history = getattr(full, "history", None) or getattr(full, "historyEvents", None)
+        items = accounted_items(vault, instance_id, getattr(full, "input_", None), history, reason)
         described["items"] = [i.to_dict() for i in items]
         described["items_source"] = "history+audit"
         custom = status.custom_status if isinstance(status.custom_status, Mapping) else {}
