@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -106,12 +107,12 @@ def test_1_modern_legacy_and_only_card_customers_are_charged_with_their_own_card
             "customer_query": {"metadata": {"plan": plan}, "amount_cents": 2900}}
     items = by_customer(finish(app_stack, body))
     for c in modern:
-        assert (items[c]["outcome"], items[c]["card_source"]) == ("charged", "default_payment_method"), items[c]
+        assert (items[c]["outcome"], items[c].get("card_source")) == ("charged", "default_payment_method"), items[c]
         assert [pi["payment_method"] for pi in intents(app_stack, c)] == [
             defaults[c]["invoice_settings"]["default_payment_method"]]
-    assert (items[legacy]["outcome"], items[legacy]["card_source"]) == ("charged", "default_source")
+    assert (items[legacy]["outcome"], items[legacy].get("card_source")) == ("charged", "default_source")
     assert [pi["payment_method"] for pi in intents(app_stack, legacy)] == [defaults[legacy]["default_source"]]
-    assert (items[only_card]["outcome"], items[only_card]["card_source"]) == ("charged", "only_card")
+    assert (items[only_card]["outcome"], items[only_card].get("card_source")) == ("charged", "only_card")
     assert [pi["payment_method"] for pi in intents(app_stack, only_card)] == [only]
     # Two cards and no default: nothing is guessed.
     assert (items[two_cards]["outcome"], items[two_cards]["code"]) == ("invalid", "no_payment_method")
@@ -128,10 +129,11 @@ def test_1_modern_legacy_and_only_card_customers_are_charged_with_their_own_card
 def test_2_a_second_run_or_an_agent_bills_nobody_already_billed_for_the_period(app_stack: AppStack) -> None:
     plan = unique_plan("once")
     with stripe(app_stack) as client:
-        customers = [create_customer(client, name=f"once {i}", plan=plan) for i in range(3)]
+        customers = [create_customer(client, name=f"once {i}", plan=plan, shape=LEGACY) for i in range(3)]
     first = by_customer(finish(app_stack, listed(customers, "2026-09")))
     second = finish(app_stack, listed(customers, "2026-09"))
-    assert second["counts"]["already_charged"] == 3 and second["spent_cents"] == 0
+    assert {c: len(v) for c, v in paid(app_stack, customers).items()} == dict.fromkeys(customers, 1)
+    assert second["counts"].get("already_charged") == 3 and second["spent_cents"] == 0
     for item in second["items"]:
         assert item["object_id"] == first[item["customer_id"]]["object_id"] and item["code"] == "already_charged"
     assert {c: len(v) for c, v in paid(app_stack, customers).items()} == dict.fromkeys(customers, 1)
@@ -156,7 +158,7 @@ def test_2_a_second_run_or_an_agent_bills_nobody_already_billed_for_the_period(a
 def test_2_two_runs_racing_for_the_same_customers_charge_each_once(app_stack: AppStack) -> None:
     plan = unique_plan("race")
     with stripe(app_stack) as client:
-        customers = [create_customer(client, name=f"race {i}", plan=plan) for i in range(3)]
+        customers = [create_customer(client, name=f"race {i}", plan=plan, shape=LEGACY) for i in range(3)]
     ids: list[str] = []
     threads = [threading.Thread(target=lambda: ids.append(
         start_run(app_stack.url, app_stack.admin_headers, listed(customers, "2026-11")))) for _ in range(2)]
@@ -167,7 +169,7 @@ def test_2_two_runs_racing_for_the_same_customers_charge_each_once(app_stack: Ap
     outs = [wait_until(app_stack.url, app_stack.admin_headers, i)["output"] for i in ids]
     assert {c: len(v) for c, v in paid(app_stack, customers).items()} == dict.fromkeys(customers, 1)
     assert sum(o["counts"]["charged"] for o in outs) == 3
-    assert sum(o["counts"]["already_charged"] for o in outs) == 3
+    assert sum(o["counts"].get("already_charged", 0) for o in outs) == 3
 
 
 # --- 3. a customer listed twice -------------------------------------------------------------
@@ -175,7 +177,7 @@ def test_2_two_runs_racing_for_the_same_customers_charge_each_once(app_stack: Ap
 
 def test_3_a_customer_listed_twice_is_refused_unless_the_purposes_differ(app_stack: AppStack) -> None:
     with stripe(app_stack) as client:
-        c0, c1 = (create_customer(client, name=f"twice {i}", plan=unique_plan("twice")) for i in range(2))
+        c0, c1 = (create_customer(client, name=f"twice {i}", plan=unique_plan("twice"), shape=LEGACY) for i in range(2))
     refused = httpx.post(f"{app_stack.url}/api/billing/runs", headers=app_stack.admin_headers, timeout=30,
                          json=listed([c0, c1, c0]))
     assert refused.status_code == 400, refused.text
@@ -235,24 +237,28 @@ def test_6_stop_racing_start_50_times_leaves_no_active_key(app_stack: AppStack) 
     body = listed(customers, "2026-06")  # no card given: the run also mints its read key
     run_ids = [f"race19-{uuid.uuid4().hex[:8]}-{n}" for n in range(50)]
     headers = app_stack.admin_headers
-    with httpx.Client(base_url=app_stack.url, headers=headers, timeout=30) as http:
-        for run_id in run_ids:
+
+    def start_then_stop(run_id: str) -> None:
+        with httpx.Client(base_url=app_stack.url, headers=headers, timeout=30) as http:
             assert http.post("/api/billing/runs", json={**body, "instance_id": run_id}).status_code == 202
             stopped = http.post(f"/api/billing/runs/{run_id}/stop")
             assert stopped.status_code == 200, stopped.text
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(start_then_stop, run_ids))
     labels = [label for r in run_ids for label in (f"azure-durable/{r}", f"azure-durable/{r}/customers")]
     deadline = time.monotonic() + 90
     while any(get_run(app_stack.url, headers, r)["runtime_status"] not in FINISHED for r in run_ids):
         assert time.monotonic() < deadline, "runs still running after their stop"
         time.sleep(0.5)
-    # An activity dispatched before the stop may still be minting: wait until the key count is
-    # stable (three equal looks), then no key of any stopped run may be active.
-    looks: list[int] = []
-    while len(looks) < 3 or len(set(looks[-3:])) > 1:
+    # An activity dispatched before the stop may still be minting: look until two looks in a
+    # row agree; then no key of any stopped run may be active.
+    looks = [_active_keys(app_stack, labels)]
+    while len(looks) < 2 or looks[-1] != looks[-2]:
         assert time.monotonic() < deadline
-        looks.append(len(_active_keys(app_stack, labels)))
         time.sleep(0.5)
-    assert _active_keys(app_stack, labels) == []
+        looks.append(_active_keys(app_stack, labels))
+    assert looks[-1] == []
 
 
 # --- 7. a stopped run accounts for every customer ---------------------------------------------
@@ -261,7 +267,7 @@ def test_6_stop_racing_start_50_times_leaves_no_active_key(app_stack: AppStack) 
 def test_7_a_stopped_run_lists_every_customer_and_matches_stripe(app_stack: AppStack) -> None:
     plan = unique_plan("account")
     with stripe(app_stack) as client:
-        customers = {create_customer(client, name=f"account {i}", plan=plan) for i in range(40)}
+        customers = {create_customer(client, name=f"account {i}", plan=plan, shape=LEGACY) for i in range(40)}
     base, headers = app_stack.url, app_stack.admin_headers
     body = {"billing_period": "2026-06", "budget_usd": 5000, "max_parallel": 4,
             "customer_query": {"metadata": {"plan": plan}, "amount_cents": 2900}}
@@ -328,9 +334,10 @@ def test_8_deleted_missing_and_declined_customers_get_true_reasons(
     app_stack: AppStack, real_shaped_stack: Service
 ) -> None:
     with stripe(app_stack) as client:
-        good = create_customer(client, name="good", plan=unique_plan("reasons"))
-        declining = create_customer(client, name="declines", plan=unique_plan("reasons"), card=DECLINING_CARD)
-        deleted = create_customer(client, name="deleted", plan=unique_plan("reasons"))
+        good = create_customer(client, name="good", plan=unique_plan("reasons"), shape=LEGACY)
+        declining = create_customer(client, name="declines", plan=unique_plan("reasons"), card=DECLINING_CARD,
+                                    shape=LEGACY)
+        deleted = create_customer(client, name="deleted", plan=unique_plan("reasons"), shape=LEGACY)
         client.delete(f"/v1/customers/{deleted}").raise_for_status()
     DELETED.add(deleted)
     out = finish(app_stack, listed([good, declining, deleted, "cus_doesnotexist19"]), base=real_shaped_stack.url)
@@ -352,7 +359,7 @@ def test_8_odd_runs_are_warned_before_charging(app_stack: AppStack) -> None:
     nobody = {"billing_period": "2026-06", "budget_usd": 100,
               "customer_query": {"metadata": {"plan": unique_plan("nobody")}, "amount_cents": 2900}}
     out = finish(app_stack, nobody)
-    assert [w["code"] for w in out["warnings"]] == ["no_customers"] and out["total"] == 0
+    assert [w["code"] for w in out.get("warnings", [])] == ["no_customers"] and out["total"] == 0
 
     with stripe(app_stack) as client:
         customers = [create_customer(client, name=f"poor {i}", plan=unique_plan("poor")) for i in range(2)]
