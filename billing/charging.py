@@ -139,6 +139,8 @@ def charge_customer(client: ProxyCaller, request: ChargeRequest, claims: Claims,
             reason=f"{identity.customer_id} was already charged for {identity.billing_period}"
             f"{' (' + identity.purpose + ')' if identity.purpose else ''} by {holder}; nothing was billed",
         )
+    if claim.mine and claim.object_id:  # this very item charged before (a retry): nothing to send
+        return _result(request, ItemOutcome.CHARGED, object_id=claim.object_id, replayed=True)
     answer = client.post(f"/v1/{request.endpoint}", charge_params(request), idempotency_key=request.idempotency_key)
     result = interpret(request, answer)  # raises on a transient fault: the claim stays for the retry
     claims.settle(identity, owner, moved_money=_moved_money(answer), object_id=result.object_id, now=now)

@@ -23,11 +23,14 @@ bill a customer once between them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
+
+from azure.core.exceptions import AzureError
 
 from billing.charging import Claims
 from billing.claims import MONEY_MAY_MOVE, Identity, Owner, Verdict
@@ -38,6 +41,7 @@ from proxy.policy import Endpoint
 from proxy.store import KeyRecord
 
 CHARGE_PATH = "/v1/payment_intents"
+log = logging.getLogger("spendgate.billing")
 
 
 class Keys(Protocol):
@@ -140,5 +144,8 @@ def charge_once(
     result = poster(vault_key or "").post(CHARGE_PATH, form, idempotency_key=idempotency_key)
     if result.outcome is not Outcome.TRANSIENT:  # transient: the claim stays for the same owner's retry
         moved = result.outcome is Outcome.SUCCEEDED and result.body.get("status") in MONEY_MAY_MOVE
-        claims.settle(identity, owner, moved_money=moved, object_id=result.object_id, now=now)
+        try:
+            claims.settle(identity, owner, moved_money=moved, object_id=result.object_id, now=now)
+        except AzureError:  # the charge's answer stands; the next claimer settles from the proxy's record
+            log.warning("could not settle the claim of %s (key %s)", identity.customer_id, owner.key_id)
     return Answer(result.status or 502, result.body, replayed=result.replayed, retryable=result.retryable)

@@ -112,6 +112,8 @@ class RunPlan:
         size = self.batch_size
         if self.run.purpose:  # the run's purpose for every item that names none (the charge identity)
             items = [i if i.purpose else replace(i, purpose=self.run.purpose) for i in items]
+        # A card the caller named is charged as named (also when no customer had to be read).
+        items = [replace(i, card_source="explicit") if i.payment_method and not i.card_source else i for i in items]
         for start in range(0, len(items), size):
             yield BatchRequest(
                 orchestration_id=self.instance_id,

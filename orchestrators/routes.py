@@ -16,6 +16,7 @@ from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
+from azure.core.exceptions import AzureError
 
 from activities.billing import proxy_http
 from billing import once, runs
@@ -122,6 +123,8 @@ def charge_once(req: func.HttpRequest) -> func.HttpResponse:
         )
     except SpendgateError as exc:
         return _error(exc)
+    except AzureError:  # the billing or ledger table is unreachable: nothing was charged, retry
+        return _error(SpendgateError("governance_unavailable"))
     out_headers = {"Stripe-Should-Retry": "true" if answer.retryable else "false"}
     if answer.replayed:
         out_headers["Idempotent-Replayed"] = "true"
