@@ -397,7 +397,8 @@ def charge_stripe(customer_id: str, amount_cents: int, billing_period: str, invo
     """Bill a customer ONCE for a billing period; only when the current message asks to bill (never to look something up).
 
     Repeating the same customer, amount and billing period never charges twice: it returns the
-    existing payment with "replayed": true.
+    existing payment with "replayed": true. A customer already billed for the period (by a billing
+    run or an earlier call, whatever the amount) is not charged again: the answer is already_charged.
 
     :param customer_id: The Stripe customer id, e.g. cus_123.
     :param amount_cents: The amount in US cents, e.g. 2900 for $29.00.
