@@ -7,7 +7,7 @@ dependencies (`DurableOrchestrationClient`, `VaultService`) as arguments.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -76,7 +76,13 @@ async def start_run(
     return await client.start_new(ORCHESTRATOR, instance_id, run.to_dict())
 
 
-async def describe_run(client: DurableClient, instance_id: str, vault: Vault | None = None) -> dict[str, Any]:
+# (key id, idempotency key) -> the payment intent a declined request's stored answer names
+DeclineLookup = Callable[[str, str], str | None]
+
+
+async def describe_run(
+    client: DurableClient, instance_id: str, vault: Vault | None = None, declines: DeclineLookup | None = None
+) -> dict[str, Any]:
     """Status, progress (the custom status) and output of a run; 404 if there is none.
 
     A run that ended without its summary (stopped, where Durable's output is the reason, or
@@ -84,7 +90,8 @@ async def describe_run(client: DurableClient, instance_id: str, vault: Vault | N
     from history (the input, or the `fetch_customers` result), the outcomes of finished
     batches from history, the batch cut off by the stop from the proxy's audit log, and
     every customer never attempted is `skipped: stopped`. Its `progress` is recounted from
-    those items, so it matches Stripe rather than the last custom status.
+    those items, so it matches Stripe rather than the last custom status. `declines` finds
+    the payment intent of an audited decline (the audit row holds no object for a 402).
     """
     status = await _existing(client, instance_id)
     if status is None:
@@ -103,7 +110,7 @@ async def describe_run(client: DurableClient, instance_id: str, vault: Vault | N
         reason = "stopped" if _status_name(status) == "Terminated" else str(_status_name(status)).lower()
         # The status API names the list `historyEvents`; the SDK keeps unknown fields as attributes.
         history = getattr(full, "history", None) or getattr(full, "historyEvents", None)
-        items = accounted_items(vault, instance_id, getattr(full, "input_", None), history, reason)
+        items = accounted_items(vault, instance_id, getattr(full, "input_", None), history, reason, declines)
         described["items"] = [i.to_dict() for i in items]
         described["items_source"] = "history+audit"
         custom = status.custom_status if isinstance(status.custom_status, Mapping) else {}
@@ -191,7 +198,12 @@ def _audited(vault: Vault, instance_id: str) -> dict[int, Mapping[str, Any]]:
 
 
 def accounted_items(
-    vault: Vault, instance_id: str, run_input: Any = None, history: Sequence[Any] | None = None, reason: str = "stopped"
+    vault: Vault,
+    instance_id: str,
+    run_input: Any = None,
+    history: Sequence[Any] | None = None,
+    reason: str = "stopped",
+    declines: DeclineLookup | None = None,
 ) -> list[ItemResult]:
     """One result per customer of a run that ended without its summary (see `describe_run`)."""
     items = run_items(run_input, history)
@@ -208,9 +220,12 @@ def accounted_items(
             row = audited[index]
             outcome = _audit_outcome(row)
             decision = row.get("decision")
+            object_id = row.get("stripe_object_id")
+            if outcome is ItemOutcome.DECLINED and not object_id and declines is not None:
+                object_id = declines(str(row.get("key_id") or ""), str(row.get("idempotency_key") or ""))
             results.append(ItemResult(
                 index, customer, int(row.get("amount") or amount), outcome,
-                object_id=row.get("stripe_object_id"),
+                object_id=object_id,
                 code=None if decision in ("forwarded", "replayed") else decision,
                 reason=f"from the audit log ({row.get('time')})",
             ))

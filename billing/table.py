@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
 
+from billing.charging import declined_object_id
 from billing.claims import Attempt, ChargeClaims
 from core.settings import Settings
 from proxy.store import LedgerStore, idem_row_key
@@ -90,6 +91,17 @@ class LedgerRecords:
                 doc = {}
             intent_status = doc.get("status") if isinstance(doc, dict) and isinstance(doc.get("status"), str) else None
         return Attempt(record.state, record.status_code, record.object_id, intent_status)
+
+    def declined_object_id(self, key_id: str, idempotency_key: str) -> str | None:
+        """The payment intent (else charge) a declined request's stored answer names."""
+        record = self.store.read_idem(key_id, idem_row_key(idempotency_key)) if key_id and idempotency_key else None
+        if record is None or record.state != "completed" or record.status_code != 402 or not record.body:
+            return None
+        try:
+            doc = json.loads(record.body)
+        except ValueError:
+            return None
+        return declined_object_id(doc) if isinstance(doc, dict) else None
 
     def key_can_send(self, key_id: str, now: datetime) -> bool:
         key = self.store.read_key(key_id) if key_id else None

@@ -22,7 +22,7 @@ from activities.billing import proxy_http
 from billing import once, runs
 from billing.plan import warnings
 from billing.request import parse_run_request
-from billing.table import StopMarks, charge_claims, stop_marks
+from billing.table import LedgerRecords, StopMarks, charge_claims, stop_marks
 from core.errors import SpendgateError
 from core.runtime import runtime
 from proxy.client import ProxyClient
@@ -74,7 +74,9 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
 @bp.durable_client_input(client_name="client")
 async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     try:
-        return _json(await runs.describe_run(client, req.route_params["instance_id"], vault_service()))
+        rt = runtime()
+        declines = LedgerRecords(LedgerStore(rt.tables, rt.settings)).declined_object_id
+        return _json(await runs.describe_run(client, req.route_params["instance_id"], vault_service(), declines))
     except SpendgateError as exc:
         return _error(exc)
 

@@ -149,12 +149,14 @@ def test_a_stopped_run_lists_its_items_from_the_audit_log() -> None:
     ]
     vault = AuditedVault(rows)
     vault.issue_in_app({"label": "azure-durable/r1"})
-    described = asyncio.run(runs.describe_run(FakeClient([], {"r1": "Terminated"}), "r1", vault))
+    declines = {"r1-2": "pi_declined"}  # what the proxy's stored answer to the decline names
+    described = asyncio.run(runs.describe_run(FakeClient([], {"r1": "Terminated"}), "r1", vault,
+                                              lambda key_id, idem: declines.get(idem)))
     assert described["items_source"] == "history+audit"
     assert [(i["item_index"], i["outcome"], i["object_id"], i["code"]) for i in described["items"]] == [
         (0, "charged", "pi_1", None),
         (1, "revoked", None, "vault_key_revoked"),
-        (2, "declined", None, None),
+        (2, "declined", "pi_declined", None),
     ]
     assert described["progress"]["counts"] == {"charged": 1, "revoked": 1, "declined": 1}
     assert described["items"][0]["customer_id"] == "cus_1"  # from the run's input
