@@ -24,6 +24,9 @@ with a `Stripe-Should-Retry` header telling clients whether a retry is safe.
     policy_invalid              400     invalid_request_error   false
     not_found                   404     invalid_request_error   false
     run_exists                  409     invalid_request_error   false
+    duplicate_customers         400     invalid_request_error   false
+    already_charged             409     invalid_request_error   false
+    charge_in_progress          409     invalid_request_error   true
     idempotency_key_in_use      409     invalid_request_error   true
     idempotency_error           400     idempotency_error       false
     upstream_unavailable        502     api_error               true
@@ -71,6 +74,12 @@ CATALOG: dict[str, ErrorKind] = {
         ErrorKind("policy_invalid", 400, _INVALID, False, "The key policy or request body is invalid (see `param`)."),
         ErrorKind("not_found", 404, _INVALID, False, "No such key, run or resource."),
         ErrorKind("run_exists", 409, _INVALID, False, "A billing run with this instance id already exists."),
+        ErrorKind("duplicate_customers", 400, _INVALID, False,
+                  "A run lists one customer twice for one charge identity (see `param` and the message)."),
+        ErrorKind("already_charged", 409, _INVALID, False,
+                  "This customer was already charged for this billing period and purpose; nothing was billed."),
+        ErrorKind("charge_in_progress", 409, _INVALID, True,
+                  "Another run or agent is charging this customer for this period right now; retry shortly."),
         ErrorKind("idempotency_key_in_use", 409, _INVALID, True, "A request with this Idempotency-Key is still in flight."),
         ErrorKind("idempotency_error", 400, "idempotency_error", False, "This Idempotency-Key was used with different parameters."),
         ErrorKind("upstream_unavailable", 502, "api_error", True, "Stripe could not be reached or answered ambiguously."),

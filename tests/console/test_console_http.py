@@ -53,7 +53,8 @@ def test_run_list_pages_newest_first_without_per_item_results(app_stack: AppStac
     older = start_run(app_stack.url, app_stack.admin_headers, body)
     wait_until(app_stack.url, app_stack.admin_headers, older)
     time.sleep(1.1)  # the Durable host reports created times to the second
-    newer = start_run(app_stack.url, app_stack.admin_headers, body)
+    # The next month: a customer is charged once per billing period (and purpose).
+    newer = start_run(app_stack.url, app_stack.admin_headers, {**body, "billing_period": "2026-07"})
     wait_until(app_stack.url, app_stack.admin_headers, newer)
 
     seen: list[dict] = []
