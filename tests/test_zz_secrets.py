@@ -50,9 +50,9 @@ for _name in ("spendgate", "devhost", "httpx", "proxy"):
 SYSTEM_KEY = host_keys({}).durabletask  # the Durable extension's system key (devhost's default, as in the tests)
 
 
-def _leaks(text: str) -> list[str]:
+def _leaks(text: str, *, system_key: bool = True) -> list[str]:
     found = [f"stripe secret at {i}" for i in [text.find(STRIPE_TEST_SECRET)] if i >= 0]
-    found += [f"durable system key at {i}" for i in [text.find(SYSTEM_KEY)] if i >= 0]
+    found += [f"durable system key at {i}" for i in [text.find(SYSTEM_KEY)] if i >= 0 and system_key]
     found += [f"vault key {m.group()[:12]}…" for m in VAULT_KEY.finditer(text)]
     return found
 
@@ -115,7 +115,9 @@ def test_no_log_line_holds_a_secret() -> None:
         for n, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
             problems += [f"{log.name}:{n}: {leak}" for leak in _leaks(line)]
             problems += [f"{log.name}:{n}: function key"] if FUNCTION_KEY in line else []
-    problems += [f"test-process log: {leak}" for line in _COLLECTOR.lines for leak in _leaks(line)]
+    # The tests themselves call the durable webhooks with the system key (httpx logs those URLs), so the
+    # test process's own log is checked for the Stripe secret and vault keys only; the app's logs above for all.
+    problems += [f"test-process log: {leak}" for line in _COLLECTOR.lines for leak in _leaks(line, system_key=False)]
     assert problems == []
     assert _COLLECTOR.lines, "the collector saw no log records at all; is it installed?"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devhost.http import HttpRoute, build_routes
+from devhost.http import HttpRoute, RouteConflict, build_routes
 from devhost.loader import FunctionIndex, FunctionInfo
 from devhost.routes import RouteTemplate, split_path
 
@@ -89,7 +89,10 @@ def test_route_prefix_is_prepended_and_an_empty_prefix_serves_routes_at_the_root
 
 
 @pytest.mark.parametrize("route", ["admin/keys", "Admin", "administration/x", "runtime/webhooks/x", "/runtimeinfo"])
-def test_routes_the_host_reserves_are_not_served_whatever_the_prefix(route: str) -> None:
-    """ScriptHost.ValidateHttpFunction: a route starting with `admin` or `runtime` (prefix not counted) is an error."""
-    assert [r.function.name for r in build_routes(_index(route, "api/ok"), "")] == ["fn1"]
-    assert [r.template.template for r in build_routes(_index(route, "api/ok"), "api")] == ["api/api/ok"]
+def test_routes_the_host_reserves_are_refused_whatever_the_prefix(route: str) -> None:
+    """ScriptHost.ValidateHttpFunction: a route starting with `admin` or `runtime` (prefix not counted) is an error;
+    devhost refuses the whole app (stricter than Azure, which serves the other functions)."""
+    for prefix in ("", "api"):
+        with pytest.raises(RouteConflict, match=r"function fn0: .*conflicts with one or more built in routes"):
+            build_routes(_index(route, "api/ok"), prefix)
+    assert [r.template.template for r in build_routes(_index("ok", "api/ok"), "api")] == ["api/ok", "api/api/ok"]
