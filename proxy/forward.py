@@ -37,10 +37,13 @@ from core.errors import SpendgateError
 from core.settings import Settings
 from proxy import idempotency as idem
 from proxy.audit import AuditDraft
+from proxy.endpoints import readable_types
 from proxy.keys import ParsedVaultKey, hash_secret, key_from_headers, parse_vault_key, secret_matches
 from proxy.known_keys import KnownKeys, shared_known_keys
 from proxy.ledger import Ledger, TableLedger, shared_group_ledger
-from proxy.policy import Endpoint, unmetered_money_endpoint
+from proxy.noise import NoiseGate, source_of
+from proxy.policy import allowed_rule
+from proxy.pricing import price
 from proxy.store import (
     Conflict,
     IdemRecord,
@@ -51,17 +54,22 @@ from proxy.store import (
     op_create_idem,
     op_delete_idem,
     op_replace_idem,
+    per_ledger_table,
 )
 from proxy.stripe_request import (
+    PRICED_LATER,
     StripeRequest,
     build_request,
+    check_expand,
+    check_headers,
     check_method,
+    check_stripe_version,
     forward_body,
     parse_params,
     parse_query,
     safe_path,
 )
-from proxy.upstream import LookupIncomplete, Upstream, find_by_marker, send
+from proxy.upstream import LookupIncomplete, Upstream, find_created, send
 
 log = logging.getLogger("spendgate.proxy")
 MAX_ATTEMPTS = 60
@@ -82,6 +90,7 @@ class ProxyDeps:
     ledger: Ledger = field(default=None)  # type: ignore[assignment]
     sleep: Callable[[float], None] = time.sleep
     known_keys: KnownKeys | None = None  # None: every request reads the key row
+    noise: NoiseGate | None = None  # None: unauthenticated requests are neither limited nor sampled
 
     def __post_init__(self) -> None:
         if self.ledger is None:
@@ -92,7 +101,7 @@ class ProxyDeps:
         """The proxy's deps: the process-wide group-commit ledger and known key rows (docs/ledger.md)."""
         store = LedgerStore(tables, settings)
         return cls(store, stripe_http, settings, shared_group_ledger(tables, store),
-                   known_keys=shared_known_keys(tables, store))
+                   known_keys=shared_known_keys(tables, store), noise=per_ledger_table(tables, store, NoiseGate))
 
     def read_key(self, key_id: str) -> KeyRecord | None:
         """The key row as storage has it now (and remembered for later metered POSTs)."""
@@ -103,7 +112,19 @@ class ProxyDeps:
 
     @property
     def lease(self) -> timedelta:
-        return timedelta(seconds=2 * self.settings.stripe_timeout_seconds + 10)
+        """How long an in_flight record is held. One attempt (lookup + forward) is bounded by
+        `attempt_seconds`, enforced by the HTTP client, so the lease outlives it by 10 s."""
+        return timedelta(seconds=self.attempt_seconds + 10)
+
+    @property
+    def forward_seconds(self) -> float:
+        """Total deadline of one call to Stripe (connect + write + read)."""
+        return self.settings.stripe_timeout_seconds
+
+    @property
+    def attempt_seconds(self) -> float:
+        """Total deadline of one attempt: a lookup and a forward, each at most `forward_seconds`."""
+        return 2 * self.forward_seconds
 
     @property
     def retention(self) -> timedelta:
@@ -134,7 +155,8 @@ def handle_proxy_request(
     """Govern one request bound for Stripe and answer it (never raises for client mistakes)."""
     now = now or utcnow()
     hdrs = {k.lower(): v for k, v in headers.items()}
-    draft = AuditDraft(new_request_id(), now, (method or "").upper()[:10], "/" + (path or "").strip("/")[:300])
+    draft = AuditDraft(new_request_id(), now, (method or "").upper()[:10], "/" + (path or "").strip("/")[:300],
+                       source=source_of(hdrs))
     try:
         return _handle(deps, draft, hdrs, path, body, now, query, raw_path)
     except SpendgateError as err:
@@ -142,10 +164,24 @@ def handle_proxy_request(
 
 
 def _deny(deps: ProxyDeps, draft: AuditDraft, err: SpendgateError) -> ProxyResponse:
-    try:
-        deps.store.insert_audit(draft.row(err.code))
-    except (SpendgateError, Conflict):
-        log.warning("audit write failed for request_id=%s", draft.request_id)
+    audit = True
+    if err.code == "vault_key_invalid" and not draft.key_id and deps.noise is not None:
+        # Unauthenticated noise (proxy/noise.py): limited per source before anything is
+        # written, and audited by sample.
+        if not deps.noise.admit(draft.source):
+            err = SpendgateError("rate_limited")
+            audit = False
+        else:
+            skipped = deps.noise.sample(draft.source)
+            audit = skipped is not None
+            if skipped:
+                log.warning("unauthenticated requests from source=%s not audited since its last row: %d",
+                            draft.source, skipped)
+    if audit:
+        try:
+            deps.store.insert_audit(draft.row(err.code))
+        except (SpendgateError, Conflict):
+            log.warning("audit write failed for request_id=%s", draft.request_id)
     return ProxyResponse(err.status, err.to_json().encode(), {**err.headers(), "Request-Id": draft.request_id})
 
 
@@ -180,9 +216,12 @@ def _handle(
     request: StripeRequest | None = None
     problem: SpendgateError | None = None
     caller_key: str | None = None
+    version = deps.settings.stripe_version
     try:
         method = check_method(draft.method)
         draft.path = safe_path(path, raw_path)
+        check_headers(hdrs)
+        check_stripe_version(hdrs.get("stripe-version"), version)
         if method == "POST":
             if query:
                 raise SpendgateError("body_invalid", "Send POST parameters in the body, not the query string.")
@@ -203,7 +242,8 @@ def _handle(
     # metered POST authenticates against the key row this process last read, if any: its
     # reservation's If-Match is what stops it after a revoke (proxy/known_keys.py). So the
     # hot path of a charge reads nothing; everything else reads the key row.
-    metered = problem is None and request is not None and request.method == "POST" and request.metered_amount > 0
+    metered = problem is None and request is not None and request.method == "POST" and (
+        request.metered_amount > 0 or request.kind in PRICED_LATER)
     known = deps.known_keys.get(parsed.key_id) if metered and deps.known_keys is not None else None
     key = known or deps.read_key(parsed.key_id)
     try:
@@ -222,36 +262,48 @@ def _handle(
         raise
     if problem is not None and problem.code in ("method_not_allowed", "path_invalid", "body_too_large"):
         raise problem
-    allowed = [Endpoint.parse(e) for e in key.allowed_endpoints]
-    if not any(e.matches(draft.method, draft.path) for e in allowed) or unmetered_money_endpoint(draft.method, draft.path):
+    rule = allowed_rule(key.allowed_endpoints, draft.method, draft.path)
+    if rule is None:
         raise SpendgateError("endpoint_not_allowed", f"This key may not call {draft.method} {draft.path}.")
     if problem is not None:
         raise problem
     assert request is not None and key is not None
+    check_expand(rule, request.params, readable_types(key.allowed_endpoints))
     if request.method != "POST":
         upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, request.method, request.path,
-                        params=request.params, stripe_version=hdrs.get("stripe-version"))
+                        params=request.params, stripe_version=version, deadline=deps.forward_seconds)
         row = draft.row("forwarded", upstream.status, upstream.object_id)
         deps.store.insert_audit(row)
         return _respond(upstream, draft.request_id)
     if caller_key is None and not key.auto_idempotency:
         candidate = idem.random_key()
     draft.idempotency_key = candidate
-    return _post(deps, draft, key, request, candidate, now, hdrs.get("stripe-version"),  # type: ignore[arg-type]
+    return _post(deps, draft, key, request, candidate, now,  # type: ignore[arg-type]
                  key_is_known=known is not None, caller_key=caller_key is not None)
 
 
 def _post(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, request: StripeRequest,
-    idem_key: str, now: datetime, stripe_version: str | None, *, key_is_known: bool = False, caller_key: bool = False,
+    idem_key: str, now: datetime, *, key_is_known: bool = False, caller_key: bool = False,
 ) -> ProxyResponse:
     """Reserve (creating the idempotency record), forward, settle; or answer from the record.
 
     The first attempt assumes a new request (no record read); later attempts read the key row
     and the record. `key_is_known`: `key` came from KnownKeys and may be stale (its counters
-    and status are not to be trusted)."""
-    amount, day = request.metered_amount, now.date().isoformat()
+    and status are not to be trusted). A confirm, capture or refund is priced from Stripe
+    first (proxy/pricing.py); if that fails, an earlier answer to the same request still wins."""
     record: IdemRecord | None = None
+    priced: SpendgateError | None = None
+    if request.kind in PRICED_LATER:
+        try:
+            request = price(request, deps.stripe_http, deps.settings.stripe_secret_key, deps.settings.stripe_version)
+            draft.amount, draft.currency = request.amount_cents, request.currency
+        except SpendgateError as err:
+            record = deps.store.read_idem(key.key_id, idem.idem_row(idem_key))
+            if record is None or not idem.is_live(record, now):
+                raise
+            priced = err
+    amount, day = request.metered_amount, now.date().isoformat()
     parsed_key_id = key.key_id
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
@@ -279,15 +331,19 @@ def _post(
             if idem.in_use(record, now):
                 raise SpendgateError("idempotency_key_in_use")
             claimed = idem.taken_over(record, now, deps.lease)
+            started = time.monotonic()
             try:
                 etag = deps.store.submit([op_replace_idem(claimed)])[0]
             except Conflict:
                 continue
-            return _resolve(deps, draft, key, replace(claimed, etag=etag), request, now, stripe_version)
+            return _resolve(deps, draft, key, replace(claimed, etag=etag), request, now, started)
+        if priced is not None:
+            raise priced  # no earlier answer after all, and no amount to reserve
         fresh_record = idem.new_record(key.key_id, idem_key, request, amount, day, now, deps.lease, deps.retention)
         ops: list[Operation] = (
             [op_replace_idem(replace(fresh_record, etag=record.etag))] if record is not None else [op_create_idem(fresh_record)]
         )
+        started = time.monotonic()
         try:
             etag = deps.ledger.reserve(key, amount, day, ops)[1] if amount > 0 else deps.store.submit(ops)[0]
         except Conflict:
@@ -307,41 +363,52 @@ def _post(
                 ):
                     continue
             raise
-        return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, stripe_version)
+        return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, started)
     raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")
 
 
 def _resolve(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
-    stripe_version: str | None,
+    started: float,
 ) -> ProxyResponse:
-    """A retry of an ambiguous request: if Stripe has the object, settle with it; else forward again."""
-    if record.marker:
-        try:
-            found = find_by_marker(deps.stripe_http, deps.settings.stripe_secret_key, record.path, record.marker,
-                                   record.created_at)
-        except (httpx.HTTPError, ValueError, LookupIncomplete):
-            return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
-        if found is not None:
-            return _finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
-    return _forward(deps, draft, key, record, request, now, stripe_version)
+    """A retry of an ambiguous request: if Stripe has the object, settle with it; else forward again.
+
+    The lookup and the forward share the attempt's deadline (`ProxyDeps.attempt_seconds`,
+    counted from before the lease was taken), so neither can outlast the lease."""
+    try:
+        found = find_created(deps.stripe_http, deps.settings.stripe_secret_key, record, deps.settings.stripe_version,
+                             deadline=deps.forward_seconds)
+    except (httpx.HTTPError, ValueError, LookupIncomplete):
+        return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
+    if found is not None:
+        return _finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
+    return _forward(deps, draft, key, record, request, now, started)
 
 
 def _forward(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
-    stripe_version: str | None,
+    started: float,
 ) -> ProxyResponse:
+    """Send the request once, within what is left of the attempt's deadline (never past the lease)."""
+    left = min(deps.forward_seconds, deps.attempt_seconds - (time.monotonic() - started))
+    if left <= 0:
+        return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
     upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, "POST", record.path,
                     body=forward_body(request.params, record.marker), idempotency_key=record.forwarded_key,
-                    stripe_version=stripe_version)
+                    stripe_version=deps.settings.stripe_version, deadline=left)
     return _finish(deps, draft, key, record, upstream, now, replayed=False)
 
 
 def outcome_ops(record: IdemRecord, upstream: Upstream) -> tuple[str, Operation]:
-    """What to do with the reservation ("settle"/"release"/"keep") and the record."""
-    if upstream.outcome == "not_sent" or (upstream.outcome == "response" and upstream.status in (409, 429)):
+    """What to do with the reservation ("settle"/"release"/"keep") and the record.
+
+    Released only when Stripe surely moved nothing: the request never left (connect
+    failed), a 429, or a definite 4xx. A 409 (``idempotency_key_in_use``: an earlier send
+    with this key is still running at Stripe and may yet succeed) keeps the reservation,
+    like a timeout or a 5xx: the record turns ambiguous and a retry looks the object up."""
+    if upstream.outcome == "not_sent" or (upstream.outcome == "response" and upstream.status == 429):
         return "release", op_delete_idem(record)  # Stripe saved nothing; a retry starts afresh
-    if upstream.outcome == "ambiguous":
+    if upstream.outcome == "ambiguous" or upstream.status == 409:
         return "keep", op_replace_idem(replace(record, state="ambiguous", status_code=upstream.status))
     done = replace(record, state="completed", status_code=upstream.status, body=upstream.body,
                    content_type=upstream.content_type, object_id=upstream.object_id)

@@ -20,11 +20,11 @@ from core.errors import SpendgateError
 from core.settings import Settings
 from proxy import keys
 from proxy.forward import ProxyDeps
-from proxy.idempotency import taken_over
+from proxy.idempotency import lookup_conclusive, taken_over
 from proxy.ledger import current, headroom
 from proxy.policy import parse_policy
 from proxy.store import Conflict, IdemRecord, KeyRecord, LedgerStore, op_delete_idem, op_replace_idem
-from proxy.upstream import LookupIncomplete, find_by_marker
+from proxy.upstream import LookupIncomplete, find_created
 
 
 def utcnow() -> datetime:
@@ -138,9 +138,12 @@ class VaultService:
     def reconcile(self, key_id: str) -> dict[str, Any]:
         """Resolve the key's ambiguous (and abandoned in-flight) requests by asking Stripe.
 
-        Found by its marker → the reservation is settled and the record completed (later
-        retries replay it). Not found → the reservation is released and the record
-        deleted (a retry forwards afresh).
+        Found (by its marker, or for a confirm or capture by the intent's status) → the
+        reservation is settled and the record completed (later retries replay it). Not found
+        → the amount stays pending until the lookup is conclusive (`lookup_conclusive`: 24 h
+        after the record's last lease ended, the window in which Stripe may still act on the
+        forwarded idempotency key, and a lookup that read to the end); only then is the
+        reservation released and the record deleted (a retry forwards afresh).
         """
         key = self._get(key_id)
         now = self.clock()
@@ -154,19 +157,24 @@ class VaultService:
         return {"key_id": key_id, "resolved": [r for r in results if r], "describe": self._view(key, now)}
 
     def _reconcile_one(self, deps: ProxyDeps, key: KeyRecord, record: IdemRecord, now: datetime) -> dict[str, Any]:
+        conclusive = lookup_conclusive(record, now)  # judged on the lease as it was, before this claim
         try:
             etag = self.store.submit([op_replace_idem(taken_over(record, now, deps.lease))])[0]
         except Conflict:
             return {}
+        original_lease = record.lease_until
         record = replace(taken_over(record, now, deps.lease), etag=etag)
-        found = None
-        if record.marker:
-            try:
-                found = find_by_marker(deps.stripe_http, self.settings.stripe_secret_key, record.path, record.marker,
-                                       record.created_at)
-            except (httpx.HTTPError, ValueError, LookupIncomplete) as exc:
-                self.store.submit([op_replace_idem(replace(record, state="ambiguous"))])  # hand it back
-                raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        try:
+            found = find_created(deps.stripe_http, self.settings.stripe_secret_key, record,
+                                 self.settings.stripe_version, deadline=deps.forward_seconds)
+        except (httpx.HTTPError, ValueError, LookupIncomplete) as exc:
+            self._hand_back(record, original_lease)
+            raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        if found is None and not conclusive:
+            # Not found yet is not "never": Stripe may still act on the forwarded key.
+            self._hand_back(record, original_lease)
+            return {"idempotency_key": record.idempotency_key, "outcome": "pending", "amount_cents": record.amount_cents,
+                    "object_id": None}
         for _ in range(60):
             try:
                 if found is not None:
@@ -191,6 +199,10 @@ class VaultService:
                 "object_id": found.get("id") if found else None}
 
     # --- helpers ---------------------------------------------------------------------
+    def _hand_back(self, record: IdemRecord, lease_until: datetime) -> None:
+        """Return a claimed record to `ambiguous` with its earlier lease (the amount stays pending)."""
+        self.store.submit([op_replace_idem(replace(record, state="ambiguous", lease_until=lease_until))])
+
     def _http(self) -> httpx.Client:
         if self._stripe_http is None:
             from core.runtime import runtime
