@@ -99,7 +99,7 @@ def deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     """An httpx transport whose connections obey `within()` deadlines.
 
     httpx has no public way to pass a network backend, so the pool's backend is swapped
-    after construction; tests/proxy/test_deadline.py fails if an httpx/httpcore upgrade
+    after construction; tests/proxy/test_money_holes.py (the trickle test) fails if an httpx/httpcore upgrade
     moves it."""
     transport = httpx.HTTPTransport(limits=limits)
     pool = transport._pool
