@@ -242,8 +242,10 @@ def _handle(
     # metered POST authenticates against the key row this process last read, if any: its
     # reservation's If-Match is what stops it after a revoke (proxy/known_keys.py). So the
     # hot path of a charge reads nothing; everything else reads the key row.
+    # Only requests priced from their own body: a confirm, capture or refund is priced by a
+    # Stripe read before its reservation, which must not happen for a revoked key.
     metered = problem is None and request is not None and request.method == "POST" and (
-        request.metered_amount > 0 or request.kind in PRICED_LATER)
+        request.kind == "body" and request.metered_amount > 0)
     known = deps.known_keys.get(parsed.key_id) if metered and deps.known_keys is not None else None
     key = known or deps.read_key(parsed.key_id)
     try:

@@ -37,9 +37,14 @@ MAX_SOURCES = 10_000
 
 
 def source_of(headers: Mapping[str, str]) -> str:
-    """Where a request came from, as far as the platform vouches for it."""
+    """Where a request came from, as far as the platform vouches for it (the address without
+    its port: a client must not become a new source with every connection)."""
     forwarded = headers.get("x-forwarded-for", "")
     last = forwarded.split(",")[-1].strip() if forwarded else ""
+    if last.startswith("[") and "]" in last:  # [IPv6]:port
+        last = last[1:last.index("]")]
+    elif last.count(":") == 1:  # IPv4:port
+        last = last.split(":", 1)[0]
     return last[:64] or "unknown"
 
 
