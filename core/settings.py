@@ -13,10 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-
-# The Stripe API version the proxy forwards with (what stripe-python 16.1.0 and stripe-node
-# 23.1.0 send; the proxy was tested with it). Old versions change what endpoints do.
-DEFAULT_STRIPE_VERSION = "2026-10-28.endive"
+from typing import ClassVar
 
 # Names of every setting the app code reads (the infra test compares this list with Bicep).
 STORAGE_CONNECTION = "AzureWebJobsStorage"
@@ -77,6 +74,10 @@ class Settings:
     """
 
     env: Mapping[str, str]
+    # The Stripe API version the proxy forwards by default: what stripe-python 16.1.0 and
+    # stripe-node 23.1.0 send, and what the proxy was tested with. Old versions change what
+    # endpoints do. (A class attribute: module-level capitals are read as setting names.)
+    default_stripe_version: ClassVar[str] = "2026-10-28.endive"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -156,7 +157,7 @@ class Settings:
     @property
     def stripe_version(self) -> str:
         """The one `Stripe-Version` the proxy forwards; requests naming another are refused."""
-        value = self._get(STRIPE_VERSION, DEFAULT_STRIPE_VERSION) or DEFAULT_STRIPE_VERSION
+        value = self._get(STRIPE_VERSION, self.default_stripe_version) or self.default_stripe_version
         if not all(0x21 <= ord(c) <= 0x7E for c in value) or len(value) > 64:
             raise InvalidSettingError(STRIPE_VERSION, f"must be printable ASCII without spaces, got {value!r}")
         return value
