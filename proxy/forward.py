@@ -4,58 +4,48 @@
 adapts to it), taking its storage, HTTP client, settings and clock as arguments:
 
 1. Parse the vault key (Bearer or Basic user) and the request (method, safe /v1 path,
-   form/JSON params, amount, currency); derive the idempotency key of a POST.
-2. ONE query reads the key row and the idempotency record together.
-3. Authenticate (hash compare, revoked, expired), then allowlist, then the request's
-   own validation errors.
-4. POST: a completed record replays; an in-flight one answers 409; a different body
-   answers idempotency_error; an ambiguous (or abandoned) one is taken over, looked up
-   in Stripe by its marker and settled, or forwarded again with the same key.
+   printable-ASCII headers, the pinned Stripe-Version, depth-bounded form/JSON params,
+   amount, currency, no caller-set marker); derive the idempotency key of a POST.
+2. Read the key row (one point read; none for a charge on a key this process knows,
+   proxy/known_keys.py). The idempotency record is learned from its create failing.
+3. Authenticate (hash compare, revoked, expired), then the endpoint table and the key's
+   allowlist, then the request's own validation errors and `expand[]`.
+4. POST: a confirm, capture or refund is priced from Stripe (proxy/pricing.py). A
+   completed record replays; an in-flight one answers 409; a different body answers
+   idempotency_error; an ambiguous (or abandoned) one is taken over, looked up in Stripe
+   (marker, or the intent's status) and settled, or forwarded again with the same key.
    Otherwise ONE transaction reserves the amount (If-Match on the key row) and creates
-   the in_flight record. Only then is Stripe called.
-5. ONE transaction settles/releases, completes the record and writes the audit row.
+   the in_flight record. Only then is Stripe called, under a total deadline shorter than
+   the record's lease.
+5. ONE transaction settles/releases/keeps, completes the record and writes the audit row
+   (proxy/outcome.py).
 
-Denials are audited too; any storage failure before forwarding denies with a
-retryable 503 (fail closed).
+Denials are audited too (unauthenticated ones rate-limited and sampled, proxy/noise.py);
+any storage failure before forwarding denies with a retryable 503 (fail closed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
 
 import httpx
-from azure.data.tables import TableServiceClient
 
 from core.errors import SpendgateError
-from core.settings import Settings
 from proxy import idempotency as idem
 from proxy.audit import AuditDraft
+from proxy.deps import ProxyDeps, ProxyResponse, new_request_id, utcnow
 from proxy.endpoints import readable_types
 from proxy.keys import ParsedVaultKey, hash_secret, key_from_headers, parse_vault_key, secret_matches
-from proxy.known_keys import KnownKeys, shared_known_keys
-from proxy.ledger import Ledger, TableLedger, shared_group_ledger
-from proxy.noise import NoiseGate, source_of
+from proxy.noise import source_of
+from proxy.outcome import finish, outcome_ops, replay, respond
 from proxy.policy import allowed_rule
 from proxy.pricing import price
-from proxy.store import (
-    Conflict,
-    IdemRecord,
-    KeyRecord,
-    LedgerStore,
-    Operation,
-    op_create_audit,
-    op_create_idem,
-    op_delete_idem,
-    op_replace_idem,
-    per_ledger_table,
-)
+from proxy.store import Conflict, IdemRecord, KeyRecord, Operation, op_create_idem, op_replace_idem
 from proxy.stripe_request import (
     PRICED_LATER,
     StripeRequest,
@@ -71,81 +61,10 @@ from proxy.stripe_request import (
 )
 from proxy.upstream import LookupIncomplete, Upstream, find_created, send
 
+__all__ = ["ProxyDeps", "ProxyResponse", "handle_proxy_request", "new_request_id", "outcome_ops", "utcnow"]
 log = logging.getLogger("spendgate.proxy")
 MAX_ATTEMPTS = 60
 _DUMMY_HASH = hash_secret("not-a-secret")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class ProxyDeps:
-    """Everything the pipeline talks to; tests build their own."""
-
-    store: LedgerStore
-    stripe_http: httpx.Client
-    settings: Settings
-    ledger: Ledger = field(default=None)  # type: ignore[assignment]
-    sleep: Callable[[float], None] = time.sleep
-    known_keys: KnownKeys | None = None  # None: every request reads the key row
-    noise: NoiseGate | None = None  # None: unauthenticated requests are neither limited nor sampled
-
-    def __post_init__(self) -> None:
-        if self.ledger is None:
-            self.ledger = TableLedger(self.store)
-
-    @classmethod
-    def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:
-        """The proxy's deps: the process-wide group-commit ledger and known key rows (docs/ledger.md)."""
-        store = LedgerStore(tables, settings)
-        return cls(store, stripe_http, settings, shared_group_ledger(tables, store),
-                   known_keys=shared_known_keys(tables, store), noise=per_ledger_table(tables, store, NoiseGate))
-
-    def read_key(self, key_id: str) -> KeyRecord | None:
-        """The key row as storage has it now (and remembered for later metered POSTs)."""
-        key = self.store.read_key(key_id)
-        if key is not None and self.known_keys is not None:
-            self.known_keys.put(key)
-        return key
-
-    @property
-    def lease(self) -> timedelta:
-        """How long an in_flight record is held. One attempt (lookup + forward) is bounded by
-        `attempt_seconds`, enforced by the HTTP client, so the lease outlives it by 10 s."""
-        return timedelta(seconds=self.attempt_seconds + 10)
-
-    @property
-    def forward_seconds(self) -> float:
-        """Total deadline of one call to Stripe (connect + write + read)."""
-        return self.settings.stripe_timeout_seconds
-
-    @property
-    def attempt_seconds(self) -> float:
-        """Total deadline of one attempt: a lookup and a forward, each at most `forward_seconds`."""
-        return 2 * self.forward_seconds
-
-    @property
-    def retention(self) -> timedelta:
-        return timedelta(days=self.settings.idempotency_retention_days)
-
-    def backoff(self, attempt: int) -> None:
-        self.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
-
-
-@dataclass(frozen=True)
-class ProxyResponse:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    def json(self) -> dict:  # for tests and in-process callers
-        return dict(json.loads(self.body))
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
 
 
 def handle_proxy_request(
@@ -260,7 +179,7 @@ def _handle(
                 and caller_key is not None \
                 and _replayable(record := deps.store.read_idem(parsed.key_id, idem.idem_row(caller_key)), request, now):
             assert record is not None
-            return _replay(deps, draft, record)
+            return replay(deps, draft, record)
         raise
     if problem is not None and problem.code in ("method_not_allowed", "path_invalid", "body_too_large"):
         raise problem
@@ -276,7 +195,7 @@ def _handle(
                         params=request.params, stripe_version=version, deadline=deps.forward_seconds)
         row = draft.row("forwarded", upstream.status, upstream.object_id)
         deps.store.insert_audit(row)
-        return _respond(upstream, draft.request_id)
+        return respond(upstream, draft.request_id)
     if caller_key is None and not key.auto_idempotency:
         candidate = idem.random_key()
     draft.idempotency_key = candidate
@@ -319,7 +238,7 @@ def _post(
             if status != "active":
                 if caller_key and _replayable(record, request, now):  # as in `_handle` (a revoke it just met)
                     assert record is not None
-                    return _replay(deps, draft, record)
+                    return replay(deps, draft, record)
                 raise SpendgateError(f"vault_key_{status}", f"This vault key is {status}.")
         if record is not None and idem.is_live(record, now):
             if record.fingerprint != request.fingerprint():
@@ -329,7 +248,7 @@ def _post(
                     param="Idempotency-Key",
                 )
             if record.state == "completed":
-                return _replay(deps, draft, record)
+                return replay(deps, draft, record)
             if idem.in_use(record, now):
                 raise SpendgateError("idempotency_key_in_use")
             claimed = idem.taken_over(record, now, deps.lease)
@@ -381,9 +300,9 @@ def _resolve(
         found = find_created(deps.stripe_http, deps.settings.stripe_secret_key, record, deps.settings.stripe_version,
                              deadline=deps.forward_seconds)
     except (httpx.HTTPError, ValueError, LookupIncomplete):
-        return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
+        return finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
     if found is not None:
-        return _finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
+        return finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
     return _forward(deps, draft, key, record, request, now, started)
 
 
@@ -394,81 +313,8 @@ def _forward(
     """Send the request once, within what is left of the attempt's deadline (never past the lease)."""
     left = min(deps.forward_seconds, deps.attempt_seconds - (time.monotonic() - started))
     if left <= 0:
-        return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
+        return finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
     upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, "POST", record.path,
                     body=forward_body(request.params, record.marker), idempotency_key=record.forwarded_key,
                     stripe_version=deps.settings.stripe_version, deadline=left)
-    return _finish(deps, draft, key, record, upstream, now, replayed=False)
-
-
-def outcome_ops(record: IdemRecord, upstream: Upstream) -> tuple[str, Operation]:
-    """What to do with the reservation ("settle"/"release"/"keep") and the record.
-
-    Released only when Stripe surely moved nothing: the request never left (connect
-    failed), a 429, or a definite 4xx. A 409 (``idempotency_key_in_use``: an earlier send
-    with this key is still running at Stripe and may yet succeed) keeps the reservation,
-    like a timeout or a 5xx: the record turns ambiguous and a retry looks the object up."""
-    if upstream.outcome == "not_sent" or (upstream.outcome == "response" and upstream.status == 429):
-        return "release", op_delete_idem(record)  # Stripe saved nothing; a retry starts afresh
-    if upstream.outcome == "ambiguous" or upstream.status == 409:
-        return "keep", op_replace_idem(replace(record, state="ambiguous", status_code=upstream.status))
-    done = replace(record, state="completed", status_code=upstream.status, body=upstream.body,
-                   content_type=upstream.content_type, object_id=upstream.object_id)
-    return ("settle" if 200 <= (upstream.status or 0) < 300 else "release"), op_replace_idem(done)
-
-
-def _finish(
-    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, upstream: Upstream, now: datetime,
-    *, replayed: bool,
-) -> ProxyResponse:
-    action, record_op = outcome_ops(record, upstream)
-    row = draft.row("replayed" if replayed else "forwarded", upstream.status, upstream.object_id)
-    ops = [record_op, op_create_audit(row)]
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            if record.amount_cents > 0 and action == "settle":
-                deps.ledger.settle(key, record.amount_cents, record.reserve_day, ops)
-            elif record.amount_cents > 0 and action == "release":
-                deps.ledger.release(key, record.amount_cents, record.reserve_day, ops)
-            else:
-                deps.store.submit(ops)
-            break
-        except Conflict:
-            deps.backoff(attempt)
-            fresh, current = deps.store.read_key_and_idem(key.key_id, record.row_key)
-            if fresh is None or current is None or current.etag != record.etag:
-                # Our lease ran out and another request took the record over: it owns the outcome now.
-                deps.store.insert_audit(row)
-                break
-            key = fresh
-        except SpendgateError:
-            # The ledger is unreachable: the record stays in_flight and its reservation pending
-            # (never too generous); a retry after the lease, or reconcile, resolves it.
-            log.error("could not record the outcome of request_id=%s key_id=%s", draft.request_id, key.key_id)
-            break
-    response = _respond(upstream, draft.request_id)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
-def _respond(upstream: Upstream, request_id: str) -> ProxyResponse:
-    if upstream.status is None:
-        err = SpendgateError("upstream_unavailable", "Stripe could not be reached or did not answer; retry with the same Idempotency-Key.")
-        return ProxyResponse(err.status, err.to_json().encode(), {**err.headers(), "Request-Id": request_id})
-    headers = {"Content-Type": upstream.content_type or "application/json", "Request-Id": request_id}
-    if upstream.status >= 500 or upstream.status in (409, 429):
-        headers["Stripe-Should-Retry"] = "true"
-    elif upstream.status >= 400:
-        headers["Stripe-Should-Retry"] = "false"
-    return ProxyResponse(upstream.status, upstream.body.encode(), headers)
-
-
-def _replay(deps: ProxyDeps, draft: AuditDraft, record: IdemRecord) -> ProxyResponse:
-    """Answer with a completed request's stored status and body (audited as "replayed")."""
-    deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
-    headers = {"Content-Type": record.content_type or "application/json", "Request-Id": draft.request_id,
-               "Idempotent-Replayed": "true"}
-    if (record.status_code or 200) >= 400:
-        headers["Stripe-Should-Retry"] = "false"
-    return ProxyResponse(record.status_code or 200, (record.body or "").encode(), headers)
+    return finish(deps, draft, key, record, upstream, now, replayed=False)

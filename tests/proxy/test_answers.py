@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from proxy.store import BODY_CHUNK_UNITS, MAX_BODY_UNITS, compact_answer, utf16_chunks, utf16_units
+from proxy.answers import BODY_CHUNK_UNITS, MAX_BODY_UNITS, compact_answer, utf16_chunks, utf16_units
 
 ASTRAL = "\U0001F600"
 

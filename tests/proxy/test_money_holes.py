@@ -22,9 +22,10 @@ from core.deadline import deadline_transport
 from core.settings import Settings
 from devhost.seed import count_objects
 from proxy import idempotency as idem
+from proxy.answers import utf16_units
 from proxy.forward import ProxyDeps, ProxyResponse, handle_proxy_request
 from proxy.noise import PER_SOURCE_BURST, NoiseGate
-from proxy.store import UNAUTHENTICATED, KeyRecord, utf16_units
+from proxy.store import UNAUTHENTICATED, KeyRecord
 from tests.conftest import STRIPE_TEST_SECRET
 from tests.proxy.conftest import Domain, key_request, new_tag, pi_params, tagged_objects
 from tests.proxy.fault_upstream import FaultUpstream

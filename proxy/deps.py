@@ -1,0 +1,98 @@
+"""What the proxy pipeline talks to (`ProxyDeps`) and what it answers (`ProxyResponse`).
+
+Tests build their own `ProxyDeps`; the trigger builds the process-wide one with
+`ProxyDeps.build`. The deadlines live here because the lease is derived from them: one
+attempt (a lookup and a forward, each at most `forward_seconds`, enforced by the HTTP
+client, core/deadline.py) always ends before its lease does.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from azure.data.tables import TableServiceClient
+
+from core.settings import Settings
+from proxy.known_keys import KnownKeys, shared_known_keys
+from proxy.ledger import Ledger, TableLedger, shared_group_ledger
+from proxy.noise import NoiseGate
+from proxy.store import KeyRecord, LedgerStore, per_ledger_table
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ProxyDeps:
+    """Everything the pipeline talks to; tests build their own."""
+
+    store: LedgerStore
+    stripe_http: httpx.Client
+    settings: Settings
+    ledger: Ledger = field(default=None)  # type: ignore[assignment]
+    sleep: Callable[[float], None] = time.sleep
+    known_keys: KnownKeys | None = None  # None: every request reads the key row
+    noise: NoiseGate | None = None  # None: unauthenticated requests are neither limited nor sampled
+
+    def __post_init__(self) -> None:
+        if self.ledger is None:
+            self.ledger = TableLedger(self.store)
+
+    @classmethod
+    def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:
+        """The proxy's deps: the process-wide group-commit ledger and known key rows (docs/ledger.md)."""
+        store = LedgerStore(tables, settings)
+        return cls(store, stripe_http, settings, shared_group_ledger(tables, store),
+                   known_keys=shared_known_keys(tables, store), noise=per_ledger_table(tables, store, NoiseGate))
+
+    def read_key(self, key_id: str) -> KeyRecord | None:
+        """The key row as storage has it now (and remembered for later metered POSTs)."""
+        key = self.store.read_key(key_id)
+        if key is not None and self.known_keys is not None:
+            self.known_keys.put(key)
+        return key
+
+    @property
+    def lease(self) -> timedelta:
+        """How long an in_flight record is held. One attempt (lookup + forward) is bounded by
+        `attempt_seconds`, enforced by the HTTP client, so the lease outlives it by 10 s."""
+        return timedelta(seconds=self.attempt_seconds + 10)
+
+    @property
+    def forward_seconds(self) -> float:
+        """Total deadline of one call to Stripe (connect + write + read)."""
+        return self.settings.stripe_timeout_seconds
+
+    @property
+    def attempt_seconds(self) -> float:
+        """Total deadline of one attempt: a lookup and a forward, each at most `forward_seconds`."""
+        return 2 * self.forward_seconds
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.settings.idempotency_retention_days)
+
+    def backoff(self, attempt: int) -> None:
+        self.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
+
+
+@dataclass(frozen=True)
+class ProxyResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> dict:  # for tests and in-process callers
+        return dict(json.loads(self.body))
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
