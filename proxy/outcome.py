@@ -14,6 +14,7 @@ from datetime import datetime
 from core.errors import SpendgateError
 from proxy.audit import AuditDraft
 from proxy.deps import ProxyDeps, ProxyResponse
+from proxy.holds import GONE, intent_status, is_held, release_holds
 from proxy.store import Conflict, IdemRecord, KeyRecord, Operation, op_create_audit, op_delete_idem, op_replace_idem
 from proxy.upstream import Upstream
 
@@ -27,14 +28,20 @@ def outcome_ops(record: IdemRecord, upstream: Upstream) -> tuple[str, Operation]
     Released only when Stripe surely moved nothing: the request never left (connect
     failed), a 429, or a definite 4xx. A 409 (``idempotency_key_in_use``: an earlier send
     with this key is still running at Stripe and may yet succeed) keeps the reservation,
-    like a timeout or a 5xx: the record turns ambiguous and a retry looks the object up."""
+    like a timeout or a 5xx: the record turns ambiguous and a retry looks the object up.
+    A 2xx payment intent that is not finished (``requires_action``, ``processing``, …)
+    completes the record but keeps the reservation, held (proxy/holds.py)."""
     if upstream.outcome == "not_sent" or (upstream.outcome == "response" and upstream.status == 429):
         return "release", op_delete_idem(record)  # Stripe saved nothing; a retry starts afresh
     if upstream.outcome == "ambiguous" or upstream.status == 409:
         return "keep", op_replace_idem(replace(record, state="ambiguous", status_code=upstream.status))
     done = replace(record, state="completed", status_code=upstream.status, body=upstream.body,
                    content_type=upstream.content_type, object_id=upstream.object_id)
-    return ("settle" if 200 <= (upstream.status or 0) < 300 else "release"), op_replace_idem(done)
+    if not 200 <= (upstream.status or 0) < 300:
+        return "release", op_replace_idem(done)
+    if is_held(record, upstream.body):
+        return "keep", op_replace_idem(replace(done, held=True))
+    return "settle", op_replace_idem(done)
 
 
 def finish(
@@ -44,6 +51,7 @@ def finish(
     action, record_op = outcome_ops(record, upstream)
     row = draft.row("replayed" if replayed else "forwarded", upstream.status, upstream.object_id)
     ops = [record_op, op_create_audit(row)]
+    committed = False
     for attempt in range(MAX_ATTEMPTS):
         try:
             if record.amount_cents > 0 and action == "settle":
@@ -52,6 +60,7 @@ def finish(
                 deps.ledger.release(key, record.amount_cents, record.reserve_day, ops)
             else:
                 deps.store.submit(ops)
+            committed = True
             break
         except Conflict:
             deps.backoff(attempt)
@@ -66,6 +75,14 @@ def finish(
             # (never too generous); a retry after the lease, or reconcile, resolves it.
             log.error("could not record the outcome of request_id=%s key_id=%s", draft.request_id, key.key_id)
             break
+    intent = upstream.object_id
+    if committed and intent and record.path.startswith("/v1/payment_intents"):
+        # An intent is paid once: a reservation on it that settled replaces this key's earlier
+        # holds on it; a successful cancel ends them.
+        if action == "settle" and record.kind in ("intent", "capture"):  # creates have no earlier holds
+            release_holds(deps, key, intent, keep_row=record.row_key)
+        elif record.kind == "release" and intent_status(record.path, upstream.body) in GONE:
+            release_holds(deps, key, intent)
     response = respond(upstream, draft.request_id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"

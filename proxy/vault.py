@@ -20,11 +20,13 @@ from core.errors import SpendgateError
 from core.settings import Settings
 from proxy import keys
 from proxy.forward import ProxyDeps
+from proxy.holds import resolve_hold
 from proxy.idempotency import lookup_conclusive, taken_over
 from proxy.ledger import current, headroom
+from proxy.outcome import outcome_ops
 from proxy.policy import parse_policy
 from proxy.store import Conflict, IdemRecord, KeyRecord, LedgerStore, op_delete_idem, op_replace_idem
-from proxy.upstream import LookupIncomplete, find_created
+from proxy.upstream import LookupIncomplete, Upstream, find_created, read_object
 
 
 def utcnow() -> datetime:
@@ -139,7 +141,9 @@ class VaultService:
         """Resolve the key's ambiguous (and abandoned in-flight) requests by asking Stripe.
 
         Found (by its marker, or for a confirm or capture by the intent's status) → the
-        reservation is settled and the record completed (later retries replay it). Not found
+        reservation is settled and the record completed (later retries replay it); a payment
+        intent that is not finished is held instead, and held intents are settled once paid,
+        released once canceled (proxy/holds.py). Not found
         → the amount stays pending until the lookup is conclusive (`lookup_conclusive`: 24 h
         after the record's last lease ended, the window in which Stripe may still act on the
         forwarded idempotency key, and a lookup that read to the end); only then is the
@@ -153,6 +157,9 @@ class VaultService:
             if record.state == "in_flight" and now < record.lease_until:
                 continue  # a request is working on it right now
             results.append(self._reconcile_one(deps, key, record, now))
+            key = self._get(key_id)
+        for record in self.store.held_records(key_id):
+            results.append(self._resolve_hold(deps, key, record))
             key = self._get(key_id)
         return {"key_id": key_id, "resolved": [r for r in results if r], "describe": self._view(key, now)}
 
@@ -175,16 +182,16 @@ class VaultService:
             self._hand_back(record, original_lease)
             return {"idempotency_key": record.idempotency_key, "outcome": "pending", "amount_cents": record.amount_cents,
                     "object_id": None}
+        action = "release"
         for _ in range(60):
             try:
                 if found is not None:
-                    done = replace(record, state="completed", status_code=200, body=json.dumps(found),
-                                   content_type="application/json", object_id=found.get("id"))
-                    extra = [op_replace_idem(done)]
-                    if record.amount_cents:
-                        deps.ledger.settle(key, record.amount_cents, record.reserve_day, extra)
+                    # Settled, or held when the intent is not finished (proxy/holds.py).
+                    action, op = outcome_ops(record, Upstream("response", 200, json.dumps(found)))
+                    if record.amount_cents and action == "settle":
+                        deps.ledger.settle(key, record.amount_cents, record.reserve_day, [op])
                     else:
-                        self.store.submit(extra)
+                        self.store.submit([op])
                 else:
                     extra = [op_delete_idem(record)]
                     if record.amount_cents:
@@ -194,9 +201,20 @@ class VaultService:
                 break
             except Conflict:
                 key = self._get(key.key_id)
-        outcome = "settled" if found is not None else "released"
+        outcome = {"settle": "settled", "keep": "held"}.get(action, "released")
         return {"idempotency_key": record.idempotency_key, "outcome": outcome, "amount_cents": record.amount_cents,
                 "object_id": found.get("id") if found else None}
+
+    def _resolve_hold(self, deps: ProxyDeps, key: KeyRecord, record: IdemRecord) -> dict[str, Any]:
+        """A held payment intent (proxy/holds.py): settled once paid, released once canceled."""
+        try:
+            intent = read_object(deps.stripe_http, self.settings.stripe_secret_key,
+                                 f"/v1/payment_intents/{record.object_id}", self.settings.stripe_version)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        outcome = resolve_hold(deps, key, record, (intent or {}).get("status"))
+        return {"idempotency_key": record.idempotency_key, "outcome": outcome, "amount_cents": record.amount_cents,
+                "object_id": record.object_id}
 
     # --- helpers ---------------------------------------------------------------------
     def _hand_back(self, record: IdemRecord, lease_until: datetime) -> None:
