@@ -31,10 +31,11 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 
+from core.deadline import within
 from core.errors import SpendgateError
 from proxy import idempotency as idem
 from proxy.audit import AuditDraft
@@ -217,7 +218,8 @@ def _post(
     priced: SpendgateError | None = None
     if request.kind in PRICED_LATER:
         try:
-            request = price(request, deps.stripe_http, deps.settings.stripe_secret_key, deps.settings.stripe_version)
+            with within(deps.forward_seconds):
+                request = price(request, deps.stripe_http, deps.settings.stripe_secret_key, deps.settings.stripe_version)
             draft.amount, draft.currency = request.amount_cents, request.currency
         except SpendgateError as err:
             record = deps.store.read_idem(key.key_id, idem.idem_row(idem_key))
@@ -251,8 +253,8 @@ def _post(
                 return replay(deps, draft, record)
             if idem.in_use(record, now):
                 raise SpendgateError("idempotency_key_in_use")
-            claimed = idem.taken_over(record, now, deps.lease)
             started = time.monotonic()
+            claimed = idem.taken_over(record, now, _lease(deps, now))
             try:
                 etag = deps.store.submit([op_replace_idem(claimed)])[0]
             except Conflict:
@@ -260,11 +262,11 @@ def _post(
             return _resolve(deps, draft, key, replace(claimed, etag=etag), request, now, started)
         if priced is not None:
             raise priced  # no earlier answer after all, and no amount to reserve
-        fresh_record = idem.new_record(key.key_id, idem_key, request, amount, day, now, deps.lease, deps.retention)
+        started = time.monotonic()
+        fresh_record = idem.new_record(key.key_id, idem_key, request, amount, day, now, _lease(deps, now), deps.retention)
         ops: list[Operation] = (
             [op_replace_idem(replace(fresh_record, etag=record.etag))] if record is not None else [op_create_idem(fresh_record)]
         )
-        started = time.monotonic()
         try:
             etag = deps.ledger.reserve(key, amount, day, ops)[1] if amount > 0 else deps.store.submit(ops)[0]
         except Conflict:
@@ -286,6 +288,12 @@ def _post(
             raise
         return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, started)
     raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")
+
+
+def _lease(deps: ProxyDeps, now: datetime) -> timedelta:
+    """The lease, counted from `now` (the request's start) but covering from the real time at
+    which the attempt starts: time spent before it (pricing, backoff) never shortens it."""
+    return deps.lease + max(timedelta(0), utcnow() - now)
 
 
 def _resolve(
