@@ -69,7 +69,7 @@ CATALOG: dict[str, ErrorKind] = {
         ErrorKind("amount_invalid", 400, _INVALID, False, "The amount is missing, not a positive integer, or too large."),
         ErrorKind("currency_not_allowed", 400, _INVALID, False, "Caps are in USD; the request names another currency."),
         ErrorKind("body_invalid", 400, _INVALID, False, "The body is not valid form or JSON encoding."),
-        ErrorKind("body_too_large", 413, _INVALID, False, "The body exceeds 64 KB."),
+        ErrorKind("body_too_large", 413, _INVALID, False, "The body exceeds 256 KB."),
         ErrorKind("path_invalid", 400, _INVALID, False, "Only plain /v1/... paths are forwarded."),
         ErrorKind("header_invalid", 400, _INVALID, False, "A header value is not printable ASCII."),
         ErrorKind("parameter_not_allowed", 400, _INVALID, False,
