@@ -7,9 +7,13 @@ outcome can be reconciled). Its record lives in the key's partition for
 `SPENDGATE_IDEMPOTENCY_RETENTION_DAYS` (30 by default, longer than Stripe's 24 h):
 
     (none) --reserve+create--> in_flight --2xx / definite 4xx--> completed (replayed)
-                                   |  \\--409/429 from Stripe, connect error--> (deleted)
-                                   \\--timeout, connection lost, 5xx--> ambiguous
+                                   |  \\--429 from Stripe, connect error--> (deleted)
+                                   \\--timeout, connection lost, 5xx, 409--> ambiguous
     ambiguous or in_flight past its lease --retry takes over--> in_flight (lookup, then forward)
+
+A completed payment intent that is not finished (``requires_action``, …) is ``held``: its
+reservation stays pending until the intent resolves (proxy/holds.py). Reconcile believes a
+lookup that finds nothing only when `lookup_conclusive` says so.
 
 A request that fails validation never creates a record (it is audited only).
 """

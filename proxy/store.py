@@ -9,8 +9,9 @@ about one key lives in one partition and can change in one entity-group transact
     idem-<sha256(idem key)>       one idempotency record (in_flight / ambiguous / completed)
     audit-<inverted ms>-<req id>  one audit row per request (newest sorts first)
 
-Requests whose vault key could not be authenticated are audited in the partition
-``_unauthenticated``. Everything else in the proxy works with the dataclasses below and
+Requests whose vault key could not be authenticated are audited, by sample
+(proxy/noise.py), in the partition ``_unauthenticated``. A completed record's answer is
+stored compact and within Table Storage's UTF-16 limits (proxy/answers.py). Everything else in the proxy works with the dataclasses below and
 the operation builders; only this module turns them into entities.
 """
 
