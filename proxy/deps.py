@@ -1,9 +1,11 @@
 """What the proxy pipeline talks to (`ProxyDeps`) and what it answers (`ProxyResponse`).
 
 Tests build their own `ProxyDeps`; the trigger builds the process-wide one with
-`ProxyDeps.build`. The deadlines live here because the lease is derived from them: one
-attempt (a lookup and a forward, each at most `forward_seconds`, enforced by the HTTP
-client, core/deadline.py) always ends before its lease does.
+`ProxyDeps.build`. The deadlines live here because the lease is derived from them: a
+forward (at most `forward_seconds`, enforced by the HTTP client, core/deadline.py) starts
+only under a lease taken or renewed just before it, so it always ends before that lease.
+A lookup of a maybe-created object may take longer (`lookup_seconds`): it only reads, and the
+lease is renewed after it, before any forward.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from proxy.known_keys import KnownKeys, shared_known_keys
 from proxy.ledger import Ledger, TableLedger, shared_group_ledger
 from proxy.noise import NoiseGate
 from proxy.store import KeyRecord, LedgerStore, per_ledger_table
+
+LOOKUP_SECONDS = 60.0
 
 
 def utcnow() -> datetime:
@@ -62,9 +66,9 @@ class ProxyDeps:
 
     @property
     def lease(self) -> timedelta:
-        """How long an in_flight record is held. One attempt (lookup + forward) is bounded by
-        `attempt_seconds`, enforced by the HTTP client, so the lease outlives it by 10 s."""
-        return timedelta(seconds=self.attempt_seconds + 10)
+        """How long an in_flight record is held: 2 × the forward deadline + 10 s, so a forward
+        started under it ends at least `forward_seconds` + 10 s before it does."""
+        return timedelta(seconds=2 * self.forward_seconds + 10)
 
     @property
     def forward_seconds(self) -> float:
@@ -72,9 +76,10 @@ class ProxyDeps:
         return self.settings.stripe_timeout_seconds
 
     @property
-    def attempt_seconds(self) -> float:
-        """Total deadline of one attempt: a lookup and a forward, each at most `forward_seconds`."""
-        return 2 * self.forward_seconds
+    def lookup_seconds(self) -> float:
+        """Total deadline of one lookup of a maybe-created object (a list walk on localstripe
+        can page through thousands of objects; on Stripe it stops at the record's creation)."""
+        return max(LOOKUP_SECONDS, self.forward_seconds)
 
     @property
     def retention(self) -> timedelta:

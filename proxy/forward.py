@@ -302,15 +302,23 @@ def _resolve(
 ) -> ProxyResponse:
     """A retry of an ambiguous request: if Stripe has the object, settle with it; else forward again.
 
-    The lookup and the forward share the attempt's deadline (`ProxyDeps.attempt_seconds`,
-    counted from before the lease was taken), so neither can outlast the lease."""
+    The lookup only reads and may outlast the lease; so before forwarding, the lease is
+    renewed (If-Match on the record we claimed). If that fails, another request took the
+    record over while we looked: it owns the outcome, and nothing is forwarded from here."""
     try:
         found = find_created(deps.stripe_http, deps.settings.stripe_secret_key, record, deps.settings.stripe_version,
-                             deadline=deps.forward_seconds)
+                             deadline=deps.lookup_seconds)
     except (httpx.HTTPError, ValueError, LookupIncomplete):
         return finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
     if found is not None:
         return finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
+    if time.monotonic() - started > deps.forward_seconds:
+        started = time.monotonic()
+        renewed = replace(record, lease_until=now + _lease(deps, now))
+        try:
+            record = replace(renewed, etag=deps.store.submit([op_replace_idem(renewed)])[0])
+        except Conflict:
+            raise SpendgateError("idempotency_key_in_use") from None
     return _forward(deps, draft, key, record, request, now, started)
 
 
@@ -318,8 +326,10 @@ def _forward(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
     started: float,
 ) -> ProxyResponse:
-    """Send the request once, within what is left of the attempt's deadline (never past the lease)."""
-    left = min(deps.forward_seconds, deps.attempt_seconds - (time.monotonic() - started))
+    """Send the request once, within the forward deadline, counted from when the lease began
+    (`started`): a lease of 2T + 10 s taken at `started` outlives it by at least T + 10 s."""
+    left = 2 * deps.forward_seconds - (time.monotonic() - started)
+    left = min(deps.forward_seconds, left)
     if left <= 0:
         return finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
     upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, "POST", record.path,

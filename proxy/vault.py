@@ -173,7 +173,7 @@ class VaultService:
         record = replace(taken_over(record, now, deps.lease), etag=etag)
         try:
             found = find_created(deps.stripe_http, self.settings.stripe_secret_key, record,
-                                 self.settings.stripe_version, deadline=deps.forward_seconds)
+                                 self.settings.stripe_version, deadline=deps.lookup_seconds)
         except (httpx.HTTPError, ValueError, LookupIncomplete) as exc:
             self._hand_back(record, original_lease)
             raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
@@ -201,6 +201,9 @@ class VaultService:
                 break
             except Conflict:
                 key = self._get(key.key_id)
+                current = self.store.read_idem(key.key_id, record.row_key)
+                if current is None or current.etag != record.etag:
+                    return {}  # a retry took the record over while we looked: it owns the outcome
         outcome = {"settle": "settled", "keep": "held"}.get(action, "released")
         return {"idempotency_key": record.idempotency_key, "outcome": outcome, "amount_cents": record.amount_cents,
                 "object_id": found.get("id") if found else None}

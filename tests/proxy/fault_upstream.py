@@ -115,10 +115,10 @@ class FaultUpstream:
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()
-            for i in range(0, len(body), 64):
-                h.wfile.write(body[i:i + 64])
+            for i in range(0, len(body), 16):  # ~2 KB: over 30 s, each piece within 0.25 s
+                h.wfile.write(body[i:i + 16])
                 h.wfile.flush()
-                time.sleep(0.1)
+                time.sleep(0.25)
         except OSError:
             pass
 

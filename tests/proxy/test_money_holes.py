@@ -62,10 +62,10 @@ def fault(domain: Domain) -> Iterator[FaultUpstream]:
 
 @pytest.fixture
 def faulty(domain: Domain, fault: FaultUpstream) -> Iterator[ProxyDeps]:
-    """Pipeline deps whose Stripe is the fault injector, through the app's deadline transport (1 s)."""
-    settings = Settings.from_mapping({**domain.settings.env, "SPENDGATE_STRIPE_TIMEOUT_SECONDS": "1"})
+    """Pipeline deps whose Stripe is the fault injector, through the app's deadline transport (5 s)."""
+    settings = Settings.from_mapping({**domain.settings.env, "SPENDGATE_STRIPE_TIMEOUT_SECONDS": "5"})
     limits = httpx.Limits(max_connections=16)
-    http = httpx.Client(base_url=fault.url, timeout=1, limits=limits, transport=deadline_transport(limits))
+    http = httpx.Client(base_url=fault.url, timeout=5, limits=limits, transport=deadline_transport(limits))
     yield replace(domain.deps, stripe_http=http, settings=settings, ledger=None)  # type: ignore[arg-type]
     fault.clear()
     http.close()
@@ -173,7 +173,7 @@ def test_case_6_the_forward_has_a_total_deadline_under_the_lease(
     """An answer that trickles in (every read within its own timeout) is cut off at the total
     deadline, so the lease (which outlasts lookup + forward) never expires mid-forward.
     Before: nothing bounded the total; the trickled answer was waited out."""
-    assert faulty.lease > timedelta(seconds=faulty.attempt_seconds) and faulty.attempt_seconds >= 2 * faulty.forward_seconds
+    assert faulty.lease >= timedelta(seconds=2 * faulty.forward_seconds + 10)
     k = domain.vault.issue(key_request(daily_usd_cap=30))
     tag = new_tag()
     fault.arm("trickle_after_forward")
