@@ -33,8 +33,11 @@ param principalType string = 'User'
 @description('Stripe API base URL the proxy forwards to.')
 param stripeApiBase string = 'https://api.stripe.com'
 
-@description('Seconds before a call to Stripe times out.')
+@description('Total deadline in seconds of one call to Stripe (connect + write + read).')
 param stripeTimeoutSeconds string = '30'
+
+@description('The Stripe-Version the proxy forwards; requests naming another version are refused (docs/proxy.md).')
+param stripeVersion string = '2026-10-28.endive'
 
 @description('Prefix of every table spendgate creates (letters and digits, starting with a letter).')
 param tablePrefix string = 'spendgate'
@@ -144,6 +147,7 @@ var appSettings = {
   STRIPE_API_BASE: stripeApiBase
   STRIPE_SECRET_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${stripeSecretName}/)'
   SPENDGATE_STRIPE_TIMEOUT_SECONDS: stripeTimeoutSeconds
+  SPENDGATE_STRIPE_VERSION: stripeVersion
   SPENDGATE_TABLE_PREFIX: tablePrefix
   SPENDGATE_IDEMPOTENCY_RETENTION_DAYS: idempotencyRetentionDays
   // Vault keys (vk_…) the agent tools spend and look up with; issued after deployment.
