@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -143,8 +144,44 @@ def charge_customer(client: ProxyCaller, request: ChargeRequest, claims: Claims,
         return _result(request, ItemOutcome.CHARGED, object_id=claim.object_id, replayed=True)
     answer = client.post(f"/v1/{request.endpoint}", charge_params(request), idempotency_key=request.idempotency_key)
     result = interpret(request, answer)  # raises on a transient fault: the claim stays for the retry
+    if answer.outcome is Outcome.SUCCEEDED and answer.body.get("status") in UNFINISHED and result.object_id:
+        return _cancel_unfinished(client, request, claims, identity, owner, result, now)
     claims.settle(identity, owner, moved_money=_moved_money(answer), object_id=result.object_id, now=now)
     return result
+
+
+# A payment intent left waiting for the customer (3-D Secure) or for another card: not paid.
+# The proxy holds its amount pending (it may still be paid); only a cancel Stripe confirms
+# releases it, so the run cancels it and reports the item as not charged.
+UNFINISHED = frozenset({"requires_action", "requires_payment_method", "requires_confirmation"})
+
+
+def _cancel_unfinished(
+    client: ProxyCaller,
+    request: ChargeRequest,
+    claims: Claims,
+    identity: Identity,
+    owner: Owner,
+    result: ItemResult,
+    now: datetime,
+) -> ItemResult:
+    """Cancel an unpaid intent through the proxy; the claim goes only once Stripe confirms the cancel."""
+    intent = str(result.object_id)
+    cancel = client.post(
+        f"/v1/payment_intents/{intent}/cancel", {}, idempotency_key=f"{request.idempotency_key}-cancel"
+    )
+    if cancel.outcome is Outcome.TRANSIENT:  # retried: the create replays, the cancel is idempotent too
+        raise TransientChargeError(f"item {request.item_index}: cancel of {intent}: {cancel.status} {cancel.code or ''}")
+    if cancel.outcome is Outcome.SUCCEEDED and cancel.body.get("status") == "canceled":
+        claims.settle(identity, owner, moved_money=False, object_id=intent, now=now)
+        return replace(result, reason=f"{result.reason}; canceled, nothing was charged")
+    # Not canceled (already paid meanwhile, say): the money may move, so the claim and the hold stay.
+    claims.settle(identity, owner, moved_money=True, object_id=intent, now=now)
+    return replace(
+        result,
+        reason=f"{result.reason}; the cancel was refused ({cancel.code or cancel.status}), "
+        "so it stays pending at the proxy until Stripe settles it",
+    )
 
 
 def _moved_money(answer: ProxyResult) -> bool:
@@ -177,7 +214,11 @@ def interpret(request: ChargeRequest, answer: ProxyResult) -> ItemResult:
         raise TransientChargeError(f"item {request.item_index}: {answer.status} {answer.code or ''}".strip())
     if answer.outcome is Outcome.SUCCEEDED:
         status = answer.body.get("status")
-        if request.endpoint is Endpoint.PAYMENT_INTENTS and status not in ("succeeded", "processing"):
+        if request.endpoint is Endpoint.PAYMENT_INTENTS and status == "processing":
+            # Paid as far as the run is concerned; the proxy keeps it pending until Stripe settles it.
+            return _result(request, ItemOutcome.CHARGED, object_id=answer.object_id, code="processing",
+                           reason="processing: pending at the proxy until Stripe settles it", replayed=answer.replayed)
+        if request.endpoint is Endpoint.PAYMENT_INTENTS and status != "succeeded":
             return _result(
                 request,
                 ItemOutcome.DECLINED,

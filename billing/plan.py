@@ -73,10 +73,18 @@ class RunPlan:
             label=charge_label(self.instance_id),
             role="charge",
             cap_cents=self.run.budget_cents,
-            allowed_endpoints=(f"POST /v1/{self.run.endpoint}",),
+            allowed_endpoints=self.charge_endpoints,
             expires_in=self.run.expires_in,
             metadata={"orchestration_id": self.instance_id, "billing_period": self.run.billing_period},
         )
+
+    @property
+    def charge_endpoints(self) -> tuple[str, ...]:
+        """The charge key's allowlist: the charge, and for payment intents the cancel of one the
+        customer did not complete (`billing.charging`: only a canceled intent is released)."""
+        if self.run.endpoint is Endpoint.PAYMENT_INTENTS:
+            return ("POST /v1/payment_intents", "POST /v1/payment_intents/*/cancel")
+        return (f"POST /v1/{self.run.endpoint}",)
 
     def read_key_request(self) -> KeyRequest:
         return KeyRequest(

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +70,8 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
         run, instance_id = parse_run_request(body)
         rt = runtime()
         index = RunIndex(rt.tables, rt.settings.table_prefix)
-        instance_id = await runs.start_run(client, run, instance_id, vault_service(), _marks(), index)
+        marks = await asyncio.to_thread(_marks)  # may create the billing table: never on the event loop
+        instance_id = await runs.start_run(client, run, instance_id, vault_service(), marks, index)
     except SpendgateError as exc:
         return _error(exc)
     body = {**run_links(req.url, instance_id), "warnings": warnings(run)}
@@ -98,7 +100,11 @@ async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestratio
     try:
         return _json(
             await runs.stop_run(
-                client, vault_service(), req.route_params["instance_id"], _marks(), datetime.now(UTC)
+                client,
+                vault_service(),
+                req.route_params["instance_id"],
+                await asyncio.to_thread(_marks),
+                datetime.now(UTC),
             )
         )
     except SpendgateError as exc:

@@ -88,6 +88,34 @@ def agent_tools(stack: AppStack, base: str | None = None) -> BillingTools:
                         audit_key=audit["vault_key"], backoff_seconds=0.05)
 
 
+# --- 5. only money that moves counts ---------------------------------------------------------
+
+THREE_D_SECURE_CARD = "4000002500003155"  # localstripe leaves its payment intent in requires_action
+
+
+def test_5_an_unpaid_3ds_intent_is_canceled_and_eats_no_budget(app_stack: AppStack) -> None:
+    """A budget of $87 for one 3-D Secure customer and three good ones at $29: the 3-D Secure intent is
+    canceled through the proxy and released, so all three good customers are charged and /spend agrees."""
+    plan = unique_plan("three-ds")
+    with stripe(app_stack) as client:
+        secure = create_customer(client, name=f"{plan} 3ds", plan=plan, card=THREE_D_SECURE_CARD)
+        good = [create_customer(client, name=f"{plan} {i}", plan=plan) for i in range(3)]
+    body = {**listed([secure, *good]), "budget_usd": 87}
+    run_id = start_run(app_stack.url, app_stack.admin_headers, body)
+    run = wait_until(app_stack.url, app_stack.admin_headers, run_id)
+    out = run["output"]
+    items = by_customer(out)
+    assert [items[c]["outcome"] for c in good] == ["charged"] * 3 and out.get("stopped") is None, out
+    assert items[secure]["outcome"] == "declined" and items[secure]["code"] == "requires_action"
+    assert "canceled" in items[secure]["reason"]
+    [intent] = intents(app_stack, secure)
+    assert intent["status"] == "canceled" and items[secure]["object_id"] == intent["id"]
+    assert {c: len(v) for c, v in paid(app_stack, good).items()} == dict.fromkeys(good, 1)
+    spend = httpx.get(f"{app_stack.url}/api/billing/runs/{run_id}/spend", headers=app_stack.admin_headers,
+                      timeout=30).json()
+    assert out["spent_cents"] == 8700 and spend["spent_cents"] == 8700 and spend.get("pending_cents", 0) == 0, spend
+
+
 # --- 1. modern cards are charged; one card resolution --------------------------------------
 
 
