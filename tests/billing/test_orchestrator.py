@@ -124,7 +124,7 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     assert first.name == orch.ISSUE_KEY
     assert first.input["label"] == "azure-durable/run1"
     assert first.input["cap_cents"] == 580000
-    assert first.input["allowed_endpoints"] == ["POST /v1/payment_intents"]
+    assert first.input["allowed_endpoints"] == ["POST /v1/payment_intents", "POST /v1/payment_intents/*/cancel"]
     # Idempotency keys are {instanceId}-{itemIndex}, unique across batches.
     keys = [ChargeRequest.from_dict(c.input).idempotency_key for c in ctx.activity_calls(orch.CHARGE_CUSTOMER)]
     assert keys == [f"run1-{i}" for i in range(200)]

@@ -95,12 +95,13 @@ THREE_D_SECURE_CARD = "4000002500003155"  # localstripe leaves its payment inten
 
 def test_5_an_unpaid_3ds_intent_is_canceled_and_eats_no_budget(app_stack: AppStack) -> None:
     """A budget of $87 for one 3-D Secure customer and three good ones at $29: the 3-D Secure intent is
-    canceled through the proxy and released, so all three good customers are charged and /spend agrees."""
+    canceled through the proxy and released, so all three good customers are charged and /spend agrees.
+    One charge at a time: while the hold is pending, a parallel charge would (rightly) be refused for the cap."""
     plan = unique_plan("three-ds")
     with stripe(app_stack) as client:
         secure = create_customer(client, name=f"{plan} 3ds", plan=plan, card=THREE_D_SECURE_CARD)
         good = [create_customer(client, name=f"{plan} {i}", plan=plan) for i in range(3)]
-    body = {**listed([secure, *good]), "budget_usd": 87}
+    body = {**listed([secure, *good]), "budget_usd": 87, "max_parallel": 1}
     run_id = start_run(app_stack.url, app_stack.admin_headers, body)
     run = wait_until(app_stack.url, app_stack.admin_headers, run_id)
     out = run["output"]
