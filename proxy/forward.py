@@ -159,11 +159,11 @@ def _handle(
     # The idempotency record is not read up front: a POST's reservation creates it in the
     # same transaction, and if one exists that create fails, nothing is reserved, and `_post`
     # reads the record and decides (replay, in use, different parameters, take over). A
-    # metered POST authenticates against the key row this process last read, if any: its
-    # reservation's If-Match is what stops it after a revoke (proxy/known_keys.py). So the
-    # hot path of a charge reads nothing; everything else reads the key row.
-    # Only requests priced from their own body: a confirm, capture or refund is priced by a
-    # Stripe read before its reservation, which must not happen for a revoked key.
+    # charge priced from its own body authenticates against the key row this process last
+    # read, if any: its reservation's If-Match is what stops it after a revoke
+    # (proxy/known_keys.py). So the hot path of a charge reads nothing; everything else reads
+    # the key row, including a confirm, capture or refund, whose pricing read reaches Stripe
+    # before its reservation and so must not happen for a revoked key.
     metered = problem is None and request is not None and request.method == "POST" and (
         request.kind == "body" and request.metered_amount > 0)
     known = deps.known_keys.get(parsed.key_id) if metered and deps.known_keys is not None else None

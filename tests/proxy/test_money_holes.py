@@ -296,3 +296,22 @@ def test_an_ambiguous_confirm_is_found_by_the_intents_status(
     retry = post(faulty, k["vault_key"], path, "", key="conf", headers={})
     assert retry.status == 200 and retry.json()["status"] == "succeeded"
     assert retry.headers["Idempotent-Replayed"] == "true" and view(domain, k["key_id"]) == (1800, 0)
+
+
+def test_a_lookup_longer_than_the_forward_deadline_renews_the_lease_before_forwarding(
+    domain: Domain, fault: FaultUpstream, faulty: ProxyDeps
+) -> None:
+    """The lookup only reads and may take longer than T; the forward after it starts under a
+    renewed lease, so it still ends before the lease does."""
+    deps = replace(faulty, settings=Settings.from_mapping({**faulty.settings.env, "SPENDGATE_STRIPE_TIMEOUT_SECONDS": "2"}))
+    k = domain.vault.issue(key_request())
+    tag = new_tag()
+    fault.arm("refuse")  # ambiguous, and Stripe made nothing
+    assert post(deps, k["vault_key"], "/v1/payment_intents", pi_params(600, tag), key="slow-lookup").status == 500
+    before = domain.deps.store.read_idem(k["key_id"], idem.idem_row("slow-lookup"))
+    fault.arm("sleep_after_forward", method="GET", path="/v1/payment_intents")  # the list takes 3 s > T
+    retry = post(deps, k["vault_key"], "/v1/payment_intents", pi_params(600, tag), key="slow-lookup")
+    assert retry.status == 200 and len(tagged_objects(domain.localstripe.url, tag)) == 1
+    after = domain.deps.store.read_idem(k["key_id"], idem.idem_row("slow-lookup"))
+    assert before is not None and after is not None and after.state == "completed" and after.attempts == 2
+    assert view(domain, k["key_id"]) == (600, 0)
