@@ -40,6 +40,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
 from devhost.durable import actions as act
 from devhost.durable import history as h
+from devhost.durable import shim
 from devhost.durable.api import ManagementApi
 from devhost.durable.history import EventType
 from devhost.durable.ownership import HEARTBEAT_SECONDS, EnginePeers
@@ -326,25 +327,26 @@ class DurableEngine:
                 result_state, error = res.state, res.error
             if "customStatus" in result_state:
                 inst.custom_status = json.dumps(result_state["customStatus"])
-            try:
-                plan, seen = act.plan_new_actions(result_state, inst.actions_seen, inst.next_seq, instance_id, now)
-            except act.UnsupportedAction as exc:
-                error, plan, seen = str(exc), act.Plan([], [], inst.next_seq), inst.actions_seen
-            if error is not None:
+            try:  # what the extension's out-of-proc shim schedules now (shim.py)
+                plan = shim.advance(result_state, rows + new_rows, inst.actions_seen, inst.next_seq, instance_id, now)
+            except (act.UnsupportedAction, shim.ShimFailure) as exc:
+                error = str(exc)
+                plan = shim.ShimPlan([], [], inst.next_seq, seen=inst.actions_seen, finished=True)
+            if error is not None and plan.finished:
                 message = f"Orchestrator function '{inst.name}' failed: {error}"
                 new_rows.append(HistoryRow(h.execution_completed("Failed", json.dumps(message), now), {}, None))
                 inst.status, inst.output, outcome = "Failed", json.dumps(message), "failed"
-            elif plan.continue_as_new:
+            elif plan.finished and plan.continue_as_new:
                 new_rows.append(HistoryRow(h.continue_as_new(plan.continue_input, now), {}, None))
                 continue_input, was_continued, outcome = plan.continue_input, True, "continued-as-new"
-            elif result_state.get("isDone"):
+            elif plan.finished and result_state.get("isDone"):
                 output = json.dumps(result_state.get("output"))
                 new_rows.append(HistoryRow(h.execution_completed("Completed", output, now), {}, None))
                 inst.status, inst.output, outcome = "Completed", output, "completed"
-            else:
+            else:  # running, or done/failed in the SDK while the shim still awaits an earlier action
                 new_rows.extend(plan.rows)
                 work.extend(plan.work)
-                inst.next_seq, inst.actions_seen, inst.status = plan.next_seq, seen, "Running"
+                inst.next_seq, inst.actions_seen, inst.status = plan.next_seq, plan.seen, "Running"
                 if batch and act.allocates(batch[-1].event, scheduled):
                     step = act.plan_retry_step(batch[-1].event, scheduled, inst.next_seq, instance_id, now)
                     new_rows.extend(step.rows)

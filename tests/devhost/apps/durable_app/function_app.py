@@ -173,6 +173,36 @@ def broken(context: df.DurableOrchestrationContext):
     raise ValueError("orchestrator gave up")
 
 
+@app.orchestration_trigger(context_name="context")
+def stalled_any(context: df.DurableOrchestrationContext):
+    """task_any over a task started earlier: the SDK emits WhenAny([third]) only (see test_durable_shim.py)."""
+    tag = context.get_input()
+    fast = context.call_activity("step", {"tag": tag, "i": "fast", "sleep": 0})
+    slow = context.call_activity("step", {"tag": tag, "i": "slow", "sleep": 1})
+    yield context.task_any([fast, slow])
+    third = context.call_activity("step", {"tag": tag, "i": "third", "sleep": 3})
+    yield context.task_any([slow, third])
+    after = yield context.call_activity("step", {"tag": tag, "i": "after", "sleep": 0})
+    return after
+
+
+_steps = 0  # start/end marks of `step` activities in this process, in order
+
+
+@app.activity_trigger(input_name="item")
+def step(item: dict) -> str:
+    """Record `<i>:start` and `<i>:end` with a process-wide order number (one devhost process)."""
+    global _steps
+    with _running_lock:
+        _steps += 1
+        _record(item["tag"], f"{item['i']}:start", _steps)
+    time.sleep(item["sleep"])
+    with _running_lock:
+        _steps += 1
+        _record(item["tag"], f"{item['i']}:end", _steps)
+    return str(item["i"])
+
+
 @app.activity_trigger(input_name="item")
 def record(item: dict) -> int:
     global _running
