@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from billing.keys import Vault, keys_with_label, revoke_run_keys
 from billing.payloads import ItemOutcome, RunRequest
-from billing.plan import charge_label, run_labels
+from billing.plan import charge_label, merge_progress, run_labels
 from core.errors import SpendgateError
 
 ORCHESTRATOR = "billing_run"
@@ -76,7 +76,7 @@ async def describe_run(client: DurableClient, instance_id: str, vault: Vault | N
         "runtime_status": _status_name(status),
         "created_time": created.isoformat() if created else None,
         "last_updated_time": updated.isoformat() if updated else None,
-        "progress": status.custom_status,
+        "progress": await _progress(client, status.custom_status),
         "output": status.output,
     }
     if vault is not None and not isinstance(status.output, dict) and _status_name(status) in _FINISHED:
@@ -84,6 +84,14 @@ async def describe_run(client: DurableClient, instance_id: str, vault: Vault | N
         described["items"] = audited_items(vault, instance_id, getattr(with_input, "input_", None))
         described["items_source"] = "audit"
     return described
+
+
+async def _progress(client: DurableClient, run_status: Any) -> Any:
+    """The run's custom status, plus its lanes' progress while they charge (`merge_progress`)."""
+    if not isinstance(run_status, dict) or not run_status.get("lanes"):
+        return run_status
+    lanes = [await client.get_status(str(lane_id)) for lane_id in run_status["lanes"]]
+    return merge_progress(run_status, [getattr(lane, "custom_status", None) for lane in lanes])
 
 
 # What an audit decision means for the item it was made for.
