@@ -49,7 +49,11 @@ from devhost.durable.store import DurableStore, HistoryRow, Instance
 from devhost.durable.timers import DurableTimers
 from devhost.loader import FunctionIndex
 
-MAX_EPISODE_ATTEMPTS = 5  # storage hiccups are retried; a persistent fault parks the instance
+# Storage hiccups are retried (backing off 0.5, 1, 2, 4, 8 s); an episode that still cannot
+# commit fails its instance visibly (status Failed, the reason as output) instead of retrying
+# forever while the instance shows Running with nothing done.
+MAX_EPISODE_ATTEMPTS = 6
+MAX_FAILURE_REASON = 2000
 HISTORY_CACHE_INSTANCES = 256
 GATHER_SECONDS = 1.0  # see DurableEngine._gather
 DELIVERY_ATTEMPTS = 8  # ~25 s of storage trouble before an activity result is given up
@@ -200,16 +204,21 @@ class DurableEngine:
                 self._gather(instance_id)
                 again = self._episode(instance_id)
                 self._failures.pop(instance_id, None)
-            except Exception:
+            except Exception as exc:
                 failures = self._failures[instance_id] = self._failures.get(instance_id, 0) + 1
                 again = failures < MAX_EPISODE_ATTEMPTS
                 self.log.exception(
-                    "orchestration %s: episode failed (attempt %d)%s",
+                    "orchestration %s: episode failed (attempt %d of %d)%s",
                     instance_id,
                     failures,
-                    "; retrying" if again else "; parked until its next event",
+                    MAX_EPISODE_ATTEMPTS,
+                    "; retrying" if again else "; failing the instance",
                 )
-                time.sleep(0.2 * failures)
+                if again:
+                    time.sleep(min(0.25 * 2**failures, 8.0))
+                else:
+                    self._failures.pop(instance_id, None)
+                    self._fail_instance(instance_id, exc, failures)
             finally:
                 with self._lock:
                     self._running.discard(instance_id)
@@ -219,6 +228,22 @@ class DurableEngine:
                     self._dirty.discard(instance_id)
             if again and not self._stopping.is_set():
                 self.signal(instance_id)
+
+    def _fail_instance(self, instance_id: str, exc: Exception, attempts: int) -> None:
+        """Mark an instance Failed whose episodes keep failing, with the reason (small, inline)."""
+        reason = (
+            f"devhost could not run or commit an episode of this orchestration after {attempts} attempts: "
+            f"{type(exc).__name__}: {exc}"
+        )[:MAX_FAILURE_REASON]
+        self._history.drop(instance_id)
+        try:
+            inst = self.store.mark_failed(instance_id, json.dumps(reason), h.iso(h.utc_now()))
+        except Exception:
+            self.log.exception("orchestration %s: could not record its failure either", instance_id)
+            return
+        if inst is not None:
+            self.log.error("orchestration %s failed: %s", instance_id, reason)
+            self._notify_parent(inst)
 
     def _gather(self, instance_id: str) -> None:
         """Let results of a fan-out collect for a moment before the next episode.

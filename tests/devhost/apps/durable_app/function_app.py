@@ -113,6 +113,15 @@ def big(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def big_retry(context: df.DurableOrchestrationContext):
+    """A retried activity with a large input: the retry bookkeeping holds the input too."""
+    size = context.get_input()
+    retry = df.RetryOptions(first_retry_interval_in_milliseconds=100, max_number_of_attempts=2)
+    echoed = yield context.call_activity_with_retry("echo", retry, {"blob": "r" * size})
+    return len(echoed["blob"])
+
+
+@app.orchestration_trigger(context_name="context")
 def sleeper(context: df.DurableOrchestrationContext):
     seconds = context.get_input()
     started = context.current_utc_datetime
