@@ -258,8 +258,8 @@ class DurableEngine:
         The price: an orchestrator that reacts to *some* of its running activities (`task_any`
         over activities, an activity raced against a timer) may see that result up to
         `GATHER_SECONDS` late. On Azure, the control-queue polling delay of an idle hub is up
-        to 30 s by default, so 1 s stays within what the real host does; spendgate's own
-        `task_any` (billing lanes) waits on sub-orchestrations, which are never held back.
+        to 30 s by default, so 1 s stays within what the real host does; spendgate itself uses
+        no `task_any` (billing lanes are sub-orchestrations under one `task_all`).
         With 0.1 s a 25-charge batch took ~6 episodes; each costs a full replay and five
         storage calls (docs/ledger.md).
         """
