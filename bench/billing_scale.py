@@ -85,9 +85,11 @@ def one_size(stack: Stack, n: int, parallel: int, timeout: float) -> dict[str, A
             time.sleep(POLL_SECONDS)
         wall = time.perf_counter() - start
     counts = {k: v for k, v in ((run.get("output") or {}).get("counts") or {}).items() if v}
-    print(f"{n} customers: {run['runtime_status']} in {wall:.1f}s {counts}", flush=True)
-    return {"n": n, "wall": wall, "status": run["runtime_status"], "counts": counts, "rss_before": before,
-            "rss_peak": sampler.peak, "rss_after": rss_mib(pid), "cpu": cpu_delta(cpu0, stack.cpu(), n)}
+    row = {"n": n, "wall": wall, "status": run["runtime_status"], "counts": counts, "rss_before": before,
+           "rss_peak": sampler.peak, "rss_after": rss_mib(pid), "cpu": cpu_delta(cpu0, stack.cpu(), n)}
+    print(f"{n} customers: {run['runtime_status']} in {wall:.1f}s {counts}; devhost RSS MiB before {before:.0f},"
+          f" peak {sampler.peak:.0f}, after {row['rss_after']:.0f}; CPU per customer {row['cpu']}", flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
