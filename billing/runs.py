@@ -6,6 +6,9 @@ dependencies (`DurableOrchestrationClient`, `VaultService`) as arguments.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from billing.keys import Vault, keys_with_label, revoke_run_keys
@@ -29,6 +32,12 @@ class DurableClient(Protocol):
     async def terminate(self, instance_id: str, reason: str) -> None: ...
 
 
+class RunRecorder(Protocol):
+    """Where started runs are listed (`billing.run_index.RunIndex`)."""
+
+    def record(self, instance_id: str, created: datetime) -> None: ...
+
+
 def _status_name(status: Any) -> str | None:
     runtime_status = getattr(status, "runtime_status", None)
     return None if runtime_status is None else str(getattr(runtime_status, "value", runtime_status))
@@ -39,8 +48,13 @@ async def _existing(client: DurableClient, instance_id: str) -> Any:
     return status if status and _status_name(status) is not None else None
 
 
-async def start_run(client: DurableClient, run: RunRequest, instance_id: str | None, vault: Vault) -> str:
+async def start_run(
+    client: DurableClient, run: RunRequest, instance_id: str | None, vault: Vault, index: RunRecorder
+) -> str:
     """Start a run; an instance id that was ever used answers 409 `run_exists` (bills no one).
+
+    The run is added to the runs index (`billing.run_index`, what the console lists) before
+    it starts, so a started run is always listed; an id is chosen here when none is given.
 
     "Ever used" includes runs whose history was purged: their vault keys (never deleted)
     still carry the label `azure-durable/{id}`. A new run under the same id would get a
@@ -49,14 +63,20 @@ async def start_run(client: DurableClient, run: RunRequest, instance_id: str | N
     """
     if instance_id is not None and (
         await _existing(client, instance_id) is not None
-        or any(next(keys_with_label(vault, label), None) for label in run_labels(instance_id))
+        or await asyncio.to_thread(_labels_used, vault, instance_id)
     ):
         raise SpendgateError(
             "run_exists",
             f"billing run {instance_id} already exists; GET /api/billing/runs/{instance_id}",
             param="instance_id",
         )
+    instance_id = instance_id or uuid.uuid4().hex
+    await asyncio.to_thread(index.record, instance_id, datetime.now(UTC))
     return await client.start_new(ORCHESTRATOR, instance_id, run.to_dict())
+
+
+def _labels_used(vault: Vault, instance_id: str) -> bool:
+    return any(next(keys_with_label(vault, label), None) for label in run_labels(instance_id))
 
 
 async def describe_run(client: DurableClient, instance_id: str, vault: Vault | None = None) -> dict[str, Any]:

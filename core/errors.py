@@ -1,7 +1,7 @@
 """spendgate's error catalog: every error code the app answers with, in one place.
 
-Every error leaves the app Stripe-shaped, so stripe-python and other Stripe clients
-raise the matching exception::
+Every error leaves the app Stripe-shaped, so stripe-python, stripe-node and other Stripe
+clients raise the matching exception::
 
     {"error": {"type": <type>, "code": <code>, "message": <text>, "param"?: <field>}}
 
@@ -19,6 +19,7 @@ with a `Stripe-Should-Retry` header telling clients whether a retry is safe.
     body_invalid                400     invalid_request_error   false
     body_too_large              413     invalid_request_error   false
     path_invalid                400     invalid_request_error   false
+    api_v2_not_supported        400     invalid_request_error   false
     method_not_allowed          405     invalid_request_error   false
     policy_invalid              400     invalid_request_error   false
     not_found                   404     invalid_request_error   false
@@ -64,6 +65,8 @@ CATALOG: dict[str, ErrorKind] = {
         ErrorKind("body_invalid", 400, _INVALID, False, "The body is not valid form or JSON encoding."),
         ErrorKind("body_too_large", 413, _INVALID, False, "The body exceeds 64 KB."),
         ErrorKind("path_invalid", 400, _INVALID, False, "Only plain /v1/... paths are forwarded."),
+        ErrorKind("api_v2_not_supported", 400, _INVALID, False,
+                  "Stripe's v2 API (/v2/...) is not governed by the proxy yet; nothing was forwarded."),
         ErrorKind("method_not_allowed", 405, _INVALID, False, "The HTTP method is not supported here."),
         ErrorKind("policy_invalid", 400, _INVALID, False, "The key policy or request body is invalid (see `param`)."),
         ErrorKind("not_found", 404, _INVALID, False, "No such key, run or resource."),
@@ -118,13 +121,14 @@ def render_markdown() -> str:
         "",
         "Every error spendgate answers with is Stripe-shaped, so Stripe clients raise the matching",
         "exception (stripe-python: 400/404 → `InvalidRequestError` or `IdempotencyError`, 401 →",
-        "`AuthenticationError`, 402 → `CardError`, 403 → `PermissionError`, others → `APIError`):",
+        "`AuthenticationError`, 402 → `CardError`, 403 → `PermissionError`, others → `APIError`;",
+        "stripe-node: the same names with a `Stripe` prefix, e.g. `StripeCardError`):",
         "",
         "```json",
         '{"error": {"type": "card_error", "code": "spend_cap_exceeded", "message": "…", "param": "amount"}}',
         "```",
         "",
-        "Each answer carries `Stripe-Should-Retry: true|false`, which stripe-python obeys. Only the",
+        "Each answer carries `Stripe-Should-Retry: true|false`, which stripe-python and stripe-node obey. Only the",
         "codes marked retryable are safe to retry, and only with the same `Idempotency-Key`.",
         "",
         "| code | HTTP | type | retry | meaning |",

@@ -35,6 +35,7 @@ class Seen:
     path: str
     idempotency_key: str | None
     form: dict[str, str]
+    stripe_version: str | None = None
 
     @property
     def item_index(self) -> int | None:
@@ -104,7 +105,8 @@ class FaultProxy:
                 form = {}
                 if "form-urlencoded" in (self.headers.get("Content-Type") or ""):
                     form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
-                seen = Seen(self.command, self.path.split("?")[0], self.headers.get("Idempotency-Key"), form)
+                seen = Seen(self.command, self.path.split("?")[0], self.headers.get("Idempotency-Key"), form,
+                            self.headers.get("Stripe-Version"))
                 action = proxy._decide(seen)
                 if action == IN_USE_BEFORE:
                     self._answer(

@@ -45,6 +45,14 @@ class FakeClient:
         self.log.append(f"terminate {instance_id}")
 
 
+class MemoryIndex:
+    def __init__(self) -> None:
+        self.recorded: list[str] = []
+
+    def record(self, instance_id: str, created: datetime) -> None:
+        self.recorded.append(instance_id)
+
+
 class LoggingVault(MemoryVault):
     def __init__(self, log: list[str]) -> None:
         super().__init__()
@@ -57,18 +65,20 @@ class LoggingVault(MemoryVault):
 
 def test_start_passes_the_run_and_refuses_an_existing_instance_id() -> None:
     client = FakeClient([], {"taken": "Running"})
-    vault = MemoryVault()
-    assert asyncio.run(runs.start_run(client, RUN, "fresh", vault)) == "fresh"
+    vault, index = MemoryVault(), MemoryIndex()
+    assert asyncio.run(runs.start_run(client, RUN, "fresh", vault, index)) == "fresh"
     assert client.started == [("billing_run", "fresh", RUN.to_dict())]
+    generated = asyncio.run(runs.start_run(client, RUN, None, vault, index))  # an id is chosen and indexed first
+    assert index.recorded == ["fresh", generated] and client.started[1][1] == generated
     with pytest.raises(SpendgateError) as err:
-        asyncio.run(runs.start_run(client, RUN, "taken", vault))
+        asyncio.run(runs.start_run(client, RUN, "taken", vault, index))
     assert (err.value.code, err.value.status, err.value.param) == ("run_exists", 409, "instance_id")
     # A purged run leaves no instance, but its keys still carry the run's label.
     vault.issue_in_app({"label": "azure-durable/purged"})
     with pytest.raises(SpendgateError) as err:
-        asyncio.run(runs.start_run(client, RUN, "purged", vault))
+        asyncio.run(runs.start_run(client, RUN, "purged", vault, index))
     assert err.value.code == "run_exists"
-    assert len(client.started) == 1
+    assert len(client.started) == 2 and index.recorded == ["fresh", generated]
 
 
 def test_stop_revokes_the_keys_before_it_terminates() -> None:
