@@ -21,7 +21,7 @@ from azure.storage.blob import BlobServiceClient
 from devhost.durable.payloads import container_name
 from devhost.durable.store import DurableStore
 from devhost.services import Service, free_port, start_devhost
-from tests.devhost.test_durable import APP_DIR, durable_env, start, wait_done
+from tests.devhost.test_durable import APP_DIR, SYSTEM_KEY, durable_env, start, wait_done
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def env(azurite: Service) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def client(env: dict[str, str], artifacts_dir: Path) -> Iterator[httpx.Client]:
     svc = start_devhost(APP_DIR, env, log_path=artifacts_dir / "devhost-durable-payloads.log")
-    with httpx.Client(base_url=svc.url, timeout=30) as c:
+    with httpx.Client(base_url=svc.url, timeout=30, headers={"x-functions-key": SYSTEM_KEY}) as c:
         yield c
     svc.stop()
 
@@ -86,7 +86,7 @@ def test_an_episode_that_cannot_commit_fails_the_instance_visibly(
     assert f":{dead}/" in env["AzureWebJobsStorage"]
     svc = start_devhost(APP_DIR, env, log_path=artifacts_dir / "devhost-durable-deadblob.log")
     try:
-        with httpx.Client(base_url=svc.url, timeout=30) as client:
+        with httpx.Client(base_url=svc.url, timeout=30, headers={"x-functions-key": SYSTEM_KEY}) as client:
             urls = start(client, "big", 100_000)
             status = wait_done(client, urls, timeout=120)
     finally:
