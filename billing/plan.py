@@ -40,10 +40,13 @@ MAX_ITEMS_IN_OUTPUT = 1000
 # idempotency_key_in_use until the lease ends, then a retry takes it over.
 BATCH_RETRY_DELAYS_SECONDS: tuple[int, ...] = (30, 60, 120)
 BATCH_ATTEMPTS = len(BATCH_RETRY_DELAYS_SECONDS) + 1
-# Batches in flight at once. With one, every batch waits for its slowest charge before the
-# next starts and the fan-out idles at each batch's tail; with two half-size batches the
-# next one starts as soon as either finishes, and at most `max_parallel` charges are still
-# in flight (docs/billing.md).
+# Lanes: sub-orchestrations that each run their share of the batches one after another, all
+# under one `task_all`. With one batch at a time the fan-out idles at each batch's tail; with
+# two lanes of half-size batches the other lane keeps charging meanwhile, and at most
+# `max_parallel` charges are in flight. Lanes, not a `task_any` refill loop in the run: the
+# Durable extension awaits the run's actions one at a time, and a `task_any` over a batch
+# started earlier reaches it as a WhenAny of the new batch only, which stalls the loop
+# (devhost/durable/shim.py, docs/billing.md).
 LANES = 2
 
 
@@ -134,7 +137,89 @@ class RunPlan:
 
     def batch_instance_id(self, batch_no: int, attempt: int) -> str:
         """Deterministic id of a batch sub-orchestration (attempts get fresh ids)."""
-        return f"{self.instance_id}:batch-{batch_no}:{attempt}"
+        return batch_instance_id(self.instance_id, batch_no, attempt)
+
+    def lane_requests(self, batches: Sequence[BatchRequest], cap_cents: int) -> list[LaneRequest]:
+        """Batch n goes to lane n % lanes, so the lanes charge the items roughly in order."""
+        count = min(self.lanes, len(batches))
+        return [
+            LaneRequest(self.instance_id, lane, tuple((n, b) for n, b in enumerate(batches) if n % count == lane), cap_cents)
+            for lane in range(count)
+        ]
+
+    def lane_instance_id(self, lane: int) -> str:
+        return f"{self.instance_id}:lane-{lane}"
+
+
+def batch_instance_id(run_id: str, batch_no: int, attempt: int) -> str:
+    """Deterministic id of a batch sub-orchestration (attempts get fresh ids)."""
+    return f"{run_id}:batch-{batch_no}:{attempt}"
+
+
+@dataclass(frozen=True)
+class LaneRequest:
+    """Input of the `billing_lane` sub-orchestration: its batches, by batch number, in order."""
+
+    run_id: str
+    lane: int
+    batches: tuple[tuple[int, BatchRequest], ...]
+    cap_cents: int
+
+    @property
+    def total(self) -> int:
+        return sum(len(b.items) for _, b in self.batches)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "lane": self.lane,
+            "cap_cents": self.cap_cents,
+            "batches": [{"batch_no": n, "batch": b.to_dict()} for n, b in self.batches],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LaneRequest:
+        return cls(
+            run_id=str(data["run_id"]),
+            lane=int(data["lane"]),
+            batches=tuple((int(b["batch_no"]), BatchRequest.from_dict(b["batch"])) for b in data["batches"]),
+            cap_cents=int(data["cap_cents"]),
+        )
+
+
+def lane_output(results: Sequence[ItemResult], stopped: str | None, stopped_at: int | None) -> dict[str, Any]:
+    """What a lane hands back to the run: every item's result, and where and why it stopped."""
+    return {"results": [r.to_dict() for r in results], "stopped": stopped, "stopped_at": stopped_at}
+
+
+def merge_lanes(outputs: Sequence[dict[str, Any]]) -> tuple[list[ItemResult], str | None]:
+    """All items in index order; the run's stop reason is the one of the earliest batch that stopped."""
+    results = sorted((ItemResult.from_dict(r) for out in outputs for r in out["results"]), key=lambda r: r.item_index)
+    stops = sorted((int(o["stopped_at"]), str(o["stopped"])) for o in outputs if o.get("stopped") is not None)
+    return results, (stops[0][1] if stops else None)
+
+
+def merge_progress(run_status: Any, lane_statuses: Sequence[Any]) -> Any:
+    """The run's progress while its lanes charge: the run's own status plus every lane's counts.
+
+    The run orchestrator waits on its lanes and cannot update its own status meanwhile, so it
+    names them (`lanes`); each lane reports its own progress after every batch.
+    """
+    if not isinstance(run_status, dict) or "lanes" not in run_status:
+        return run_status
+    merged = {k: v for k, v in run_status.items() if k != "lanes"}
+    counts: Counter[str] = Counter(merged.get("counts") or {})
+    skipped: Counter[str] = Counter(merged.get("skipped_by_reason") or {})
+    for lane in lane_statuses:
+        if not isinstance(lane, dict):
+            continue
+        for name in ("done", "charged", "spent_cents"):
+            merged[name] = int(merged.get(name) or 0) + int(lane.get(name) or 0)
+        counts.update(lane.get("counts") or {})
+        skipped.update(lane.get("skipped_by_reason") or {})
+        merged["stopped"] = merged.get("stopped") or lane.get("stopped")
+    merged["counts"], merged["skipped_by_reason"] = dict(counts), dict(skipped)
+    return merged
 
 
 def stop_reason(results: Sequence[ItemResult]) -> ItemOutcome | None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from billing.keys import Vault, keys_with_label, revoke_run_keys
 from billing.payloads import ChargeItem, FetchResult, ItemOutcome, ItemResult, RunRequest
-from billing.plan import charge_label, progress, run_labels
+from billing.plan import charge_label, merge_progress, progress, run_labels
 from core.errors import SpendgateError
 
 ORCHESTRATOR = "billing_run"
@@ -109,7 +109,7 @@ async def describe_run(
     A run that ended without its summary (stopped, where Durable's output is the reason, or
     failed) still accounts for every customer (`accounted_items`): the list to bill comes
     from history (the input, or the `fetch_customers` result), the outcomes of finished
-    batches from history, the batch cut off by the stop from the proxy's audit log, and
+    batches from its lanes' histories, the batch cut off by the stop from the proxy's audit log, and
     every customer never attempted is `skipped: stopped`. Its `progress` is recounted from
     those items, so it matches Stripe rather than the last custom status. `declines` finds
     the payment intent of an audited decline (the audit row holds no object for a 402).
@@ -123,25 +123,40 @@ async def describe_run(
         "runtime_status": _status_name(status),
         "created_time": created.isoformat() if created else None,
         "last_updated_time": updated.isoformat() if updated else None,
-        "progress": status.custom_status,
+        "progress": await _progress(client, status.custom_status),
         "output": status.output,
     }
     if vault is not None and not isinstance(status.output, dict) and _status_name(status) in _FINISHED:
         full = await client.get_status(instance_id, show_history=True, show_history_output=True, show_input=True)
         reason = "stopped" if _status_name(status) == "Terminated" else str(_status_name(status)).lower()
         # The status API names the list `historyEvents`; the SDK keeps unknown fields as attributes.
-        history = getattr(full, "history", None) or getattr(full, "historyEvents", None)
+        history = list(_history(full))
+        custom = status.custom_status if isinstance(status.custom_status, Mapping) else {}
+        for lane_id in custom.get("lanes") or ():  # batches ran in the lanes' own histories
+            lane = await client.get_status(str(lane_id), show_history=True, show_history_output=True)
+            history += _history(lane)
         items = await asyncio.to_thread(
             accounted_items, vault, instance_id, getattr(full, "input_", None), history, reason, declines
         )
         described["items"] = [i.to_dict() for i in items]
         described["items_source"] = "history+audit"
-        custom = status.custom_status if isinstance(status.custom_status, Mapping) else {}
         described["progress"] = {
             **progress(len(items), items, int(custom.get("cap_cents") or 0), reason, custom.get("warnings") or ()),
             "source": "history+audit",
         }
     return described
+
+
+def _history(status: Any) -> list[Any]:
+    return list(getattr(status, "history", None) or getattr(status, "historyEvents", None) or [])
+
+
+async def _progress(client: DurableClient, run_status: Any) -> Any:
+    """The run's custom status, plus its lanes' progress while they charge (`merge_progress`)."""
+    if not isinstance(run_status, dict) or not run_status.get("lanes"):
+        return run_status
+    lanes = [await client.get_status(str(lane_id)) for lane_id in run_status["lanes"]]
+    return merge_progress(run_status, [getattr(lane, "custom_status", None) for lane in lanes])
 
 
 # What an audit decision means for the item it was made for.

@@ -7,13 +7,16 @@
    mint another; the activity itself is idempotent per label for retries after a crash.
 2. Customers come from the input, or `fetch_customers` reads them with a second,
    read-only key. The list is an activity result, so item indexes are stable in history.
-3. Items go in batches of `max_parallel // 2`; each batch is a `billing_batch` sub-
-   orchestration that charges its items in parallel, and two batches run at once (the next
-   starts as soon as either finishes: no idle tail), so at most `max_parallel` charges are
-   in flight. A batch that fails (an activity ran out of retries) is started again after a
-   durable timer, at last recorded as `transient_exhausted`: one bad item never fails the run.
-4. After a batch reports cap_exceeded / revoked / expired, no further batch starts (the one
-   still in flight finishes; the proxy refuses its charges just the same).
+3. Items go in batches of `max_parallel // 2`; batch n belongs to lane n % 2. Each lane is a
+   `billing_lane` sub-orchestration that runs its batches one after another, each batch a
+   `billing_batch` sub-orchestration charging its items in parallel; the run waits on both
+   lanes with one `task_all`, so at most `max_parallel` charges are in flight and one lane
+   charges while the other waits for its batch's slowest charge. (A `task_any` refill loop in
+   the run stalls on Azure: the extension awaits a WhenAny of the newest batch only.) A batch
+   that fails (an activity ran out of retries) is started again after a durable timer, at
+   last recorded as `transient_exhausted`: one bad item never fails the run.
+4. After a batch reports cap_exceeded / revoked / expired, its lane starts no further batch;
+   the other lane stops after its own batch that meets the same refusal from the proxy.
 5. `revoke_run_keys` runs at the end whatever happened (the except-then-reraise below).
 
 Orchestrators must be deterministic: only `context` calls and pure functions from
@@ -43,6 +46,7 @@ from billing.payloads import (
 bp = df.Blueprint()
 
 ORCHESTRATOR = "billing_run"
+LANE_ORCHESTRATOR = "billing_lane"
 BATCH_ORCHESTRATOR = "billing_batch"
 ISSUE_KEY = "issue_run_key"
 FETCH_CUSTOMERS = "fetch_customers"
@@ -112,73 +116,52 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
     elif not charge_key.key_id:
         stopped = str(ItemOutcome.CAP_EXCEEDED)
     batches = list(plan.batches(items, str(charge_key.key_id)))
-    done: dict[int, list[ItemResult]] = {}
-    context.set_custom_status(planning.progress(len(items), [], cap, stopped, warned))
-    lanes: dict[int, _Lane] = {}
-    next_batch = 0
-    while True:
-        while stopped is None and next_batch < len(batches) and len(lanes) < plan.lanes:
-            lanes[next_batch] = _Lane(_charge_batch(context, plan, next_batch, batches[next_batch]))
-            next_batch += 1
-        if not lanes:
-            break
-        order = sorted(lanes)
-        winner = yield context.task_any([lanes[n].task for n in order])
-        batch_no = next(n for n in order if lanes[n].task is winner)
-        finished = lanes[batch_no].advance(winner)
-        if finished is None:
-            continue
-        del lanes[batch_no]
-        done[batch_no] = finished
-        reason = planning.stop_reason(finished)
-        if stopped is None and reason is not None:
-            stopped = str(reason)
-        context.set_custom_status(planning.progress(len(items), _in_order(done), cap, stopped, warned))
-    for batch_no in range(next_batch, len(batches)):  # never started: the run stopped
-        done[batch_no] = planning.skipped(batches[batch_no], str(stopped))
-    results = _in_order(done)
+    lanes = plan.lane_requests(batches, cap) if stopped is None else []
+    lane_ids = [plan.lane_instance_id(lane.lane) for lane in lanes]
+    context.set_custom_status(dict(planning.progress(len(items), [], cap, stopped, warned), lanes=lane_ids))
+    outputs: list[dict[str, Any]] = []
+    if lanes:
+        outputs = yield context.task_all(
+            [
+                context.call_sub_orchestrator(LANE_ORCHESTRATOR, lane.to_dict(), iid)
+                for lane, iid in zip(lanes, lane_ids, strict=True)
+            ]
+        )
+    results, lane_stop = planning.merge_lanes(outputs)
+    stopped = stopped or lane_stop
+    if not lanes:  # never started: the key could not spend at all
+        results = [r for b in batches for r in planning.skipped(b, str(stopped))]
     context.set_custom_status(planning.progress(len(items), results, cap, stopped, warned))
     return planning.summary(
         plan, results, cap_cents=cap, key_ids=key_ids, stopped=stopped, fetch_pages=fetch_pages, warned=warned
     )
 
 
-def _in_order(done: dict[int, list[ItemResult]]) -> list[ItemResult]:
-    return [r for n in sorted(done) for r in done[n]]
+def run_lane(context: df.DurableOrchestrationContext) -> Generator[Task, Any, dict[str, Any]]:
+    """The `billing_lane` sub-orchestrator body: its batches one after another.
 
-
-class _Lane:
-    """One batch in flight: its `_charge_batch` generator and the task it waits on.
-
-    `task_any` hands back the task that finished first; the lane feeds its outcome (value or
-    failure) into the generator, which yields its next task (a retry timer, the next
-    attempt) or returns the batch's results.
+    After a batch reports cap_exceeded / revoked / expired, the lane starts no further batch and
+    records the rest as skipped. Its progress is its custom status, updated after each batch.
     """
-
-    def __init__(self, steps: Generator[Task, Any, list[ItemResult]]) -> None:
-        self.steps = steps
-        self.task: Task = next(steps)
-
-    def advance(self, finished: Task) -> list[ItemResult] | None:
-        value, error = _outcome(finished)
-        try:
-            self.task = self.steps.throw(error) if error is not None else self.steps.send(value)
-        except StopIteration as stop:
-            return list(stop.value)
-        return None
-
-
-def _outcome(task: Task) -> tuple[Any, Exception | None]:
-    """A finished task's value or failure (the SDK keeps a failure as the task's result)."""
-    try:
-        value = task.result
-    except Exception as exc:  # test doubles raise it instead
-        return None, exc
-    return (None, value) if isinstance(value, Exception) else (value, None)
+    lane = planning.LaneRequest.from_dict(context.get_input())
+    results: list[ItemResult] = []
+    stopped: str | None = None
+    stopped_at: int | None = None
+    for batch_no, batch in lane.batches:
+        if stopped is not None:
+            results.extend(planning.skipped(batch, stopped))
+            continue
+        finished = yield from _charge_batch(context, lane.run_id, batch_no, batch)
+        results.extend(finished)
+        reason = planning.stop_reason(finished)
+        if reason is not None:
+            stopped, stopped_at = str(reason), batch_no
+        context.set_custom_status(planning.progress(lane.total, results, lane.cap_cents, stopped))
+    return planning.lane_output(results, stopped, stopped_at)
 
 
 def _charge_batch(
-    context: df.DurableOrchestrationContext, plan: planning.RunPlan, batch_no: int, batch: BatchRequest
+    context: df.DurableOrchestrationContext, run_id: str, batch_no: int, batch: BatchRequest
 ) -> Generator[Task, Any, list[ItemResult]]:
     """Charge one batch in its own sub-orchestration; never raises for a failed batch."""
     for attempt in range(1, planning.BATCH_ATTEMPTS + 1):
@@ -187,7 +170,7 @@ def _charge_batch(
             yield context.create_timer(context.current_utc_datetime + pause)
         try:
             raw = yield context.call_sub_orchestrator(
-                BATCH_ORCHESTRATOR, batch.to_dict(), plan.batch_instance_id(batch_no, attempt)
+                BATCH_ORCHESTRATOR, batch.to_dict(), planning.batch_instance_id(run_id, batch_no, attempt)
             )
         except Exception:  # an activity ran out of retries: start the batch again (same keys)
             continue
@@ -206,6 +189,11 @@ def charge_batch(context: df.DurableOrchestrationContext) -> Generator[Task, Any
 @bp.orchestration_trigger(context_name="context", orchestration=ORCHESTRATOR)
 def billing_run(context: df.DurableOrchestrationContext) -> Generator[Task, Any, dict[str, Any]]:
     return (yield from run_billing(context))
+
+
+@bp.orchestration_trigger(context_name="context", orchestration=LANE_ORCHESTRATOR)
+def billing_lane(context: df.DurableOrchestrationContext) -> Generator[Task, Any, dict[str, Any]]:
+    return (yield from run_lane(context))
 
 
 @bp.orchestration_trigger(context_name="context", orchestration=BATCH_ORCHESTRATOR)

@@ -120,6 +120,7 @@ def plan_new_actions(
                     "max": int(opts.get("maxNumberOfAttempts", 1)),
                     "first_ms": int(opts.get("firstRetryIntervalInMilliseconds", 1000)),
                     "instance_id": a.get("instanceId"),
+                    "root": seq,  # the first attempt's number: links the chain to its action (shim.py)
                 }
             child_id = (a.get("instanceId") or sub_instance_id(instance_id, seq)) if kind == "sub" else None
             row, work = _schedule(kind, seq, a["functionName"], a.get("input"), child_id, now, meta)

@@ -40,6 +40,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
 from devhost.durable import actions as act
 from devhost.durable import history as h
+from devhost.durable import shim
 from devhost.durable.api import ManagementApi
 from devhost.durable.history import EventType
 from devhost.durable.ownership import HEARTBEAT_SECONDS, EnginePeers
@@ -48,7 +49,11 @@ from devhost.durable.store import DurableStore, HistoryRow, Instance
 from devhost.durable.timers import DurableTimers
 from devhost.loader import FunctionIndex
 
-MAX_EPISODE_ATTEMPTS = 5  # storage hiccups are retried; a persistent fault parks the instance
+# Storage hiccups are retried (backing off 0.5, 1, 2, 4, 8 s); an episode that still cannot
+# commit fails its instance visibly (status Failed, the reason as output) instead of retrying
+# forever while the instance shows Running with nothing done.
+MAX_EPISODE_ATTEMPTS = 6
+MAX_FAILURE_REASON = 2000
 HISTORY_CACHE_INSTANCES = 256
 GATHER_SECONDS = 1.0  # see DurableEngine._gather
 DELIVERY_ATTEMPTS = 8  # ~25 s of storage trouble before an activity result is given up
@@ -202,16 +207,21 @@ class DurableEngine:
                 self._gather(instance_id)
                 again = self._episode(instance_id)
                 self._failures.pop(instance_id, None)
-            except Exception:
+            except Exception as exc:
                 failures = self._failures[instance_id] = self._failures.get(instance_id, 0) + 1
                 again = failures < MAX_EPISODE_ATTEMPTS
                 self.log.exception(
-                    "orchestration %s: episode failed (attempt %d)%s",
+                    "orchestration %s: episode failed (attempt %d of %d)%s",
                     instance_id,
                     failures,
-                    "; retrying" if again else "; parked until its next event",
+                    MAX_EPISODE_ATTEMPTS,
+                    "; retrying" if again else "; failing the instance",
                 )
-                time.sleep(0.2 * failures)
+                if again:
+                    time.sleep(min(0.25 * 2**failures, 8.0))
+                else:
+                    self._failures.pop(instance_id, None)
+                    self._fail_instance(instance_id, exc, failures)
             finally:
                 with self._lock:
                     self._running.discard(instance_id)
@@ -221,6 +231,22 @@ class DurableEngine:
                     self._dirty.discard(instance_id)
             if again and not self._stopping.is_set():
                 self.signal(instance_id)
+
+    def _fail_instance(self, instance_id: str, exc: Exception, attempts: int) -> None:
+        """Mark an instance Failed whose episodes keep failing, with the reason (small, inline)."""
+        reason = (
+            f"devhost could not run or commit an episode of this orchestration after {attempts} attempts: "
+            f"{type(exc).__name__}: {exc}"
+        )[:MAX_FAILURE_REASON]
+        self._history.drop(instance_id)
+        try:
+            inst = self.store.mark_failed(instance_id, json.dumps(reason), h.iso(h.utc_now()))
+        except Exception:
+            self.log.exception("orchestration %s: could not record its failure either", instance_id)
+            return
+        if inst is not None:
+            self.log.error("orchestration %s failed: %s", instance_id, reason)
+            self._notify_parent(inst)
 
     def _gather(self, instance_id: str) -> None:
         """Let results of a fan-out collect for a moment before the next episode.
@@ -235,8 +261,8 @@ class DurableEngine:
         The price: an orchestrator that reacts to *some* of its running activities (`task_any`
         over activities, an activity raced against a timer) may see that result up to
         `GATHER_SECONDS` late. On Azure, the control-queue polling delay of an idle hub is up
-        to 30 s by default, so 1 s stays within what the real host does; spendgate's own
-        `task_any` (billing lanes) waits on sub-orchestrations, which are never held back.
+        to 30 s by default, so 1 s stays within what the real host does; spendgate itself uses
+        no `task_any` (billing lanes are sub-orchestrations under one `task_all`).
         With 0.1 s a 25-charge batch took ~6 episodes; each costs a full replay and five
         storage calls (docs/ledger.md).
         """
@@ -329,25 +355,26 @@ class DurableEngine:
                 result_state, error = res.state, res.error
             if "customStatus" in result_state:
                 inst.custom_status = json.dumps(result_state["customStatus"])
-            try:
-                plan, seen = act.plan_new_actions(result_state, inst.actions_seen, inst.next_seq, instance_id, now)
-            except act.UnsupportedAction as exc:
-                error, plan, seen = str(exc), act.Plan([], [], inst.next_seq), inst.actions_seen
-            if error is not None:
+            try:  # what the extension's out-of-proc shim schedules now (shim.py)
+                plan = shim.advance(result_state, rows + new_rows, inst.actions_seen, inst.next_seq, instance_id, now)
+            except (act.UnsupportedAction, shim.ShimFailure) as exc:
+                error = str(exc)
+                plan = shim.ShimPlan([], [], inst.next_seq, seen=inst.actions_seen, finished=True)
+            if error is not None and plan.finished:
                 message = f"Orchestrator function '{inst.name}' failed: {error}"
                 new_rows.append(HistoryRow(h.execution_completed("Failed", json.dumps(message), now), {}, None))
                 inst.status, inst.output, outcome = "Failed", json.dumps(message), "failed"
-            elif plan.continue_as_new:
+            elif plan.finished and plan.continue_as_new:
                 new_rows.append(HistoryRow(h.continue_as_new(plan.continue_input, now), {}, None))
                 continue_input, was_continued, outcome = plan.continue_input, True, "continued-as-new"
-            elif result_state.get("isDone"):
+            elif plan.finished and result_state.get("isDone"):
                 output = json.dumps(result_state.get("output"))
                 new_rows.append(HistoryRow(h.execution_completed("Completed", output, now), {}, None))
                 inst.status, inst.output, outcome = "Completed", output, "completed"
-            else:
+            else:  # running, or done/failed in the SDK while the shim still awaits an earlier action
                 new_rows.extend(plan.rows)
                 work.extend(plan.work)
-                inst.next_seq, inst.actions_seen, inst.status = plan.next_seq, seen, "Running"
+                inst.next_seq, inst.actions_seen, inst.status = plan.next_seq, plan.seen, "Running"
                 if batch and act.allocates(batch[-1].event, scheduled):
                     step = act.plan_retry_step(batch[-1].event, scheduled, inst.next_seq, instance_id, now)
                     new_rows.extend(step.rows)

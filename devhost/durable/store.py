@@ -12,8 +12,8 @@ Tables, named from the task hub like the Durable extension's own (`<hub>Instance
   inbox key it was taken from.
 - `<hub>Inbox`: new events not yet in history (activity results, timer fires, raised events,
   sub-orchestration results, terminate), RowKey ordered by arrival.
-- `<hub>Payloads`: text too long for one property (Table Storage caps a string property at
-  64 KiB and an entity at 1 MiB) is split into rows of chunk properties and referenced by id.
+- `{hub}-largemessages` (a blob container): any text over 60 KiB (UTF-16) that a row would hold:
+  the row keeps `<Name>BlobName` (payloads.py, as the extension's Azure Storage provider does).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from core.storage import submit_transaction, table_service_from_connection_string
+from devhost.durable.payloads import LargePayloads
 
-INLINE_CHARS = 30_000  # < 64 KiB as UTF-16
-CHUNKS_PER_ROW = 12  # 12 * 30k chars stays under the 1 MiB entity limit
 BATCH_CHARS = 1_500_000  # keep a transaction well under its 4 MiB cap
 TERMINAL = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
 
@@ -63,6 +62,8 @@ class Instance:
     parent_generation: int | None = None
     owner: str | None = None  # the engine that committed last (see DurableEngine's ownership)
     etag: str | None = field(default=None, repr=False)
+    # property -> (blob name, text) of large texts as read: an unchanged text keeps its blob
+    blobs: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -92,42 +93,20 @@ class DurableStore:
         self.instances: TableClient = service.get_table_client(f"{task_hub}Instances")
         self.history: TableClient = service.get_table_client(f"{task_hub}History")
         self.inbox: TableClient = service.get_table_client(f"{task_hub}Inbox")
-        self.payloads: TableClient = service.get_table_client(f"{task_hub}Payloads")
+        self.payloads = LargePayloads(connection_string, task_hub)
         self.engines: TableClient = service.get_table_client(f"{task_hub}Engines")
 
     def create_tables(self) -> None:
-        for table in (self.instances, self.history, self.inbox, self.payloads, self.engines):
+        for table in (self.instances, self.history, self.inbox, self.engines):
             with contextlib.suppress(ResourceExistsError):
                 table.create_table()
 
-    # --- large text ----------------------------------------------------------------
+    # --- large text (blobs, see payloads.py) ------------------------------------------
     def _put_text(self, props: dict[str, Any], name: str, text: str | None, instance_id: str) -> None:
-        if text is None:
-            return
-        if len(text) <= INLINE_CHARS:
-            props[name] = text
-            return
-        ref = uuid.uuid4().hex
-        chunks = [text[i : i + INLINE_CHARS] for i in range(0, len(text), INLINE_CHARS)]
-        rows = [chunks[i : i + CHUNKS_PER_ROW] for i in range(0, len(chunks), CHUNKS_PER_ROW)]
-        for n, row in enumerate(rows):
-            entity: dict[str, Any] = {"PartitionKey": instance_id, "RowKey": f"{ref}-{n:05d}"}
-            entity.update({f"C{i:02d}": c for i, c in enumerate(row)})
-            self.payloads.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        props[f"{name}Ref"] = f"{ref}:{len(rows)}"
+        self.payloads.put(props, name, text, instance_id)
 
     def _get_text(self, entity: dict[str, Any], name: str) -> str | None:
-        if name in entity and entity[name] is not None:
-            return str(entity[name])
-        ref = entity.get(f"{name}Ref")
-        if not ref:
-            return None
-        key, count = ref.split(":")
-        parts: list[str] = []
-        for n in range(int(count)):
-            row = self.payloads.get_entity(entity["PartitionKey"], f"{key}-{n:05d}")
-            parts.extend(str(row[k]) for k in sorted(k for k in row if k.startswith("C") and k[1:].isdigit()))
-        return "".join(parts)
+        return self.payloads.get(entity, name)
 
     # --- instances -----------------------------------------------------------------
     def _instance_entity(self, inst: Instance) -> dict[str, Any]:
@@ -151,12 +130,25 @@ class DurableStore:
                 ParentTaskId=inst.parent_task_id,
                 ParentGeneration=inst.parent_generation,
             )
-        self._put_text(props, "Input", inst.input, inst.instance_id)
-        self._put_text(props, "Output", inst.output, inst.instance_id)
-        self._put_text(props, "CustomStatus", inst.custom_status, inst.instance_id)
+        for name, text in (("Input", inst.input), ("Output", inst.output), ("CustomStatus", inst.custom_status)):
+            known = inst.blobs.get(name)
+            if known is not None and text is not None and known[1] == text:  # unchanged: no second upload
+                props[f"{name}BlobName"] = known[0]
+                continue
+            self._put_text(props, name, text, inst.instance_id)
+            if f"{name}BlobName" in props and text is not None:
+                inst.blobs[name] = (props[f"{name}BlobName"], text)
         return props
 
     def _instance_from(self, e: Any, with_payloads: bool = True) -> Instance:
+        inst = self._instance_fields(e, with_payloads)
+        if with_payloads:
+            for name, text in (("Input", inst.input), ("Output", inst.output), ("CustomStatus", inst.custom_status)):
+                if e.get(f"{name}BlobName") and text is not None:
+                    inst.blobs[name] = (str(e[f"{name}BlobName"]), text)
+        return inst
+
+    def _instance_fields(self, e: Any, with_payloads: bool) -> Instance:
         return Instance(
             instance_id=e["PartitionKey"],
             name=e["Name"],
@@ -200,14 +192,34 @@ class DurableStore:
         )
         inst.etag = meta.get("etag")
 
+    def mark_failed(self, instance_id: str, output_json: str, now: str) -> Instance | None:
+        """Set an unfinished instance to Failed with a small output, touching nothing else (a merge,
+        If-Match): its large properties stay where they are. None if it is gone or already finished."""
+        for _ in range(5):
+            inst = self.get_instance(instance_id)
+            if inst is None or inst.terminal:
+                return None
+            patch = {"PartitionKey": instance_id, "RowKey": "", "RuntimeStatus": "Failed", "Output": output_json,
+                     "LastUpdatedTime": now}
+            try:
+                self.instances.update_entity(
+                    patch, mode=UpdateMode.MERGE, etag=inst.etag, match_condition=MatchConditions.IfNotModified
+                )
+            except ResourceModifiedError:
+                continue
+            inst.status, inst.output, inst.updated = "Failed", output_json, now
+            return inst
+        return None
+
     def list_instances(self, with_payloads: bool = True) -> Iterator[Instance]:
         for e in self.instances.list_entities():
             yield self._instance_from(e, with_payloads)
 
     def purge(self, instance_id: str) -> None:
         """Delete everything stored for one instance."""
-        for table in (self.history, self.inbox, self.payloads):
+        for table in (self.history, self.inbox):
             self._delete_partition(table, instance_id)
+        self.payloads.delete_instance(instance_id)
         with contextlib.suppress(ResourceNotFoundError):
             self.instances.delete_entity(instance_id, "")
 
@@ -265,7 +277,9 @@ class DurableStore:
         for r in rows:
             idx = int(r["RowKey"].split("-")[1])
             out[idx] = HistoryRow(
-                json.loads(self._get_text(r, "Event") or "{}"), json.loads(r.get("Meta") or "{}"), r.get("InboxKey")
+                json.loads(self._get_text(r, "Event") or "{}"),
+                json.loads(self._get_text(r, "Meta") or "{}"),
+                r.get("InboxKey"),
             )
         if len(out) != length:
             raise RuntimeError(f"history of {instance_id} has {len(out)} of {length} committed rows")
@@ -276,15 +290,12 @@ class DurableStore:
         batch: list[Any] = []
         size = 0
         for i, row in enumerate(rows):
-            props: dict[str, Any] = {
-                "PartitionKey": instance_id,
-                "RowKey": f"{generation:06d}-{start + i:08d}",
-                "Meta": json.dumps(row.meta),
-            }
+            props: dict[str, Any] = {"PartitionKey": instance_id, "RowKey": f"{generation:06d}-{start + i:08d}"}
             if row.inbox_key:
                 props["InboxKey"] = row.inbox_key
             self._put_text(props, "Event", json.dumps(row.event), instance_id)
-            weight = len(props.get("Event", "")) + 500
+            self._put_text(props, "Meta", json.dumps(row.meta), instance_id)  # a retry's input can be large
+            weight = len(props.get("Event", "")) + len(props.get("Meta", "")) + 500
             if batch and (len(batch) == 100 or size + weight > BATCH_CHARS):
                 submit_transaction(self.history, batch)
                 batch, size = [], 0

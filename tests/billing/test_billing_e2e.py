@@ -261,3 +261,29 @@ def test_a_devhost_killed_mid_run_completes_after_restart_without_duplicates(app
     assert run["output"]["counts"]["charged"] == 100
     objects = succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id)
     assert max(objects.values()) == 1 and sum(objects.values()) == 100
+
+
+def test_a_run_of_5000_explicit_customers_starts_and_finishes(app_stack: AppStack) -> None:
+    """Issue 14: 400 explicit customers (a 24 KB body) hung forever on a Table property limit.
+
+    5,000 customers (~400 KB of input, kept in blobs by the durable engine). The first 50 come
+    without a card, so the run resolves them first: `fetch_customers` gets every customer as its
+    (retried) input, the very payload that hung. The budget pays for one charge, so both lanes
+    stop after their first batch and the rest is skipped."""
+    plan = unique_plan("big5000")
+    real = seed(app_stack.localstripe.url, STRIPE_TEST_SECRET, 50, plan)  # the first two batches
+    customers: list[dict[str, Any]] = [{"customer_id": c, "amount_cents": 2900} for c in real]
+    customers += [
+        {"customer_id": f"cus_neverbilled{i:05d}", "amount_cents": 2900, "payment_method": f"card_never{i:05d}"}
+        for i in range(50, 5000)
+    ]
+    body = {"billing_period": "2026-06", "customers": customers, "budget_usd": 29}
+    run_id = start_run(app_stack.url, app_stack.admin_headers, body)
+    run = wait_until(app_stack.url, app_stack.admin_headers, run_id, timeout=300)
+    assert run["runtime_status"] == "Completed", run
+    out = run["output"]
+    assert out["total"] == 5000
+    assert out["counts"]["charged"] == 1 and out["counts"]["cap_exceeded"] == 49
+    assert out["counts"]["skipped"] == 4950 and out["skipped_by_reason"] == {"cap_exceeded": 4950}
+    assert out["spent_cents"] == 2900 == out["cap_cents"]
+    assert sum(succeeded_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, run_id).values()) == 1

@@ -20,6 +20,7 @@ def registered(function: Any) -> Callable[[Any], Generator[Any, Any, Any]]:
 
 
 RUN = registered(orch.billing_run)
+LANE = registered(orch.billing_lane)
 BATCH = registered(orch.billing_batch)
 
 
@@ -104,8 +105,12 @@ class World:
 
 
 def run(world: World, request: RunRequest, instance_id: str = "run1") -> tuple[dict[str, Any], FakeContext]:
-    context = FakeContext(instance_id, request.to_dict(), world.activities(), {orch.BATCH_ORCHESTRATOR: BATCH})
+    context = FakeContext(instance_id, request.to_dict(), world.activities(), {orch.LANE_ORCHESTRATOR: LANE, orch.BATCH_ORCHESTRATOR: BATCH})
     return drive(RUN, context), context
+
+
+def batch_calls(ctx: FakeContext) -> list[Any]:
+    return [c for c in ctx.calls if c.kind == "sub" and c.name == orch.BATCH_ORCHESTRATOR]
 
 
 def customers(n: int, amount: int = 2900) -> tuple[ChargeItem, ...]:
@@ -117,8 +122,10 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     output, ctx = run(world, RunRequest("2026-06", budget_cents=200 * 2900, customers=customers(200)))
     assert output["counts"]["charged"] == 200
     assert output["spent_cents"] == 200 * 2900 == output["cap_cents"]
-    subs = [c for c in ctx.calls if c.kind == "sub"]
-    assert [len(c.input["items"]) for c in subs] == [25] * 8  # two batches of max_parallel / 2 at once
+    lanes = [c for c in ctx.calls if c.kind == "sub" and c.name == orch.LANE_ORCHESTRATOR]
+    assert [c.instance_id for c in lanes] == ["run1:lane-0", "run1:lane-1"]  # two lanes under one task_all
+    assert [[b["batch_no"] for b in c.input["batches"]] for c in lanes] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [len(c.input["items"]) for c in batch_calls(ctx)] == [25] * 8  # batches of max_parallel / 2
     # The first activity issues the spending key: label, cap and the one endpoint.
     first = ctx.calls[0]
     assert first.name == orch.ISSUE_KEY
@@ -126,8 +133,9 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     assert first.input["cap_cents"] == 580000
     assert first.input["allowed_endpoints"] == ["POST /v1/payment_intents", "POST /v1/payment_intents/*/cancel"]
     # Idempotency keys are {instanceId}-{itemIndex}, unique across batches.
+    # (The fake runs lane 0's batches before lane 1's: sorted by item index.)
     keys = [ChargeRequest.from_dict(c.input).idempotency_key for c in ctx.activity_calls(orch.CHARGE_CUSTOMER)]
-    assert keys == [f"run1-{i}" for i in range(200)]
+    assert sorted(keys, key=lambda k: int(k.rsplit("-", 1)[1])) == [f"run1-{i}" for i in range(200)]
     # Keys revoked at the end, both labels; the output and statuses hold key ids only.
     assert ctx.calls[-1].name == orch.REVOKE_KEYS
     assert world.revoked_labels == [("azure-durable/run1", "azure-durable/run1/customers")]
@@ -151,10 +159,12 @@ def test_half_budget_charges_exactly_half_then_skips_the_rest() -> None:
     world = World()
     output, ctx = run(world, RunRequest("2026-06", budget_cents=100 * 2900, customers=customers(200)))
     assert output["counts"]["charged"] == 100
-    assert output["counts"]["cap_exceeded"] == 50  # the batch that hit the cap and the one beside it
-    assert output["counts"]["skipped"] == 50 and output["skipped_by_reason"] == {"cap_exceeded": 50}
+    # The fake runs lane 0 (batches 0, 2, 4, 6: exactly the budget) before lane 1, whose first
+    # batch meets the cap; that lane starts no further batch.
+    assert output["counts"]["cap_exceeded"] == 25
+    assert output["counts"]["skipped"] == 75 and output["skipped_by_reason"] == {"cap_exceeded": 75}
     assert output["spent_cents"] <= output["cap_cents"]
-    assert len([c for c in ctx.calls if c.kind == "sub"]) == 6  # no batch scheduled after the cap
+    assert len(batch_calls(ctx)) == 5  # no batch scheduled after the cap in that lane
     assert output["stopped"] == "cap_exceeded"
 
 
@@ -169,8 +179,8 @@ def test_revoked_mid_run_stops_scheduling_and_skips_with_revoked() -> None:
     world = World(revoke_after=30)
     output, _ = run(world, RunRequest("2026-06", budget_cents=200 * 2900, customers=customers(200)))
     assert output["counts"]["charged"] == 30
-    # Batch 1 saw the revoke; batch 2 had started beside it (when batch 0 finished) and was
-    # refused as well; no batch started after that.
+    # Lane 0's second batch (batch 2) saw the revoke after 5 charges; lane 1's first batch was
+    # refused as well; neither lane started a batch after that.
     assert output["counts"]["revoked"] == 20 + 25
     assert output["skipped_by_reason"] == {"revoked": 125}
 
@@ -179,8 +189,8 @@ def test_a_batch_that_exhausts_retries_is_restarted_with_the_same_idempotency_ke
     world = World(fail_times={3: 1})
     output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=10, customers=customers(10)))
     assert output["counts"]["charged"] == 10
-    subs = [c.instance_id for c in ctx.calls if c.kind in ("sub", "timer")]
-    assert subs == ["run1:batch-0:1", "run1:batch-1:1", None, "run1:batch-0:2"]
+    subs = [c.instance_id for c in ctx.calls if c.kind == "timer" or c.name == orch.BATCH_ORCHESTRATOR]
+    assert subs == ["run1:batch-0:1", None, "run1:batch-0:2", "run1:batch-1:1"]  # lane 0, then lane 1
     timer = next(c for c in ctx.calls if c.kind == "timer")
     assert timer.input == datetime(2026, 6, 1, 0, 0, 30, tzinfo=UTC)  # replay-safe clock + 30 s
     # The restarted batch replayed its charged items instead of charging them again.
@@ -191,7 +201,7 @@ def test_a_batch_failing_every_attempt_is_reported_and_the_run_goes_on() -> None
     world = World(fail_times={3: 99})
     output, ctx = run(world, RunRequest("2026-06", budget_cents=10 * 2900, max_parallel=10, customers=customers(10)))
     assert output["counts"]["transient_exhausted"] == 5
-    assert len([c for c in ctx.calls if c.kind == "sub"]) == 4 + 1  # every attempt of batch 0, then batch 1
+    assert len(batch_calls(ctx)) == 4 + 1  # every attempt of batch 0, then batch 1
     assert output["counts"]["charged"] == 5
     assert [i["outcome"] for i in output["items"][5:]] == ["charged"] * 5
 
@@ -288,3 +298,19 @@ def test_warnings_and_the_runs_purpose_reach_every_charge() -> None:
     assert {c.item.purpose for c in charges} == {"inv-7"}
     nobody = RunRequest("2026-06", 5000, customer_query=CustomerQuery({"plan": "none"}, 100))
     assert [w["code"] for w in run(World(), nobody)[0]["warnings"]] == ["no_customers"]
+
+
+def test_the_run_names_its_lanes_and_their_progress_adds_up() -> None:
+    from billing.plan import merge_progress, progress
+
+    world = World()
+    _, ctx = run(world, RunRequest("2026-06", budget_cents=100 * 2900, customers=customers(100)))
+    waiting = next(s for s in ctx.statuses if "lanes" in s)
+    assert waiting["lanes"] == ["run1:lane-0", "run1:lane-1"]
+    assert "lanes" not in ctx.statuses[-1]  # the final progress is the run's own
+    lane0 = {"done": 25, "charged": 25, "counts": {"charged": 25}, "skipped_by_reason": {}, "spent_cents": 72500}
+    lane1 = {"done": 25, "charged": 20, "counts": {"charged": 20, "revoked": 5}, "skipped_by_reason": {},
+             "spent_cents": 58000, "stopped": "revoked"}
+    merged = merge_progress(waiting, [lane0, lane1, None])
+    assert merged == {**progress(100, [], 290000), "done": 50, "charged": 45, "spent_cents": 130500,
+                      "counts": {"charged": 45, "revoked": 5}, "stopped": "revoked"}

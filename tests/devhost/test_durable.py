@@ -207,6 +207,19 @@ def test_parallel_retries_interleave_with_other_results(client: httpx.Client, en
     assert executions(env, "pfan") == {"7": 1, "8": 1}
 
 
+def test_work_after_a_whenany_of_new_tasks_waits_for_them_as_on_azure(client: httpx.Client, env: dict[str, str]) -> None:
+    """The SDK yields `after` as soon as `slow` ends, but its second task_any reached the extension
+    as WhenAny([third]) only: the extension's shim starts `after` once `third` is done."""
+    tag = "stall-" + uuid.uuid4().hex[:6]
+    status = wait_done(client, start(client, "stalled_any", tag), timeout=60)
+    assert (status["runtimeStatus"], status["output"]) == ("Completed", "after")
+    table = TableServiceClient.from_connection_string(env["AzureWebJobsStorage"]).get_table_client(
+        env["DURABLE_TEST_COUNTER_TABLE"]
+    )
+    order = {r["Item"]: int(r["Running"]) for r in table.query_entities(f"PartitionKey eq '{tag}'")}
+    assert order["slow:end"] < order["third:end"] < order["after:start"], order
+
+
 def test_payloads_beyond_the_table_property_limit(client: httpx.Client, store: DurableStore) -> None:
     size = 1_300_000  # > 1 MiB entity limit as well
     urls = start(client, "big", size, instance_id="big-" + uuid.uuid4().hex[:6])

@@ -113,6 +113,15 @@ def big(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def big_retry(context: df.DurableOrchestrationContext):
+    """A retried activity with a large input: the retry bookkeeping holds the input too."""
+    size = context.get_input()
+    retry = df.RetryOptions(first_retry_interval_in_milliseconds=100, max_number_of_attempts=2)
+    echoed = yield context.call_activity_with_retry("echo", retry, {"blob": "r" * size})
+    return len(echoed["blob"])
+
+
+@app.orchestration_trigger(context_name="context")
 def sleeper(context: df.DurableOrchestrationContext):
     seconds = context.get_input()
     started = context.current_utc_datetime
@@ -171,6 +180,36 @@ def counter(context: df.DurableOrchestrationContext):
 def broken(context: df.DurableOrchestrationContext):
     yield context.call_activity("record", {"tag": "broken", "i": 0, "sleep": 0})
     raise ValueError("orchestrator gave up")
+
+
+@app.orchestration_trigger(context_name="context")
+def stalled_any(context: df.DurableOrchestrationContext):
+    """task_any over a task started earlier: the SDK emits WhenAny([third]) only (see test_durable_shim.py)."""
+    tag = context.get_input()
+    fast = context.call_activity("step", {"tag": tag, "i": "fast", "sleep": 0})
+    slow = context.call_activity("step", {"tag": tag, "i": "slow", "sleep": 1})
+    yield context.task_any([fast, slow])
+    third = context.call_activity("step", {"tag": tag, "i": "third", "sleep": 3})
+    yield context.task_any([slow, third])
+    after = yield context.call_activity("step", {"tag": tag, "i": "after", "sleep": 0})
+    return after
+
+
+_steps = 0  # start/end marks of `step` activities in this process, in order
+
+
+@app.activity_trigger(input_name="item")
+def step(item: dict) -> str:
+    """Record `<i>:start` and `<i>:end` with a process-wide order number (one devhost process)."""
+    global _steps
+    with _running_lock:
+        _steps += 1
+        _record(item["tag"], f"{item['i']}:start", _steps)
+    time.sleep(item["sleep"])
+    with _running_lock:
+        _steps += 1
+        _record(item["tag"], f"{item['i']}:end", _steps)
+    return str(item["i"])
 
 
 @app.activity_trigger(input_name="item")
