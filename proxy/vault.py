@@ -21,6 +21,7 @@ from core.settings import Settings
 from proxy import keys
 from proxy.forward import ProxyDeps
 from proxy.idempotency import taken_over
+from proxy.leases import with_leases
 from proxy.ledger import current, headroom
 from proxy.policy import parse_policy
 from proxy.store import Conflict, IdemRecord, KeyRecord, LedgerStore, op_delete_idem, op_replace_idem
@@ -206,6 +207,7 @@ class VaultService:
 
     def _view(self, r: KeyRecord, now: datetime) -> dict[str, Any]:
         day = now.date().isoformat()
+        r = with_leases(self.store, r, day)  # what the key's lease rows hold counts too (proxy/leases.py)
         c = current(r.counters, day)
         return {
             "key_id": r.key_id, "vendor": r.vendor, "label": r.label, "status": r.status(now),
