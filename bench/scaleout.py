@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -46,9 +47,19 @@ LAYOUTS = ((1, 32), (2, 16), (4, 8), (8, 4), (16, 2), (32, 1))
 WORKER_DEADLINE = 90.0  # seconds a worker may run after the start signal before it gives up
 
 
-def settings_for(conn: str) -> Settings:
-    return Settings.from_mapping({"AzureWebJobsStorage": conn, "SPENDGATE_TABLE_PREFIX": "bench",
+def settings_for(conn: str, prefix: str = "bench") -> Settings:
+    return Settings.from_mapping({"AzureWebJobsStorage": conn, "SPENDGATE_TABLE_PREFIX": prefix,
                                   "STRIPE_SECRET_KEY": "sk_test_bench", "STRIPE_API_BASE": "http://127.0.0.1:9"})
+
+
+def _timed(fn: Any, into: list[float]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - t)
+    return timed
 
 
 # --- worker process -------------------------------------------------------------------------
@@ -57,10 +68,14 @@ def worker(spec: dict[str, Any]) -> None:
     from proxy.ledger import GroupLedger, shared_group_ledger
     from proxy.store import Conflict, LedgerStore
 
-    settings = settings_for(spec["conn"])
+    settings = settings_for(spec["conn"], spec["prefix"])
     tables = table_service_from_connection_string(spec["conn"])
     store = LedgerStore(tables, settings)
     mode, callers = spec["mode"], spec["callers"]
+    timings: dict[str, list[float]] = {}
+    if os.environ.get("SCALEOUT_PROFILE"):  # time every storage call the ledger makes
+        for name in ("submit", "read_key", "key_and_lease_entities", "read_row"):
+            setattr(store, name, _timed(getattr(store, name), timings.setdefault(name, [])))
     ledger: Any = None
     key = None
     if mode == "ledger":
@@ -125,9 +140,11 @@ def worker(spec: dict[str, Any]) -> None:
     for t in threads:
         t.join()
     commits = getattr(ledger, "commits", 0)
+    extra: dict[str, Any] = {name: getattr(ledger, name, 0) for name in ("key_commits", "partition_reads", "conflicts")}
+    extra.update({f"{n}_ms": f"{len(v)}x{1000 * sum(v) / len(v):.0f}" for n, v in timings.items() if v})
     if ledger is not None and hasattr(ledger, "close"):
         ledger.close()  # an instance that stops gives its lease back
-    print(json.dumps({"admitted": admitted, "refusals": refusals, "commits": commits, **stats}),
+    print(json.dumps({"admitted": admitted, "refusals": refusals, "commits": commits, "ledger": extra, **stats}),
           flush=True)
 
 
@@ -147,6 +164,7 @@ class Trial:
     records_ok: bool = True
     timed_out: int = 0
     errors: int = 0
+    detail: str = ""
 
     @property
     def rate(self) -> float:
@@ -184,13 +202,17 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str) -> Tria
     from proxy.leases import partition_counters
     from proxy.store import LedgerStore
 
+    # Each trial has a table of its own: Azurite answers a query within one partition by scanning
+    # the whole table (Azure Table Storage does not), so a layout would otherwise pay for every
+    # row the layouts before it wrote.
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"bench{tag}"
     tables = table_service_from_connection_string(conn)
-    store = LedgerStore(tables, settings_for(conn))
+    store = LedgerStore(tables, settings_for(conn, prefix))
     cap = k * AMOUNT
     key = new_key(store, cap)
-    tag = uuid.uuid4().hex[:8]
     specs = [{"mode": "ledger", "conn": conn, "key_id": key.key_id, "callers": callers, "ledger": kind,
-              "tag": f"{tag}-{p}"} for p in range(procs)]
+              "tag": f"{tag}-{p}", "prefix": prefix} for p in range(procs)]
     start, reports = run_workers(specs, WORKER_DEADLINE + 60)
     starts = [began for r in reports for began, _ in r["admitted"]]
     last_end = max((ended for r in reports for _, ended in r["admitted"]), default=start)
@@ -202,15 +224,23 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str) -> Tria
     false_refusals = sum(1 for t in refusals if t < last_start)
     if cap - reserved >= AMOUNT:
         false_refusals = len(refusals)
+    ends = sorted(ended - start for r in reports for _, ended in r["admitted"])
+    quantiles = "/".join(f"{ends[min(len(ends) - 1, int(q * len(ends)))]:.2f}" for q in (0.1, 0.5, 0.9, 1.0)) \
+        if ends else "-"
+    sums = {name: sum(r["ledger"].get(name, 0) for r in reports) for name in ("key_commits", "partition_reads",
+                                                                             "conflicts")}
+    timing = {n: v for n, v in reports[0]["ledger"].items() if n.endswith("_ms")}  # one worker's, when profiled
+    detail = f"admitted by s (10/50/90/100%): {quantiles}; " + ", ".join(f"{k}={v}" for k, v in
+                                                                         {**sums, **timing}.items())
     return Trial("ledger", procs, callers, len(starts), last_end - start, len(refusals),
                  sum(r["conflicts"] for r in reports), sum(r["commits"] for r in reports),
                  max(0, reserved - cap), false_refusals, len(records) == len(starts) == reserved // AMOUNT,
-                 sum(r["timed_out"] for r in reports), sum(r["errors"] for r in reports))
+                 sum(r["timed_out"] for r in reports), sum(r["errors"] for r in reports), detail)
 
 
 def raw_trial(conn: str, procs: int, callers: int, seconds: float) -> Trial:
     tag = "raw" + uuid.uuid4().hex[:8]
-    specs = [{"mode": "raw", "conn": conn, "callers": callers, "seconds": seconds, "tag": f"{tag}{p}"}
+    specs = [{"mode": "raw", "conn": conn, "callers": callers, "seconds": seconds, "tag": f"{tag}{p}", "prefix": "bench"}
              for p in range(procs)]
     start, reports = run_workers(specs, seconds + 60)
     ends = [ended for r in reports for _, ended in r["admitted"]]
@@ -240,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             led = ledger_trial(conn, procs, callers, args.reservations, args.ledger)
             raw = raw_trial(conn, procs, callers, args.raw_seconds)
             trials += [led, raw]
-            print(f"  measured {procs:>2} x {callers:<2} ledger {led.rate:7.1f}/s  raw {raw.rate:7.1f}/s", flush=True)
+            print(f"  measured {procs:>2} x {callers:<2} ledger {led.rate:7.1f}/s  raw {raw.rate:7.1f}/s  ({led.detail})",
+                  flush=True)
     finally:
         azurite.stop()
     return report(trials, args.ledger)

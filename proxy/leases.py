@@ -67,7 +67,7 @@ LEASE_TTL = timedelta(seconds=30)  # another instance may claim a lease this lon
 IDLE_RETURN_SECONDS = 5.0  # a lease unused this long is handed back
 MAX_VICTIMS = 6  # leases one transaction may take headroom from
 LEDGER_OPS = MAX_VICTIMS + 2  # key row + victims + own lease, before the batch's own ops
-SNAPSHOT_TRIES = 4  # collects of the partition before a refusal is given up for this round
+SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,7 @@ class _LeaseLane(_Lane):
         super().__init__()
         self.lease: Lease | None = None  # the lease this process reserves against
         self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
+        self.others_stale = False  # taking room from one of them failed: read them all before trying again
         self.last_used = time.monotonic()
         self.key_id = ""
 
@@ -203,6 +204,8 @@ class LeaseLedger(GroupLedger):
         self.ttl = ttl
         self.idle_return = idle_return
         self.key_commits = 0  # transactions that wrote the key row (for benchmarks)
+        self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
+        self.conflicts = 0  # transactions that lost a race (for benchmarks)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if reaper:
@@ -360,6 +363,7 @@ class LeaseLedger(GroupLedger):
         try:
             etags = self.store.submit(ops)
         except Conflict as exc:
+            self.conflicts += 1
             self._after_conflict(lane, pending, exc, n_ledger, owners, key_dirty, victims, lease_written)
             return
         self.commits += 1
@@ -390,7 +394,7 @@ class LeaseLedger(GroupLedger):
             counters = replace(current(counters, day), window_leased=current(counters, day).window_leased + took,
                                total_leased=counters.total_leased + took)
             gained, key_took = took, True
-        candidates = [v for v in lane.others.values()
+        candidates = [] if lane.others_stale else [v for v in lane.others.values()
                       if v.slot != mine.slot and v.day == day and v.room > 0 and v.revoked_at is None]
         # unowned leases first, in random order (instances looking at once pick different ones),
         # then the roomiest owned ones
@@ -410,6 +414,16 @@ class LeaseLedger(GroupLedger):
             pending.remove(offender)
             offender.finish(error=Conflict(str(exc), exc.index))
             return
+        if exc.index is not None and exc.index < n_ledger:  # re-read just the row that moved (a point read)
+            if key_dirty and exc.index == 0:
+                lane.known = self.store.read_key(lane.key_id)
+                if lane.known is None:
+                    raise Conflict("the key is gone")
+            elif lease_written and exc.index == n_ledger - 1:
+                self._reread_own(lane)
+            else:  # that lease moved, so others may have too: the next shortage reads them all (`_pool`)
+                lane.others_stale = True
+            return
         before = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
         self._refresh(lane)
         after = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
@@ -418,15 +432,30 @@ class LeaseLedger(GroupLedger):
                 intent.finish(error=Conflict("the batch failed"))
             pending.clear()
 
+    def _reread_own(self, lane: _LeaseLane) -> None:
+        """Our lease moved (another instance took room from it, claimed it, or a revoke stamped it)."""
+        assert lane.lease is not None
+        row = self.store.read_row(lane.key_id, lane.lease.slot)
+        lease = lease_from_entity(row) if row is not None else None
+        lane.lease = None
+        if lease is None:
+            return
+        if lease.claimable(self.owner, self.clock()):
+            lane.lease = replace(lease, owner=self.owner)
+        else:  # someone else claimed it first: the next round picks another
+            lane.others[lease.slot] = lease
+
     def _refresh(self, lane: _LeaseLane) -> None:
         """Re-read the partition: the key row, our lease (if still ours) and the others."""
         key, leases = read_partition(self.store, lane.key_id)
+        self.partition_reads += 1
         if key is None:
             raise Conflict("the key is gone")
         self._learn(lane, key, leases)
 
     def _learn(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease]) -> None:
         lane.known = key
+        lane.others_stale = False
         ours = lane.lease.slot if lane.lease is not None else None
         lane.lease = None
         lane.others = {}
@@ -454,19 +483,12 @@ class LeaseLedger(GroupLedger):
         self._refresh(lane)
 
     def _adopt(self, lane: _LeaseLane, day: str, now: datetime) -> None:
-        """Pick a lease for `day`: an unowned (or expired) one with the most room, else share the roomiest."""
-        self._refresh(lane)
-        if lane.lease is not None and lane.lease.day == day:
-            return
-        todays = [x for x in lane.others.values() if x.day == day]
-        if not todays:
-            return
-        free = [x for x in todays if x.claimable(self.owner, now)]
-        pick = max(free or todays, key=lambda x: (x.room, random.random()))
-        # A shared lease (more instances than leases) is written with If-Match like our own;
-        # claiming it only changes who may hand it back.
-        lane.lease = replace(pick, owner=self.owner) if free else pick
-        lane.others.pop(pick.slot, None)
+        """Pick a lease for `day` (from the leases as last read, else as read now)."""
+        if not any(x.day == day for x in lane.others.values()):
+            self._refresh(lane)
+            if lane.lease is not None and lane.lease.day == day:
+                return
+        self._adopt_from(lane, day, now)
 
     def _roll_over(self, lane: _LeaseLane, day: str) -> None:
         """A new UTC day: fold every lease into the key row and grant the new day's headroom (one transaction)."""
@@ -493,16 +515,20 @@ class LeaseLedger(GroupLedger):
 
     def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:
         """No room within reach: read the partition consistently; refuse what the whole of it cannot hold."""
-        key, leases, consistent = self._snapshot(lane.key_id)
+        key, leases = read_partition(self.store, lane.key_id)
+        self.partition_reads += 1
+        if key is None:
+            raise Conflict("the key is gone")
+        room = self._room_of(key, leases, day)
+        if short[0].amount > room:  # a refusal needs a consistent read: collect again until two agree
+            key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
+            room = self._room_of(key, leases, day)
+            if not consistent:
+                self._learn(lane, key, leases)
+                return  # the rows kept changing: the next round tries again with what was read last
         self._learn(lane, key, leases)
-        if not consistent:
-            return  # the rows kept changing: the next round tries again with what was read last
-        if lane.lease is None and short:
+        if lane.lease is None:
             self._adopt_from(lane, day, now)
-        total = current(key.counters, day)
-        for lease in leases:
-            total = folded(total, lease)
-        room = headroom(replace(key, counters=total), day)
         for intent in short:
             if intent.amount <= room:
                 room -= intent.amount  # it fits somewhere: the next round takes the room for it
@@ -511,20 +537,35 @@ class LeaseLedger(GroupLedger):
                 intent.finish(error=cap_exceeded(intent.amount, room))
 
     def _adopt_from(self, lane: _LeaseLane, day: str, now: datetime) -> None:
+        """Claim an unowned (or expired) lease, at random among those with room so that instances
+        starting together pick different ones; with none free, share the roomiest (it is written
+        with If-Match like our own; claiming only changes who may hand it back)."""
         todays = [x for x in lane.others.values() if x.day == day]
-        if todays:
-            free = [x for x in todays if x.claimable(self.owner, now)]
-            pick = max(free or todays, key=lambda x: x.room)
-            lane.lease = replace(pick, owner=self.owner) if free else pick
-            lane.others.pop(pick.slot, None)
+        if not todays:
+            return
+        free = [x for x in todays if x.claimable(self.owner, now)]
+        roomy = [x for x in free if x.room > 0]
+        pick = random.choice(roomy) if roomy else max(free or todays, key=lambda x: x.room)
+        lane.lease = replace(pick, owner=self.owner) if free else pick
+        lane.others.pop(pick.slot, None)
 
-    def _snapshot(self, key_id: str) -> tuple[KeyRecord, list[Lease], bool]:
+    @staticmethod
+    def _room_of(key: KeyRecord, leases: list[Lease], day: str) -> int:
+        """Headroom of the whole partition on `day`: the key row's plus every lease's."""
+        total = current(key.counters, day)
+        for lease in leases:
+            total = folded(total, lease)
+        return headroom(replace(key, counters=total), day)
+
+    def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
         """The partition, and whether the read is consistent: two identical collects in a row (same
         ETags) mean every row held what was read at one instant between them (a double collect;
         lease rows are only added or removed together with a key row change)."""
-        last: tuple[Any, ...] | None = None
+        key, leases = first
+        last: tuple[Any, ...] | None = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
         for _ in range(SNAPSHOT_TRIES):
             key, leases = read_partition(self.store, key_id)
+            self.partition_reads += 1
             if key is None:
                 raise Conflict("the key is gone")
             sig = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))

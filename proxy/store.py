@@ -424,9 +424,9 @@ class LedgerStore:
         raise SpendgateError("governance_unavailable", "The key's rows kept changing; the revoke did not apply.")
 
     def key_and_lease_entities(self, key_id: str) -> tuple[Any, list[Any]]:
-        """The key row and every lease row of the partition, in ONE query (key sorts first)."""
-        flt = (f"PartitionKey eq @pk and (RowKey eq '{KEY_ROW}' or "
-               f"(RowKey ge '{LEASE_PREFIX}' and RowKey lt 'lease.'))")
+        """The key row and every lease row of the partition, in ONE range query: "key" < "lease-…" <
+        "lease." and no other row sorts between them (idem-…, audit-… sort before "key")."""
+        flt = f"PartitionKey eq @pk and RowKey ge '{KEY_ROW}' and RowKey lt 'lease.'"
         rows = self._guard(lambda: list(self.table.query_entities(flt, parameters={"pk": key_id})))
         key = next((r for r in rows if r["RowKey"] == KEY_ROW), None)
         return key, [r for r in rows if r["RowKey"].startswith(LEASE_PREFIX)]
