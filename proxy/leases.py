@@ -350,7 +350,9 @@ class LeaseLedger(GroupLedger):
         lease_written = mine is not None and (admitted or mine != lease)
         if lease_written:
             assert mine is not None
-            mine = replace(mine, owner=self.owner, expires_at=now + self.ttl)
+            if mine.claimable(self.owner, now):  # ours (or free to take): extend it
+                mine = replace(mine, owner=self.owner, expires_at=now + self.ttl)
+            # else shared with its live owner: written with If-Match, its owner and expiry left alone
             ops.append(op_write_lease(mine))
         n_ledger = len(ops)
         owners: list[_Intent] = []
