@@ -61,12 +61,13 @@ from proxy.ledger import (
 from proxy.store import LEASE_PREFIX, Conflict, Counters, KeyRecord, LedgerStore, Operation, op_update_counters
 
 log = logging.getLogger("spendgate.leases")
-MAX_LEASES = 32  # lease rows per key: a revoke (key row + every lease) and a day's rollover must fit one transaction
+MAX_LEASES = 64  # lease rows per key: a revoke (key row + every lease) and a day's rollover must fit one transaction
 LEASE_UNITS = 8  # a lease starts with room for at least this many reservations of the first amount
 LEASE_TTL = timedelta(seconds=30)  # another instance may claim a lease this long after its owner's last write
 IDLE_RETURN_SECONDS = 5.0  # a lease unused this long is handed back
 MAX_VICTIMS = 6  # leases one transaction may take headroom from
 LEDGER_OPS = MAX_VICTIMS + 2  # key row + victims + own lease, before the batch's own ops
+BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with it
 SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
 
 
@@ -397,7 +398,7 @@ class LeaseLedger(GroupLedger):
                                total_leased=counters.total_leased + took)
             gained, key_took = took, True
         candidates = [] if lane.others_stale else [v for v in lane.others.values()
-                      if v.slot != mine.slot and v.day == day and v.room > 0 and v.revoked_at is None]
+                      if v.slot != mine.slot and v.day == day and self._eligible(v, need, now)]
         # unowned leases first, in random order (instances looking at once pick different ones),
         # then the roomiest owned ones
         candidates.sort(key=lambda v: (0, random.random()) if v.claimable(self.owner, now) else (1, -v.room))
@@ -408,6 +409,17 @@ class LeaseLedger(GroupLedger):
             victims.append(replace(v, grant=v.grant - take))
             gained += take
         return counters, gained, victims, key_took
+
+    def _eligible(self, victim: Lease, need: int, now: datetime) -> bool:
+        """May we take room from `victim`? Free or expired leases, idle owners' and roomy ones, yes. An
+        owner busy with its last few reservations is left alone: taking from it would mostly lose the
+        race to its own next write, and it is about to use that room anyway."""
+        if victim.room <= 0 or victim.revoked_at is not None:
+            return False
+        if victim.claimable(self.owner, now) or victim.room >= 4 * need:
+            return True
+        last_write = (victim.expires_at or now) - self.ttl
+        return now - last_write > timedelta(seconds=BUSY_SECONDS)
 
     def _after_conflict(self, lane: _LeaseLane, pending: list[_Intent], exc: Conflict, n_ledger: int,
                         owners: list[_Intent], key_dirty: bool, victims: list[Lease], lease_written: bool) -> None:
@@ -531,6 +543,10 @@ class LeaseLedger(GroupLedger):
         self._learn(lane, key, leases)
         if lane.lease is None:
             self._adopt_from(lane, day, now)
+        need = short[0].amount
+        if short[0].amount <= room and not any(self._eligible(x, need, now) for x in lane.others.values()
+                                               if x.day == day) and headroom(key, day) < need:
+            time.sleep(random.uniform(0.02, 0.1))  # the room is with owners using it: let them, then look again
         for intent in short:
             if intent.amount <= room:
                 room -= intent.amount  # it fits somewhere: the next round takes the room for it
