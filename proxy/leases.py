@@ -186,6 +186,7 @@ class _LeaseLane(_Lane):
         self.lease: Lease | None = None  # the lease this process reserves against
         self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
         self.others_stale = False  # taking room from one of them failed: read them all before trying again
+        self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
         self.last_used = time.monotonic()
         self.key_id = ""
 
@@ -370,6 +371,7 @@ class LeaseLedger(GroupLedger):
             self._after_conflict(lane, pending, exc, n_ledger, owners, key_dirty, victims, lease_written)
             return
         self.commits += 1
+        lane.backoff = 0.0
         if key_dirty:
             self.key_commits += 1
             lane.known = replace(key, counters=counters, etag=etags[0])
@@ -539,6 +541,7 @@ class LeaseLedger(GroupLedger):
             room = self._room_of(key, leases, day)
             if not consistent:
                 self._learn(lane, key, leases)
+                self._wait(lane)
                 return  # the rows kept changing: the next round tries again with what was read last
         self._learn(lane, key, leases)
         if lane.lease is None:
@@ -546,13 +549,20 @@ class LeaseLedger(GroupLedger):
         need = short[0].amount
         if short[0].amount <= room and not any(self._eligible(x, need, now) for x in lane.others.values()
                                                if x.day == day) and headroom(key, day) < need:
-            time.sleep(random.uniform(0.02, 0.1))  # the room is with owners using it: let them, then look again
+            self._wait(lane)  # the room is with owners using it: let them, then look again
         for intent in short:
             if intent.amount <= room:
                 room -= intent.amount  # it fits somewhere: the next round takes the room for it
             else:
                 pending.remove(intent)
                 intent.finish(error=cap_exceeded(intent.amount, room))
+
+    @staticmethod
+    def _wait(lane: _LeaseLane) -> None:
+        """Back off before reading the partition again (50 ms doubling to 400 ms, jittered): the
+        instances still holding room are using it, and every read slows everyone's storage."""
+        lane.backoff = min(0.4, max(0.05, lane.backoff * 2))
+        time.sleep(random.uniform(lane.backoff / 2, lane.backoff))
 
     def _adopt_from(self, lane: _LeaseLane, day: str, now: datetime) -> None:
         """Claim an unowned (or expired) lease, at random among those with room so that instances

@@ -14,9 +14,11 @@ and wherever a process crashes (a crash leaves a reservation pending: too cautio
 never too generous).
 
 `Ledger` is the small interface the proxy uses. `TableLedger` commits each call on its
-own; `GroupLedger` (what the proxy uses, see docs/ledger.md) queues concurrent calls on
-the same key within one process and commits them together in ONE If-Match transaction,
-so throughput under contention no longer collapses into ETag conflicts.
+own; `GroupLedger` queues concurrent calls on the same key within one process and commits
+them together in ONE If-Match transaction, so throughput under contention no longer
+collapses into ETag conflicts. What the proxy uses is `proxy.leases.LeaseLedger`: the same
+group commit on the instance's own headroom lease row, so that many instances do not meet
+at the key row either (docs/ledger.md, "The cap across many instances").
 """
 
 from __future__ import annotations
