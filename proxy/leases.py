@@ -551,9 +551,10 @@ class LeaseLedger(GroupLedger):
                                                if x.day == day) and headroom(key, day) < need:
             self._wait(lane)  # the room is with owners using it: let them, then look again
         for intent in short:
-            if intent.amount <= room:
-                room -= intent.amount  # it fits somewhere: the next round takes the room for it
-            else:
+            # Each is judged against the whole room on its own: the others in the batch have not
+            # committed, and a refusal must mean "there was no room for this one" (they race for it
+            # in the next round; whoever loses sees the room gone in a read of its own).
+            if intent.amount > room:
                 pending.remove(intent)
                 intent.finish(error=cap_exceeded(intent.amount, room))
 
