@@ -407,6 +407,14 @@ class LeaseLedger(GroupLedger):
         for v in candidates:
             if gained >= need or len(victims) >= MAX_VICTIMS:
                 break
+            if len(lane.others) > 1:  # others may have written it since we read them all: a point read first
+                row = self.store.read_row(lane.key_id, v.slot)
+                if row is None:
+                    lane.others.pop(v.slot, None)
+                    continue
+                v = lane.others[v.slot] = lease_from_entity(row)
+                if not self._eligible(v, need - gained, now):
+                    continue
             take = v.room if v.claimable(self.owner, now) else min(v.room, max(need - gained, v.room // 2))
             victims.append(replace(v, grant=v.grant - take))
             gained += take
