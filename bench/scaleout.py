@@ -21,7 +21,8 @@ room at the refusal), or when room for one more reservation is left at the end.
 
 Ends with machine-readable lines: ``scaleout_vs_raw=`` (ledger at 32 × 1 ÷ raw at 32 × 1),
 ``scaleout_ratio=`` (ledger 32 × 1 ÷ ledger 1 × 32), ``overspend_cents=`` and
-``false_refusals=`` (all layouts).
+``false_refusals=`` (all layouts). With ``SCALEOUT_PROFILE=1`` each row also shows one worker's
+storage calls (count × mean ms).
 """
 
 from __future__ import annotations
