@@ -289,6 +289,12 @@ class LeaseLedger(GroupLedger):
                 pending.remove(intent)
                 intent.finish(error=Conflict("the key is not active"))
             reserves = []
+        past = [i for i in reserves if i.day < key.counters.window_day]
+        for intent in past:  # a caller whose clock is behind the key's window (days only advance): fail
+            pending.remove(intent)  # closed; its retry carries the day its clock says then
+            intent.finish(error=Conflict("the key's window has moved to a later day"))
+            reserves.remove(intent)
+        day = reserves[0].day if reserves else ""
         if not pending:
             return
         if reserves and key.counters.leases == 0:

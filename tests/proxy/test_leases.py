@@ -286,6 +286,8 @@ def test_a_new_day_with_leases(table: Table) -> None:
     assert row is not None and row_violations(row, leases, d3) == []
     c = partition_counters(table.store, key.key_id, d3)
     assert c.total_spent + c.total_pending == 2_500
+    with pytest.raises(Conflict):  # a caller whose clock is behind the key's window: fail closed, never reopen d1
+        a.reserve(key, 1, d1, reserve_ops(key.key_id, "late-d1", 1, d1))
 
 
 def test_the_hot_path_is_one_transaction_per_reservation_while_a_lease_is_held(table: Table) -> None:
