@@ -10,6 +10,7 @@ Terminal outcomes are returned; transient faults raise so Durable retries them. 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
@@ -17,6 +18,8 @@ import httpx
 
 from billing import charging, keys
 from billing.payloads import ChargeRequest, FetchRequest, KeyRequest, RevokeRequest
+from billing.table import charge_claims, stop_marks
+from core.runtime import runtime
 from core.settings import get_settings
 from proxy.client import ProxyClient
 from proxy.vault import vault_service
@@ -47,7 +50,9 @@ def _proxy(key_id: str) -> ProxyClient:
 
 @bp.activity_trigger(input_name="payload")
 def issue_run_key(payload: dict) -> dict[str, Any]:
-    return keys.issue_run_key(vault_service(), KeyRequest.from_dict(payload)).to_dict()
+    rt = runtime()
+    marks = stop_marks(rt.tables, rt.settings)
+    return keys.issue_run_key(vault_service(), KeyRequest.from_dict(payload), marks).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")
@@ -59,7 +64,9 @@ def fetch_customers(payload: dict) -> dict[str, Any]:
 @bp.activity_trigger(input_name="payload")
 def charge_customer(payload: dict) -> dict[str, Any]:
     request = ChargeRequest.from_dict(payload)
-    return charging.charge_customer(_proxy(request.key_id), request).to_dict()
+    rt = runtime()
+    claims = charge_claims(rt.tables, rt.settings)
+    return charging.charge_customer(_proxy(request.key_id), request, claims, datetime.now(UTC)).to_dict()
 
 
 @bp.activity_trigger(input_name="payload")

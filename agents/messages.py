@@ -21,8 +21,12 @@ they say that nothing was charged.
     endpoint_not_allowed    false      false  this agent's key may not make this call (role)
     card_declined           false      false  the customer's card was declined
     no_payment_method       false      false  the customer has no saved card
+    no_such_customer        false      false  Stripe has no such customer
+    customer_deleted        false      false  the customer was deleted in Stripe
+    already_charged         false      false  a run or another call already billed this customer for the period
+    charge_in_progress      true       false  another run or agent is billing this customer for the period now
     invalid_arguments       false      false  the model's arguments are unusable
-    not_found               false      false  no such charge or customer
+    not_found               false      false  no such charge
     unknown_tool            false      false  the model named a tool that does not exist
     upstream_unavailable    true       false  transient: Stripe or the proxy did not answer
     internal_error          false      false  a bug in the tool; check before charging again
@@ -102,6 +106,20 @@ NO_PAYMENT_METHOD = (
     " the customer needs to add a card first."
 )
 NO_CUSTOMER = "No customer {customer_id} exists, so nothing was charged. Check the id with the user; do not guess."
+CUSTOMER_DELETED = (
+    "Customer {customer_id} was deleted in Stripe, so nothing was charged. Do not retry; tell the user."
+)
+ALREADY_BILLED = (
+    "This customer was already charged for this billing period (by a billing run or an earlier charge,"
+    " whatever its amount), so nothing new was charged; charge_id is that payment. Do not charge again;"
+    " use get_charge_status with charge_id to check on it. Only a separate invoice (a distinct invoice_id)"
+    " is charged separately, and only when the user asks for it."
+)
+CHARGE_IN_PROGRESS = (
+    "Another billing run or agent is charging this customer for this billing period right now, so nothing"
+    " was charged by this call. You may call charge_stripe once more with exactly the same arguments in a"
+    " moment; if it says already_charged, the customer has been billed."
+)
 CARD_UNREADABLE = (
     "The customer's saved payment method could not be read ({detail}), so nothing was charged. Do not retry;"
     " tell the user."

@@ -7,6 +7,11 @@ Three guarantees, whichever agent framework calls them:
   that repeats a charge gets the original payment back (`"replayed": true`), never a
   second one. Retries live in one layer only — the shared `ProxyClient`, which resends
   the same key; the Foundry clients are built with their own retries off.
+* **Once per customer and period.** The charge goes to `POST /api/billing/charges`
+  (`billing.once`), which claims the charge identity (customer, billing period,
+  `invoice_id`) in the same table the billing runs use before it forwards the form to the
+  proxy: a customer a run (or another call, whatever the amount) already billed for the
+  period answers `already_charged` with that payment's id, and nothing is charged.
 * **Least privilege.** A charge goes out with the *billing* vault key (allowlist:
   ``POST /v1/payment_intents``), a lookup with the *audit* key (GETs only). A process
   holds only the keys its role was issued; a tool whose own key is absent uses the other
@@ -33,6 +38,8 @@ import httpx
 
 from agents import messages
 from agents.idempotency import CURRENCY, ChargeArgs, InvalidArguments, charge_idempotency_key
+from billing import cards
+from billing.once import charges_base_url
 from core.settings import AUDIT_KEY, BILLING_KEY, PROXY_URL, MissingSettingError, Settings, get_settings
 from proxy.client import Outcome, ProxyClient, ProxyResult
 from proxy.keys import KEY_PREFIX as VAULT_KEY_PREFIX
@@ -103,8 +110,9 @@ def _payment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
 class BillingTools:
     """The tools bound to one proxy and one role's keys (one `ProxyClient` per key).
 
-    A charge uses the customer's saved payment method (``invoice_settings.default_payment_method``,
-    else ``default_source``), read with the lookup key — as the billing runs do — unless a fixed
+    A charge uses the customer's card as `billing.cards.resolve` finds it with the lookup key
+    (``invoice_settings.default_payment_method``, else ``default_source``, else the only
+    attached card) — the one resolution the billing runs use too — unless a fixed
     `payment_method` is given (e.g. ``pm_card_visa`` in Stripe test mode).
     """
 
@@ -130,6 +138,10 @@ class BillingTools:
         self._charge = ProxyClient(
             proxy_url, charge_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds
         )
+        # The same key to `POST /api/billing/charges`, which claims the charge identity first.
+        self._once = ProxyClient(
+            charges_base_url(proxy_url), charge_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds
+        )
         self._lookup = (
             self._charge
             if lookup_key == charge_key
@@ -148,6 +160,7 @@ class BillingTools:
 
     def close(self) -> None:
         self._charge.close()
+        self._once.close()
         if self._lookup is not self._charge:
             self._lookup.close()
 
@@ -173,9 +186,7 @@ class BillingTools:
             payment_method, refusal = self._payment_method_for(args.customer_id)
             if refusal is not None:
                 return refusal
-            result = self._charge.post(
-                "/v1/payment_intents", payment_intent_params(args, payment_method), idempotency_key=key
-            )
+            result = self._once.post("/charges", payment_intent_params(args, payment_method), idempotency_key=key)
             return self._charge_output(result, key)
         except Exception as exc:  # never raise into the agent framework
             log.exception("charge_stripe failed unexpectedly (idempotency key %s)", key)
@@ -244,6 +255,15 @@ class BillingTools:
             else:
                 body["message"] = messages.ALREADY_CHARGED if result.replayed else messages.CHARGED
             return json.dumps(body)
+        if result.code == "already_charged":
+            intent = (result.body.get("error") or {}).get("payment_intent")
+            return messages.error_output(
+                "already_charged", messages.ALREADY_BILLED, charge_id=intent, idempotency_key=key
+            )
+        if result.code == "charge_in_progress":
+            return messages.error_output(
+                "charge_in_progress", messages.CHARGE_IN_PROGRESS, retryable=True, idempotency_key=key
+            )
         stop_code = _stop_code(result)
         if stop_code:
             return messages.error_output(stop_code, "", idempotency_key=key)
@@ -263,30 +283,29 @@ class BillingTools:
         )
 
     def _payment_method_for(self, customer_id: str) -> tuple[str, str | None]:
-        """(the customer's saved payment method, None) or ("", the error output that ends the charge)."""
-        if self.payment_method:
-            return self.payment_method, None
-        answer = self._lookup.get(f"/v1/customers/{customer_id}")
-        if answer.outcome is Outcome.SUCCEEDED and not answer.body.get("deleted"):
-            saved = (answer.body.get("invoice_settings") or {}).get("default_payment_method") or answer.body.get(
-                "default_source"
-            )
-            if isinstance(saved, str) and saved:
-                return saved, None
-            return "", messages.error_output("no_payment_method", messages.NO_PAYMENT_METHOD)
-        if answer.outcome is Outcome.TRANSIENT:
+        """(the customer's card, None) or ("", the error output that ends the charge)."""
+        try:
+            choice = cards.resolve(self._lookup, customer_id, self.payment_method)
+        except cards.CardLookupTransient as exc:
             return "", messages.error_output(
-                answer.code or "upstream_unavailable",
-                messages.TRANSIENT_CHARGE.format(detail=_detail(answer)),
-                retryable=True,
+                "upstream_unavailable", messages.TRANSIENT_CHARGE.format(detail=str(exc)), retryable=True
             )
-        if stop_code := _stop_code(answer):  # billing is switched off either way
-            return "", messages.error_output(stop_code, "")
-        if answer.status == 404 or answer.outcome is Outcome.SUCCEEDED:
-            return "", messages.error_output("not_found", messages.NO_CUSTOMER.format(customer_id=customer_id))
-        return "", messages.error_output(
-            answer.code or "lookup_refused", messages.CARD_UNREADABLE.format(detail=_detail(answer)), stop=False
-        )
+        except cards.CardLookupRefused as refused:
+            answer = refused.result
+            if stop_code := _stop_code(answer):  # billing is switched off either way
+                return "", messages.error_output(stop_code, "")
+            return "", messages.error_output(
+                answer.code or "lookup_refused", messages.CARD_UNREADABLE.format(detail=_detail(answer)), stop=False
+            )
+        if choice.payment_method:
+            return choice.payment_method, None
+        if choice.code is cards.CardCode.CUSTOMER_DELETED:
+            return "", messages.error_output(
+                "customer_deleted", messages.CUSTOMER_DELETED.format(customer_id=customer_id)
+            )
+        if choice.code is cards.CardCode.NO_SUCH_CUSTOMER:
+            return "", messages.error_output("no_such_customer", messages.NO_CUSTOMER.format(customer_id=customer_id))
+        return "", messages.error_output("no_payment_method", messages.NO_PAYMENT_METHOD)
 
     def _read(
         self,
@@ -378,7 +397,8 @@ def charge_stripe(customer_id: str, amount_cents: int, billing_period: str, invo
     """Bill a customer ONCE for a billing period; only when the current message asks to bill (never to look something up).
 
     Repeating the same customer, amount and billing period never charges twice: it returns the
-    existing payment with "replayed": true.
+    existing payment with "replayed": true. A customer already billed for the period (by a billing
+    run or an earlier call, whatever the amount) is not charged again: the answer is already_charged.
 
     :param customer_id: The Stripe customer id, e.g. cus_123.
     :param amount_cents: The amount in US cents, e.g. 2900 for $29.00.

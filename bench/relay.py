@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class CountingRelay:
-    def __init__(self, upstream_port: int, needle: bytes) -> None:
+    """`delay` seconds are added before passing on data that names `needle` (tests use it as slow storage)."""
+
+    def __init__(self, upstream_port: int, needle: bytes, *, delay: float = 0.0) -> None:
         self.upstream_port = upstream_port
         self.needle = needle.lower()
+        self.delay = delay
         self.lock = threading.Lock()
         self.requests = 0  # every HTTP request passed on
         self.matching = 0  # those naming the needle
@@ -62,6 +66,8 @@ class CountingRelay:
                 data = b""
             if not data:
                 break
+            if self.delay and self.needle in data.lower():
+                time.sleep(self.delay)
             upstream.sendall(data)
             buffer = self._count(buffer + data)
         for s in (client, upstream):

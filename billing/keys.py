@@ -11,6 +11,13 @@ budget and at most one of them is active.
 (If the host ever delivered a *successful* issue activity twice, the second execution
 would revoke the key the run is using: the run then stops with `revoked`. That fails
 closed; it can never spend more.)
+
+A stop leaves no key, whatever the timing. `POST …/stop` first marks the run's labels as
+stopped (`billing.table.StopMarks`), then revokes every key under them. `issue_run_key`
+mints, then looks at the mark, and revokes the key it just minted if the label is
+stopped, handing out no key id (`stopped: true`). Either the mark was there when the issue
+looked (the issue revokes its own key), or it was written after that look, so after the
+key was stored, and the stop's listing, which follows its mark, finds and revokes the key.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ class Vault(Protocol):
     def audit(self, key_id: str, limit: int = 50, continuation: str | None = None) -> dict[str, Any]: ...
 
 
+class Marks(Protocol):
+    """The part of `billing.table.StopMarks` used here."""
+
+    def is_stopped(self, label: str) -> bool: ...
+
+
 def usd(cents: int) -> str:
     """Cents as the vault's dollar string: 290000 → "2900.00"."""
     return f"{cents // 100}.{cents % 100:02d}"
@@ -51,11 +64,13 @@ def keys_with_label(vault: Vault, label: str) -> Iterator[dict[str, Any]]:
             return
 
 
-def issue_run_key(vault: Vault, request: KeyRequest) -> KeyIssued:
-    """Mint the run's key for one role; safe to call again after a crash (see module doc)."""
+def issue_run_key(vault: Vault, request: KeyRequest, marks: Marks) -> KeyIssued:
+    """Mint the run's key for one role; safe to call again after a crash, and after a stop (module doc)."""
     superseded = [k["key_id"] for k in keys_with_label(vault, request.label) if k.get("status") == "active"]
     for key_id in superseded:
         vault.revoke(key_id)
+    if marks.is_stopped(request.label):
+        return KeyIssued(None, request.label, 0, superseded=tuple(superseded), stopped=True)
     cap = request.cap_cents
     if superseded:
         used = vault.spend(request.label)
@@ -73,6 +88,9 @@ def issue_run_key(vault: Vault, request: KeyRequest) -> KeyIssued:
             "metadata": {**request.metadata, "role": request.role},
         }
     )
+    if marks.is_stopped(request.label):  # stopped while minting: the key never leaves this function active
+        vault.revoke(body["key_id"])
+        return KeyIssued(None, request.label, 0, superseded=(*superseded, body["key_id"]), stopped=True)
     return KeyIssued(
         key_id=body["key_id"],
         label=request.label,

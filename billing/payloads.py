@@ -31,6 +31,7 @@ class ItemOutcome(StrEnum):
     INVALID = "invalid"  # the request was refused as invalid (bad customer, no card, forbidden)
     TRANSIENT_EXHAUSTED = "transient_exhausted"  # still failing after every retry; not confirmed
     SKIPPED = "skipped"  # never attempted because the run had stopped (see `reason`)
+    ALREADY_CHARGED = "already_charged"  # the charge identity was already charged (object_id: that intent)
 
 
 # Outcomes that mean the key cannot charge anyone any more: schedule no further batches.
@@ -48,18 +49,39 @@ class Endpoint(StrEnum):
 
 @dataclass(frozen=True)
 class ChargeItem:
-    """One customer to bill: who, how much, and (for payment intents) which card."""
+    """One customer to bill: who, how much, and (for payment intents) which card.
+
+    `card_source` says how the card was chosen (`billing.cards.CardSource`); without a card,
+    `card_code` and `card_reason` say why (`no_payment_method`, `customer_deleted`,
+    `no_such_customer`). `purpose` is the optional third part of the charge identity
+    (customer, billing period, purpose): a deliberate second charge in one period needs one.
+    `currency` is the customer's own currency as Stripe reported it (for the warnings).
+    """
 
     customer_id: str
     amount_cents: int
     payment_method: str | None = None
+    purpose: str | None = None
+    card_source: str | None = None
+    card_code: str | None = None
+    card_reason: str | None = None
+    currency: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChargeItem:
-        return cls(str(data["customer_id"]), int(data["amount_cents"]), data.get("payment_method"))
+        return cls(
+            str(data["customer_id"]),
+            int(data["amount_cents"]),
+            data.get("payment_method"),
+            data.get("purpose"),
+            data.get("card_source"),
+            data.get("card_code"),
+            data.get("card_reason"),
+            data.get("currency"),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,9 +115,11 @@ class RunRequest:
     endpoint: Endpoint = Endpoint.PAYMENT_INTENTS
     customers: tuple[ChargeItem, ...] | None = None
     customer_query: CustomerQuery | None = None
+    purpose: str | None = None  # the charge identity's purpose for every item that names none
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "purpose": self.purpose,
             "billing_period": self.billing_period,
             "budget_cents": self.budget_cents,
             "max_parallel": self.max_parallel,
@@ -117,6 +141,7 @@ class RunRequest:
             endpoint=Endpoint(data.get("endpoint", Endpoint.PAYMENT_INTENTS)),
             customers=None if customers is None else tuple(ChargeItem.from_dict(c) for c in customers),
             customer_query=None if query is None else CustomerQuery.from_dict(query),
+            purpose=data.get("purpose"),
         )
 
 
@@ -159,6 +184,7 @@ class KeyIssued:
     cap_cents: int
     expires_at: str | None = None
     superseded: tuple[str, ...] = ()  # ids of orphan keys (from a crashed attempt) revoked first
+    stopped: bool = False  # the run's label was stopped: no key (or one born revoked)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "superseded": list(self.superseded)}
@@ -171,6 +197,7 @@ class KeyIssued:
             cap_cents=int(data["cap_cents"]),
             expires_at=data.get("expires_at"),
             superseded=tuple(data.get("superseded") or ()),
+            stopped=bool(data.get("stopped", False)),
         )
 
 
@@ -308,6 +335,7 @@ class ItemResult:
     code: str | None = None
     reason: str | None = None  # for skipped items: the outcome that stopped the run; else a message
     replayed: bool = False
+    card_source: str | None = None  # how the card was chosen (`billing.cards.CardSource`)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "outcome": str(self.outcome)}
@@ -323,6 +351,7 @@ class ItemResult:
             code=data.get("code"),
             reason=data.get("reason"),
             replayed=bool(data.get("replayed", False)),
+            card_source=data.get("card_source"),
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from billing.payloads import (
@@ -24,8 +24,11 @@ from billing.payloads import (
 )
 
 LABEL_PREFIX = "azure-durable/"
-# The read-only key can list customers and read one; it cannot move money.
-CUSTOMER_READ_ENDPOINTS: tuple[str, ...] = ("GET /v1/customers", "GET /v1/customers/*")
+# The read-only key can list customers, read one and list a customer's cards (the fourth
+# step of `billing.cards`); it cannot move money.
+CUSTOMER_READ_ENDPOINTS: tuple[str, ...] = ("GET /v1/customers", "GET /v1/customers/*", "GET /v1/payment_methods")
+# Customer ids listed per warning (the count is always complete).
+WARNING_SAMPLE = 20
 # The read key's cap: it never spends (GET only), but the vault wants a positive cap.
 READ_KEY_CAP_CENTS = 100
 # Larger runs keep only the items that were not charged in the output (history size).
@@ -70,10 +73,18 @@ class RunPlan:
             label=charge_label(self.instance_id),
             role="charge",
             cap_cents=self.run.budget_cents,
-            allowed_endpoints=(f"POST /v1/{self.run.endpoint}",),
+            allowed_endpoints=self.charge_endpoints,
             expires_in=self.run.expires_in,
             metadata={"orchestration_id": self.instance_id, "billing_period": self.run.billing_period},
         )
+
+    @property
+    def charge_endpoints(self) -> tuple[str, ...]:
+        """The charge key's allowlist: the charge, and for payment intents the cancel of one the
+        customer did not complete (`billing.charging`: only a canceled intent is released)."""
+        if self.run.endpoint is Endpoint.PAYMENT_INTENTS:
+            return ("POST /v1/payment_intents", "POST /v1/payment_intents/*/cancel")
+        return (f"POST /v1/{self.run.endpoint}",)
 
     def read_key_request(self) -> KeyRequest:
         return KeyRequest(
@@ -107,6 +118,10 @@ class RunPlan:
     def batches(self, items: Sequence[ChargeItem], key_id: str) -> Iterator[BatchRequest]:
         """Consecutive batches of `batch_size` items, each knowing its first index."""
         size = self.batch_size
+        if self.run.purpose:  # the run's purpose for every item that names none (the charge identity)
+            items = [i if i.purpose else replace(i, purpose=self.run.purpose) for i in items]
+        # A card the caller named is charged as named (also when no customer had to be read).
+        items = [replace(i, card_source="explicit") if i.payment_method and not i.card_source else i for i in items]
         for start in range(0, len(items), size):
             yield BatchRequest(
                 orchestration_id=self.instance_id,
@@ -156,7 +171,44 @@ def spent_cents(results: Sequence[ItemResult]) -> int:
     return sum(r.amount_cents for r in results if r.outcome is ItemOutcome.CHARGED)
 
 
-def progress(total: int, results: Sequence[ItemResult], cap_cents: int, stopped: str | None = None) -> dict[str, Any]:
+def warnings(run: RunRequest, items: Sequence[ChargeItem] | None = None) -> list[dict[str, Any]]:
+    """What is odd about a run before it charges anyone.
+
+    `items` is the list to bill once known (None at `POST`, before customers are read):
+    a query that matched nobody, a budget below the smallest charge (nobody can be billed),
+    and customers whose own currency is not usd (they are charged in USD all the same).
+    """
+    out: list[dict[str, Any]] = []
+    if items is not None and not items and run.customer_query is not None:
+        out.append({"code": "no_customers", "message": f"the customer_query {run.customer_query.to_dict()['metadata']} "
+                    "matched no customer: nobody will be billed"})
+    if items is not None:
+        amounts = [i.amount_cents for i in items]
+    elif run.customers is not None:
+        amounts = [c.amount_cents for c in run.customers]
+    else:
+        amounts = [run.customer_query.amount_cents] if run.customer_query is not None else []
+    if amounts and run.budget_cents < min(amounts):
+        out.append({"code": "budget_below_smallest_charge", "budget_cents": run.budget_cents,
+                    "smallest_charge_cents": min(amounts),
+                    "message": "budget_usd is below the smallest charge: every charge will be refused (cap_exceeded)"})
+    foreign = [i for i in items or () if i.currency and i.currency.lower() != "usd"]
+    if foreign:
+        out.append({"code": "non_usd_customers", "count": len(foreign),
+                    "currencies": dict(Counter(str(i.currency).lower() for i in foreign)),
+                    "customer_ids": [i.customer_id for i in foreign[:WARNING_SAMPLE]],
+                    "message": f"{len(foreign)} customer(s) have a currency other than usd in Stripe; "
+                    "the run charges them in USD"})
+    return out
+
+
+def progress(
+    total: int,
+    results: Sequence[ItemResult],
+    cap_cents: int,
+    stopped: str | None = None,
+    warned: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """The custom status after each batch (no vault key, ever): small, whatever the run's size."""
     counts = Counter(str(r.outcome) for r in results)
     return {
@@ -168,6 +220,7 @@ def progress(total: int, results: Sequence[ItemResult], cap_cents: int, stopped:
         "spent_cents": spent_cents(results),
         "cap_cents": cap_cents,
         "stopped": stopped,
+        "warnings": list(warned),
     }
 
 
@@ -179,6 +232,7 @@ def summary(
     key_ids: dict[str, str | None],
     stopped: str | None,
     fetch_pages: int = 0,
+    warned: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The run's output: counts per outcome, spend, key ids and the per-item results."""
     counts = Counter(str(r.outcome) for r in results)
@@ -196,6 +250,7 @@ def summary(
         "key_ids": key_ids,
         "label": charge_label(plan.instance_id),
         "customer_pages": fetch_pages,
+        "warnings": list(warned),
     }
     if len(results) <= MAX_ITEMS_IN_OUTPUT:
         out["items"] = [r.to_dict() for r in results]

@@ -1,7 +1,10 @@
 """Validating a `POST /api/billing/runs` body into a `RunRequest`.
 
 Bad input gets a 400 `policy_invalid` naming the field in `param` (Stripe-style nested
-names such as `customers[3][amount_cents]`) and starts nothing.
+names such as `customers[3][amount_cents]`) and starts nothing. A customer listed twice for
+one charge identity (same customer, same purpose: the run has one billing period) is a 400
+`duplicate_customers` whose message names the indexes; a deliberate second charge gives
+each entry its own `purpose`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ FIELDS = frozenset(
         "expires_in",
         "endpoint",
         "instance_id",
+        "purpose",
     }
 )
 MAX_CUSTOMERS = 10_000
@@ -35,6 +39,7 @@ MAX_TTL_HOURS = 24
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$")
 _ID = re.compile(r"^[A-Za-z0-9_]{1,255}$")
+_PURPOSE = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 
 
 def _invalid(param: str, message: str) -> SpendgateError:
@@ -60,6 +65,10 @@ def parse_run_request(body: Any) -> tuple[RunRequest, str | None]:
     customers, query = body.get("customers"), body.get("customer_query")
     if (customers is None) == (query is None):
         raise _invalid("customers", "give exactly one of customers or customer_query")
+    purpose = _purpose(body.get("purpose"), "purpose")
+    items = None if customers is None else _customers(customers)
+    if items is not None:
+        _refuse_duplicates(items, purpose)
     return (
         RunRequest(
             billing_period=period,
@@ -67,8 +76,9 @@ def parse_run_request(body: Any) -> tuple[RunRequest, str | None]:
             max_parallel=_int(body.get("max_parallel", 50), "max_parallel", 1, MAX_PARALLEL),
             expires_in=_ttl(body.get("expires_in", "2h")),
             endpoint=_endpoint(body.get("endpoint", "payment_intents")),
-            customers=None if customers is None else _customers(customers),
+            customers=items,
             customer_query=None if query is None else _query(query),
+            purpose=purpose,
         ),
         instance_id,
     )
@@ -128,7 +138,7 @@ def _customers(value: Any) -> tuple[ChargeItem, ...]:
         where = f"customers[{n}]"
         if not isinstance(entry, Mapping):
             raise _invalid(where, f"{where} must be an object with customer_id and amount_cents")
-        extra = sorted(set(entry) - {"customer_id", "amount_cents", "payment_method"})
+        extra = sorted(set(entry) - {"customer_id", "amount_cents", "payment_method", "purpose"})
         if extra:
             raise _invalid(f"{where}[{extra[0]}]", f"unknown field {extra[0]!r}")
         customer_id = entry.get("customer_id")
@@ -137,8 +147,37 @@ def _customers(value: Any) -> tuple[ChargeItem, ...]:
         method = entry.get("payment_method")
         if method is not None and (not isinstance(method, str) or not _ID.match(method)):
             raise _invalid(f"{where}[payment_method]", "payment_method must be a Stripe id such as pm_123")
-        items.append(ChargeItem(customer_id, _amount(entry.get("amount_cents"), f"{where}[amount_cents]"), method))
+        amount = _amount(entry.get("amount_cents"), f"{where}[amount_cents]")
+        items.append(ChargeItem(customer_id, amount, method, _purpose(entry.get("purpose"), f"{where}[purpose]")))
     return tuple(items)
+
+
+def _purpose(value: Any, param: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _PURPOSE.match(value):
+        raise _invalid(param, "purpose must be 1-100 letters, digits, '-' or '_' (an invoice id, say)")
+    return value
+
+
+def _refuse_duplicates(items: tuple[ChargeItem, ...], run_purpose: str | None) -> None:
+    """One entry per charge identity: the same customer twice is refused unless purposes differ."""
+    seen: dict[tuple[str, str | None], list[int]] = {}
+    for n, item in enumerate(items):
+        seen.setdefault((item.customer_id, item.purpose or run_purpose), []).append(n)
+    repeated = [(key, indexes) for key, indexes in seen.items() if len(indexes) > 1]
+    if repeated:
+        listed = "; ".join(
+            f"{cid}{' (purpose ' + purpose + ')' if purpose else ''} at indexes {', '.join(map(str, idx))}"
+            for (cid, purpose), idx in repeated
+        )
+        first = repeated[0][1]
+        raise SpendgateError(
+            "duplicate_customers",
+            f"customers listed more than once for one charge: {listed}. A customer is charged once per billing "
+            "period and purpose; give each entry its own purpose to charge it deliberately twice.",
+            param=f"customers[{first[1]}][customer_id]",
+        )
 
 
 def _query(value: Any) -> CustomerQuery:

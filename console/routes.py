@@ -2,22 +2,22 @@
 
 The page and assets are anonymous because they hold no data: the page asks the operator
 for the function key and calls the admin routes with it. The run list is an admin route
-like the others (function auth), answered from the Durable client's instance query.
+like the others (function auth), answered from the runs index and one Durable status read per row.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
+from billing.run_index import RunIndex
 from console import runs
 from console.assets import Asset, find_asset, page
 from core.errors import SpendgateError
-from orchestrators.billing import ORCHESTRATOR as BILLING_ORCHESTRATOR
+from core.runtime import runtime
 
 bp = df.Blueprint()
 
@@ -32,12 +32,12 @@ def _error(err: SpendgateError) -> func.HttpResponse:
     return func.HttpResponse(err.to_json(), status_code=err.status, headers=err.headers())
 
 
-@bp.route(route="console", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/console", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def console_page(req: func.HttpRequest) -> func.HttpResponse:
     return _asset_response(page())
 
 
-@bp.route(route="console/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/console/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def console_asset(req: func.HttpRequest) -> func.HttpResponse:
     asset = find_asset(req.route_params.get("name"))
     if asset is None or asset.name == "index.html":
@@ -46,6 +46,7 @@ def console_asset(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _status_dict(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
+    """The status as the camelCase dict `console.runs` reads (empty-ish for an unknown instance)."""
     return {
         "name": status.name,
         "instanceId": status.instance_id,
@@ -57,18 +58,18 @@ def _status_dict(status: df.DurableOrchestrationStatus) -> dict[str, Any]:
     }
 
 
-@bp.route(route="billing/runs", methods=["GET"])
+@bp.route(route="api/billing/runs", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 async def list_billing_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """`GET /api/billing/runs?limit=&continuation=`: billing runs, newest first, a page at a time."""
+    rt = runtime()
     try:
         body = await runs.fetch_page(
             client,
-            BILLING_ORCHESTRATOR,
+            RunIndex(rt.tables, rt.settings.table_prefix),
             _status_dict,
             limit=runs.parse_limit(req.params.get("limit")),
             continuation=req.params.get("continuation"),
-            now=datetime.now(UTC),
         )
     except SpendgateError as err:
         return _error(err)

@@ -1,7 +1,7 @@
 """spendgate's error catalog: every error code the app answers with, in one place.
 
-Every error leaves the app Stripe-shaped, so stripe-python and other Stripe clients
-raise the matching exception::
+Every error leaves the app Stripe-shaped, so stripe-python, stripe-node and other Stripe
+clients raise the matching exception::
 
     {"error": {"type": <type>, "code": <code>, "message": <text>, "param"?: <field>}}
 
@@ -13,18 +13,27 @@ with a `Stripe-Should-Retry` header telling clients whether a retry is safe.
     vault_key_revoked           401     invalid_request_error   false
     vault_key_expired           401     invalid_request_error   false
     endpoint_not_allowed        403     invalid_request_error   false
+    expand_not_allowed          403     invalid_request_error   false
     spend_cap_exceeded          402     card_error              false
     amount_invalid              400     invalid_request_error   false
     currency_not_allowed        400     invalid_request_error   false
     body_invalid                400     invalid_request_error   false
     body_too_large              413     invalid_request_error   false
     path_invalid                400     invalid_request_error   false
+    api_v2_not_supported        400     invalid_request_error   false
+    header_invalid              400     invalid_request_error   false
+    parameter_not_allowed       400     invalid_request_error   false
+    stripe_version_not_supported 400    invalid_request_error   false
     method_not_allowed          405     invalid_request_error   false
     policy_invalid              400     invalid_request_error   false
     not_found                   404     invalid_request_error   false
     run_exists                  409     invalid_request_error   false
+    duplicate_customers         400     invalid_request_error   false
+    already_charged             409     invalid_request_error   false
+    charge_in_progress          409     invalid_request_error   true
     idempotency_key_in_use      409     invalid_request_error   true
     idempotency_error           400     idempotency_error       false
+    rate_limited                429     rate_limit_error        false
     upstream_unavailable        502     api_error               true
     governance_unavailable      503     api_error               true
 
@@ -58,18 +67,35 @@ CATALOG: dict[str, ErrorKind] = {
         ErrorKind("vault_key_revoked", 401, _INVALID, False, "The vault key was revoked."),
         ErrorKind("vault_key_expired", 401, _INVALID, False, "The vault key has expired."),
         ErrorKind("endpoint_not_allowed", 403, _INVALID, False, "The key's allowlist does not include this method and path."),
+        ErrorKind("expand_not_allowed", 403, _INVALID, False,
+                  "`expand[]` names a field the proxy cannot expand, or an object this key may not read."),
         ErrorKind("spend_cap_exceeded", 402, "card_error", False, "The charge would take the key over its spend cap."),
         ErrorKind("amount_invalid", 400, _INVALID, False, "The amount is missing, not a positive integer, or too large."),
         ErrorKind("currency_not_allowed", 400, _INVALID, False, "Caps are in USD; the request names another currency."),
         ErrorKind("body_invalid", 400, _INVALID, False, "The body is not valid form or JSON encoding."),
-        ErrorKind("body_too_large", 413, _INVALID, False, "The body exceeds 64 KB."),
+        ErrorKind("body_too_large", 413, _INVALID, False, "The body exceeds 256 KB."),
         ErrorKind("path_invalid", 400, _INVALID, False, "Only plain /v1/... paths are forwarded."),
+        ErrorKind("api_v2_not_supported", 400, _INVALID, False,
+                  "Stripe's v2 API (/v2/...) is not governed by the proxy yet; nothing was forwarded."),
+        ErrorKind("header_invalid", 400, _INVALID, False, "A header value is not printable ASCII."),
+        ErrorKind("parameter_not_allowed", 400, _INVALID, False,
+                  "A parameter the proxy owns or cannot meter (e.g. `metadata[spendgate_idem]`, confirm=false)."),
+        ErrorKind("stripe_version_not_supported", 400, _INVALID, False,
+                  "The Stripe-Version header names a version other than the one the proxy is pinned to."),
         ErrorKind("method_not_allowed", 405, _INVALID, False, "The HTTP method is not supported here."),
         ErrorKind("policy_invalid", 400, _INVALID, False, "The key policy or request body is invalid (see `param`)."),
         ErrorKind("not_found", 404, _INVALID, False, "No such key, run or resource."),
         ErrorKind("run_exists", 409, _INVALID, False, "A billing run with this instance id already exists."),
+        ErrorKind("duplicate_customers", 400, _INVALID, False,
+                  "A run lists one customer twice for one charge identity (see `param` and the message)."),
+        ErrorKind("already_charged", 409, _INVALID, False,
+                  "This customer was already charged for this billing period and purpose; nothing was billed."),
+        ErrorKind("charge_in_progress", 409, _INVALID, True,
+                  "Another run or agent is charging this customer for this period right now; retry shortly."),
         ErrorKind("idempotency_key_in_use", 409, _INVALID, True, "A request with this Idempotency-Key is still in flight."),
         ErrorKind("idempotency_error", 400, "idempotency_error", False, "This Idempotency-Key was used with different parameters."),
+        ErrorKind("rate_limited", 429, "rate_limit_error", False,
+                  "Too many requests without a valid vault key from this source; slow down."),
         ErrorKind("upstream_unavailable", 502, "api_error", True, "Stripe could not be reached or answered ambiguously."),
         ErrorKind("governance_unavailable", 503, "api_error", True, "The spend ledger is unreachable; nothing was forwarded."),
     )
@@ -118,13 +144,14 @@ def render_markdown() -> str:
         "",
         "Every error spendgate answers with is Stripe-shaped, so Stripe clients raise the matching",
         "exception (stripe-python: 400/404 → `InvalidRequestError` or `IdempotencyError`, 401 →",
-        "`AuthenticationError`, 402 → `CardError`, 403 → `PermissionError`, others → `APIError`):",
+        "`AuthenticationError`, 402 → `CardError`, 403 → `PermissionError`, others → `APIError`;",
+        "stripe-node: the same names with a `Stripe` prefix, e.g. `StripeCardError`):",
         "",
         "```json",
         '{"error": {"type": "card_error", "code": "spend_cap_exceeded", "message": "…", "param": "amount"}}',
         "```",
         "",
-        "Each answer carries `Stripe-Should-Retry: true|false`, which stripe-python obeys. Only the",
+        "Each answer carries `Stripe-Should-Retry: true|false`, which stripe-python and stripe-node obey. Only the",
         "codes marked retryable are safe to retry, and only with the same `Idempotency-Key`.",
         "",
         "| code | HTTP | type | retry | meaning |",

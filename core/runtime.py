@@ -15,6 +15,7 @@ from functools import cached_property
 import httpx
 from azure.data.tables import TableServiceClient
 
+from core.deadline import deadline_transport
 from core.settings import Settings, get_settings
 from core.storage import table_service
 
@@ -32,12 +33,15 @@ class Runtime:
 
     @cached_property
     def stripe_http(self) -> httpx.Client:
-        """HTTP client for the Stripe upstream: explicit timeouts, pooled connections."""
+        """HTTP client for the Stripe upstream: explicit timeouts, pooled connections, and a
+        transport that enforces the proxy's total deadline per forward (core/deadline.py)."""
         timeout = self.settings.stripe_timeout_seconds
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=64)
         return httpx.Client(
             base_url=self.settings.stripe_api_base,
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-            limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
+            limits=limits,
+            transport=deadline_transport(limits),
         )
 
 

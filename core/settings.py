@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 # Names of every setting the app code reads (the infra test compares this list with Bicep).
 STORAGE_CONNECTION = "AzureWebJobsStorage"
@@ -22,6 +23,7 @@ STORAGE_CLIENT_ID = "AzureWebJobsStorage__clientId"
 STRIPE_API_BASE = "STRIPE_API_BASE"
 STRIPE_SECRET_KEY = "STRIPE_SECRET_KEY"
 STRIPE_TIMEOUT_SECONDS = "SPENDGATE_STRIPE_TIMEOUT_SECONDS"
+STRIPE_VERSION = "SPENDGATE_STRIPE_VERSION"
 TABLE_PREFIX = "SPENDGATE_TABLE_PREFIX"
 IDEMPOTENCY_RETENTION_DAYS = "SPENDGATE_IDEMPOTENCY_RETENTION_DAYS"
 PROXY_URL = "SPENDGATE_PROXY_URL"
@@ -37,6 +39,7 @@ APP_SETTING_NAMES: tuple[str, ...] = (
     STRIPE_API_BASE,
     STRIPE_SECRET_KEY,
     STRIPE_TIMEOUT_SECONDS,
+    STRIPE_VERSION,
     TABLE_PREFIX,
     IDEMPOTENCY_RETENTION_DAYS,
     PROXY_URL,
@@ -71,6 +74,10 @@ class Settings:
     """
 
     env: Mapping[str, str]
+    # The Stripe API version the proxy forwards by default: what stripe-python 16.1.0 and
+    # stripe-node 23.1.0 send, and what the proxy was tested with. Old versions change what
+    # endpoints do. (A class attribute: module-level capitals are read as setting names.)
+    default_stripe_version: ClassVar[str] = "2026-10-28.endive"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -144,7 +151,16 @@ class Settings:
 
     @property
     def stripe_timeout_seconds(self) -> float:
+        """The total deadline of one forward to Stripe (connect + write + read), enforced by the client."""
         return self._number(STRIPE_TIMEOUT_SECONDS, 30.0, minimum=0.1)
+
+    @property
+    def stripe_version(self) -> str:
+        """The one `Stripe-Version` the proxy forwards; requests naming another are refused."""
+        value = self._get(STRIPE_VERSION, self.default_stripe_version) or self.default_stripe_version
+        if not all(0x21 <= ord(c) <= 0x7E for c in value) or len(value) > 64:
+            raise InvalidSettingError(STRIPE_VERSION, f"must be printable ASCII without spaces, got {value!r}")
+        return value
 
     # --- proxy ---------------------------------------------------------------------
     @property

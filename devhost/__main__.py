@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from devhost.host import DurableEngineUnavailable, Host
+from devhost.http import RouteConflict
 from devhost.loader import AppLoadError, load_function_app
 
 QUIET_LOGGERS = ("azure", "urllib3", "httpx", "httpcore", "aiohttp.access")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         host.stop()
         return 2
-    except AppLoadError as exc:
+    except (AppLoadError, RouteConflict) as exc:
         log.error("%s", exc)
         host.stop()
         return 3

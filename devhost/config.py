@@ -8,6 +8,7 @@ prefix, the durable task hub and the queue trigger options. Both files are optio
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -24,6 +25,9 @@ log = logging.getLogger("devhost")
 
 DEFAULT_FUNCTION_KEY = "local-dev-function-key"
 FUNCTION_KEY_SETTING = "DEVHOST_FUNCTION_KEY"
+MASTER_KEY_SETTING = "DEVHOST_MASTER_KEY"
+DURABLETASK_KEY_SETTING = "DEVHOST_DURABLETASK_KEY"
+HTTP_CONCURRENCY_SETTING = "DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY"
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
 
 _TIMESPAN = re.compile(r"^(?:(?P<days>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)$")
@@ -84,7 +88,13 @@ class HostConfig:
 
     @property
     def route_prefix(self) -> str:
-        """HTTP route prefix without slashes; "" means routes sit at the root."""
+        """HTTP route prefix without slashes; "" means routes sit at the root.
+
+        As on Azure: `extensions.http.routePrefix` defaults to `api` and applies to every HTTP
+        route; an empty string removes it ("The route prefix that applies to all routes. Use an
+        empty string to remove the default prefix.", host.json settings in
+        https://learn.microsoft.com/azure/azure-functions/functions-bindings-http-webhook#hostjson-settings).
+        """
         http = self.extensions.get("http") or {}
         return str(http.get("routePrefix", "api")).strip("/")
 
@@ -135,8 +145,53 @@ def apply_settings(values: Mapping[str, str], environ: MutableMapping[str, str] 
 
 
 def function_key(environ: Mapping[str, str] = os.environ) -> str:
-    """The key that `function`/`admin` routes require locally."""
+    """The key that `function` routes require locally."""
     return environ.get(FUNCTION_KEY_SETTING) or DEFAULT_FUNCTION_KEY
+
+
+@dataclass(frozen=True)
+class HostKeys:
+    """The keys the host checks, with Azure's rules (learn.microsoft.com, "Work with access keys in Azure Functions").
+
+    - `function` auth level: a function key or the master key;
+    - `admin` auth level: the master key only;
+    - the Durable extension's webhooks: its system key (`durabletask_extension`) or the master key.
+    """
+
+    function: str
+    master: str
+    durabletask: str
+
+    def allows(self, level: str, given: str) -> bool:
+        """Does `given` open a route of auth `level` (`anonymous`, `function`, `admin`, `system`)?"""
+        if level == "anonymous":
+            return True
+        accepted = {"function": (self.function, self.master), "admin": (self.master,)}.get(
+            level, (self.durabletask, self.master)
+        )
+        return any(hmac.compare_digest(given.encode(), key.encode()) for key in accepted)
+
+
+def host_keys(environ: Mapping[str, str] = os.environ) -> HostKeys:
+    """The local keys: the settings if set, else fixed development values (`make run` prints them)."""
+    return HostKeys(
+        function=function_key(environ),
+        master=environ.get(MASTER_KEY_SETTING) or "local-dev-master-key",
+        durabletask=environ.get(DURABLETASK_KEY_SETTING) or "local-dev-durabletask-key",
+    )
+
+
+def http_per_instance_concurrency(environ: Mapping[str, str] = os.environ) -> int:
+    """How many HTTP requests one instance runs at once; Flex Consumption's default for Python is 1.
+
+    On Azure this is the plan's `scaleAndConcurrency.triggers.http.perInstanceConcurrency`
+    (infra/app/function.bicep sets it); locally the setting of the same meaning.
+    """
+    raw = environ.get(HTTP_CONCURRENCY_SETTING) or "1"
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"{HTTP_CONCURRENCY_SETTING} must be at least 1, not {raw}")
+    return value
 
 
 _SETTING_EXPR = re.compile(r"%([^%]+)%")

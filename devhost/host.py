@@ -17,13 +17,14 @@ from typing import Any
 from devhost.config import (
     HostConfig,
     apply_settings,
-    function_key,
+    host_keys,
+    http_per_instance_concurrency,
     load_host_config,
     load_local_settings,
     resolve_binding_expression,
     storage_connection_string,
 )
-from devhost.http import HttpHost
+from devhost.http import DurableRpcHost, HttpHost
 from devhost.invoke import Invoker, uses_durable
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.queue_io import QueueClients
@@ -57,6 +58,7 @@ class Host:
         self.index: FunctionIndex | None = None
         self.engine: Any = None
         self.http: HttpHost | None = None
+        self.rpc: DurableRpcHost | None = None
         self.listeners: list[QueueTriggerListener] = []
         self.queues = QueueClients()
 
@@ -73,8 +75,12 @@ class Host:
             if fn.trigger_type not in SUPPORTED_TRIGGERS:
                 log.warning("function %s: trigger %s is not run by devhost", fn.name, fn.trigger_type)
 
+        keys = host_keys(self.environ)
         if any(uses_durable(fn) for fn in index.functions.values()):
-            self.engine = self._create_engine(index)
+            self.engine = self._create_engine(index, keys.durabletask)
+            self.rpc = DurableRpcHost(self.engine)
+            self.engine.rpc_base_url = self.rpc.base_url
+            self.rpc.start()
             self.engine.start()
             log.info("durable engine started (task hub %s)", self._task_hub())
 
@@ -101,9 +107,10 @@ class Host:
             index,
             invoker,
             route_prefix=self.config.route_prefix,
-            function_key=function_key(self.environ),
+            keys=keys,
             engine=self.engine,
             port=self.port,
+            http_concurrency=http_per_instance_concurrency(self.environ),
         )
         self.http.start()
         for route in self.http.routes:
@@ -125,6 +132,9 @@ class Host:
         for listener in self.listeners:
             listener.stop()
         self.listeners = []
+        if self.rpc is not None:
+            self.rpc.stop()
+            self.rpc = None
         if self.engine is not None:
             try:
                 self.engine.stop()
@@ -137,7 +147,7 @@ class Host:
     def _task_hub(self) -> str:
         return resolve_binding_expression(self.config.task_hub, self.environ)
 
-    def _create_engine(self, index: FunctionIndex) -> Any:
+    def _create_engine(self, index: FunctionIndex, system_key: str) -> Any:
         try:
             from devhost.durable.engine import DurableEngine
         except ModuleNotFoundError as exc:
@@ -154,4 +164,5 @@ class Host:
             base_url=f"http://127.0.0.1:{self.port}",
             host_config=self.config.raw,
             logger=logging.getLogger("devhost.durable"),
+            system_key=system_key,
         )

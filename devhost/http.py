@@ -3,16 +3,22 @@
 A `ThreadingHTTPServer` gives every connection its own daemon thread; the function itself
 runs in the worker library (`devhost.worker`: sync functions on its thread pool, async
 ones on its event loop). Per request: route match (404), method (405), auth level
-(401 unless `anonymous`; the local key in `x-functions-key` or `?code=`), then the
-function. The host's own answers are small JSON errors; an unhandled exception in a
-function is a 500 whose traceback goes to the devhost log only. Requests under
-`/runtime/webhooks/durabletask/` go to the durable engine without a key, as under
-Core Tools. Neither the key nor `code` nor bodies are ever logged.
+(401 unless `anonymous`; a key in `x-functions-key` or `?code=`, checked with Azure's
+rules in `devhost.config.HostKeys`: `admin` needs the master key), then the function,
+with at most `perInstanceConcurrency` HTTP functions running at once (Flex Consumption's
+per-instance HTTP concurrency; later requests wait). The host's own answers are small
+JSON errors; an unhandled exception in a function is a 500 whose traceback goes to the
+devhost log only. Requests under `/runtime/webhooks/durabletask/` go to the durable
+engine and need the extension's system key or the master key, as on Azure; the durable
+client binding's `rpcBaseUrl` points at a second listener on 127.0.0.1 only, as the
+extension's local RPC endpoint does, which needs no key. A route that starts with `admin`
+or `runtime` is refused at start ("The specified route conflicts with one or more built
+in routes.", azure-functions-host `ScriptHost.ValidateFunction` and its tests). Neither
+keys nor `code` nor bodies are ever logged.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -24,6 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from devhost import protocol
+from devhost.config import HostKeys
 from devhost.invoke import FunctionFailed, HttpRequestData, Invoker, log_invocation, sent_summary
 from devhost.loader import FunctionIndex, FunctionInfo
 from devhost.routes import RouteTemplate, split_path
@@ -31,6 +38,12 @@ from devhost.routes import RouteTemplate, split_path
 log = logging.getLogger("devhost")
 
 DURABLE_WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
+DURABLE_RPC_PREFIX = "/durabletask"
+# The Functions host keeps these for itself (`/admin/...` host API, `/runtime/webhooks/...`): a function whose
+# route, before the prefix is added, starts with one is refused ("The specified route conflicts with one or more
+# built in routes."; ScriptHost.ValidateHttpFunction in Azure/azure-functions-host, src/WebJobs.Script/Host/
+# ScriptHost.cs, a plain lowercase StartsWith). Azure puts that function in error; devhost refuses to start.
+RESERVED_ROUTE_PREFIXES = ("admin", "runtime")
 ALL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -52,11 +65,24 @@ class HttpRoute:
     auth_level: str
 
 
+class RouteConflict(ValueError):
+    """A function's route collides with the host's built-in routes; the host refuses it."""
+
+
 def build_routes(index: FunctionIndex, route_prefix: str) -> list[HttpRoute]:
-    """The app's HTTP routes, most specific first (ASP.NET precedence, then template text)."""
+    """The app's HTTP routes, most specific first (ASP.NET precedence, then template text).
+
+    Each route is `<route_prefix>/<route>`, or the route alone when the prefix is empty, exactly as
+    the host builds it (`WebJobsRouteBuilder.BuildRouteTemplate` in Azure/azure-webjobs-sdk-extensions);
+    a function without a route is routed at its name.
+    """
     routes = []
     for fn in index.of_trigger("httpTrigger"):
         route = str(fn.trigger.get("route") or fn.name).strip("/")
+        if route.lower().startswith(RESERVED_ROUTE_PREFIXES):
+            raise RouteConflict(
+                f"function {fn.name}: route '{route}': The specified route conflicts with one or more built in routes."
+            )
         full = f"{route_prefix}/{route}" if route_prefix else route
         methods = fn.trigger.get("methods")
         routes.append(
@@ -107,15 +133,17 @@ class HttpHost:
         invoker: Invoker,
         *,
         route_prefix: str,
-        function_key: str,
+        keys: HostKeys,
         engine: DurableWebhooks | None = None,
         port: int = 7071,
         host: str = "127.0.0.1",
+        http_concurrency: int = 1,
     ) -> None:
         self.routes = build_routes(index, route_prefix)
         self.invoker = invoker
-        self.function_key = function_key
+        self.keys = keys
         self.engine = engine
+        self._http_slots = threading.BoundedSemaphore(http_concurrency)
         self.server = _Server((host, port), _Handler)
         self.server.app = self
         self.port = int(self.server.server_address[1])
@@ -154,6 +182,9 @@ class HttpHost:
         url = urlsplit(target)
         query = _query_dict(url.query)
         if url.path.lower().startswith(DURABLE_WEBHOOK_PREFIX + "/") or url.path.lower() == DURABLE_WEBHOOK_PREFIX:
+            if not self.keys.allows("system", _given_key(headers, query)):
+                log.info("durable webhook %s: 401 no valid system key", method)
+                return _json(401, "system_key_required", "the durable webhooks need the durabletask system key")
             return self._durable(method, url.path[len(DURABLE_WEBHOOK_PREFIX) :].lstrip("/"), query, headers, body)
         segments = split_path(url.path)
         matched = [(r, params) for r in self.routes if (params := r.template.match(segments)) is not None]
@@ -167,9 +198,10 @@ class HttpHost:
             status, hdrs, payload = _json(405, "method_not_allowed", f"{method} is not allowed on {url.path}")
             return status, [*hdrs, ("Allow", ", ".join(methods))], payload
         route, route_params = allowed[0]
-        if route.auth_level != "anonymous" and not self._authorized(headers, query):
-            log_invocation(route.function.name, "http", "401 no valid function key", 0.0, detail=f"{method} {url.path}")
-            return _json(401, "function_key_required", "send the function key in x-functions-key or ?code=")
+        if not self.keys.allows(route.auth_level, _given_key(headers, query)):
+            which = "master key" if route.auth_level == "admin" else "function key"
+            log_invocation(route.function.name, "http", f"401 no valid {which}", 0.0, detail=f"{method} {url.path}")
+            return _json(401, f"{which.replace(' ', '_')}_required", f"send the {which} in x-functions-key or ?code=")
         request = HttpRequestData(
             method=method,
             url=f"http://{host_header}{target}",
@@ -180,15 +212,12 @@ class HttpHost:
         )
         return self._invoke(route, request)
 
-    def _authorized(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
-        given = headers.get("x-functions-key") or query.get("code") or ""
-        return hmac.compare_digest(given.encode(), self.function_key.encode())
-
     def _invoke(self, route: HttpRoute, request: HttpRequestData) -> tuple[int, list[tuple[str, str]], bytes]:
         fn = route.function
         started = time.perf_counter()
         try:
-            invocation = self.invoker.invoke(fn, request.typed_data())
+            with self._http_slots:  # per-instance HTTP concurrency: later requests wait for a slot
+                invocation = self.invoker.invoke(fn, request.typed_data())
             status, headers, payload = response_parts(invocation.result.return_value)
         except FunctionFailed as exc:
             log.error("function %s failed: %s\n%s", fn.name, exc.message, exc.stack_trace)
@@ -222,6 +251,41 @@ class HttpHost:
         return status, list(hdrs.items()), payload
 
 
+def _given_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    return headers.get("x-functions-key") or query.get("code") or ""
+
+
+class DurableRpcHost:
+    """The durable client's RPC endpoint: 127.0.0.1 only, no key (the extension's local listener does the same)."""
+
+    def __init__(self, engine: DurableWebhooks) -> None:
+        self.engine = engine
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.app = self  # type: ignore[assignment]
+        self.port = int(self.server.server_address[1])
+        self.base_url = f"http://127.0.0.1:{self.port}{DURABLE_RPC_PREFIX}/"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="devhost-durable-rpc", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.stopping = True
+        self.server.shutdown()
+        self.server.server_close()
+
+    def dispatch(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, host_header: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        url = urlsplit(target)
+        if not url.path.startswith(DURABLE_RPC_PREFIX + "/"):
+            return _json(404, "not_found", "only the durable RPC API is served here")
+        status, hdrs, payload = self.engine.handle_http(
+            method, url.path[len(DURABLE_RPC_PREFIX) :].lstrip("/"), _query_dict(url.query), headers, body
+        )
+        return status, list(hdrs.items()), payload
+
+
 def _json(status: int, code: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "application/json")], error_body(status, code, message)
 
@@ -250,14 +314,14 @@ def _instance_id(fn: FunctionInfo, headers: list[tuple[str, str]], payload: byte
         body = json.loads(payload)
     except ValueError:
         return None
-    return str(body["id"]) if isinstance(body, dict) and "statusQueryGetUri" in body and "id" in body else None
+    return str(body["id"]) if isinstance(body, dict) and isinstance(body.get("id"), str) else None
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 512  # bursts of 64+ connections must not overflow the listen backlog
-    app: HttpHost
+    app: HttpHost | DurableRpcHost
     stopping = False
 
 

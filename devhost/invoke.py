@@ -161,7 +161,11 @@ class Invoker:
             inputs[binding["name"]] = protocol.TypedData(string=self.client_binding())
         try:
             result = self.worker.invoke(
-                fn.function_id, inputs, trigger_metadata=trigger_metadata, invocation_id=invocation_id
+                fn.function_id,
+                inputs,
+                trigger_metadata=trigger_metadata,
+                invocation_id=invocation_id,
+                function_name=fn.name,
             )
         except WorkerError as exc:
             raise FunctionFailed(fn.name, exc) from None

@@ -23,13 +23,21 @@ from azure.storage.queue import QueueClient
 from devhost.protocol import TypedData
 
 
+class UndecodableMessage(ValueError):
+    """A queue message that is not valid base64 while the host expects base64."""
+
+
 def decode_message(raw: str, encoding: str = "base64") -> bytes:
-    """The body bytes of a queue message's text: base64-decoded, or the text itself if not base64."""
+    """The body bytes of a queue message's text; `UndecodableMessage` when it is not valid base64.
+
+    The queues extension 5.x moves such a message to `<queue>-poison` without calling the
+    function (BRIEF: "Queues extension 5.x"); the listener does the same.
+    """
     if encoding == "base64":
         try:
             return base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
-            pass
+            raise UndecodableMessage("the message is not valid base64") from None
     return raw.encode("utf-8")
 
 

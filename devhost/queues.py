@@ -6,6 +6,7 @@ worker thread. A message stays invisible while it runs (for `functionTimeout`); 
 deleted when the function succeeds. When the function fails, the message becomes
 visible again after `visibilityTimeout`, unless its dequeue count has reached
 `maxDequeueCount`: then it is copied, text unchanged, to `<queue>-poison` and deleted.
+A message that is not valid base64 goes there at once, untried (queues extension 5.x).
 Polling repeats at once while messages arrive and backs off to about a second idle.
 """
 
@@ -25,7 +26,7 @@ from azure.storage.queue import QueueClient, QueueMessage
 from devhost.config import QueueOptions, resolve_binding_expression, storage_connection_string
 from devhost.invoke import FunctionFailed, Invoker, QueueMessageData, log_invocation, sent_summary
 from devhost.loader import FunctionInfo
-from devhost.queue_io import QueueClients, decode_message
+from devhost.queue_io import QueueClients, UndecodableMessage, decode_message
 
 log = logging.getLogger("devhost")
 
@@ -127,9 +128,15 @@ class QueueTriggerListener:
             self._poison(msg)
             return
         started = time.perf_counter()
+        try:
+            body = decode_message(_text(msg.content), self.options.message_encoding)
+        except UndecodableMessage:
+            log_invocation(self.fn.name, f"queue {self.queue_name}", "not base64, moved to poison queue", 0.0)
+            self._poison(msg)
+            return
         message = QueueMessageData(
             id=msg.id,
-            body=decode_message(_text(msg.content), self.options.message_encoding),
+            body=body,
             dequeue_count=msg.dequeue_count or 1,
             expiration_time=msg.expires_on,
             insertion_time=msg.inserted_on,

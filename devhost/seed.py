@@ -1,8 +1,13 @@
 """Demo data for the local Stripe (localstripe): customers that can really be charged.
 
-localstripe has no magic `tok_visa`; a chargeable customer is made by creating a card
-token, then a customer with that token as its source (see shared BRIEF). Customers
-carry `metadata[plan]` so billing runs can select them with a customer_query.
+Customers come in the two shapes real Stripe accounts hold (shared BRIEF):
+
+- **modern** (the default): a card PaymentMethod attached to the customer and set as its
+  `invoice_settings.default_payment_method`, no `source`;
+- **legacy**: a card token as the customer's `source` (its `default_source`); localstripe
+  has no magic `tok_visa`, so a token is made first.
+
+Customers carry `metadata[plan]` so billing runs can select them with a customer_query.
 """
 
 from __future__ import annotations
@@ -16,16 +21,37 @@ GOOD_CARD = "4242424242424242"
 DECLINING_CARD = "4000000000000341"  # attaches fine, declined when charged
 
 
+MODERN = "modern"
+LEGACY = "legacy"
+_CARD_FIELDS = ("card[number]", "card[exp_month]", "card[exp_year]", "card[cvc]")
+
+
+def card_payment_method(client: httpx.Client, card: str = GOOD_CARD) -> str:
+    """A card PaymentMethod (not yet attached to anyone); returns its id."""
+    resp = client.post("/v1/payment_methods", data={"type": "card", **dict(zip(_CARD_FIELDS, (card, "12", "2030", "123"),
+                                                                                  strict=True))})
+    resp.raise_for_status()
+    return str(resp.json()["id"])
+
+
 def create_customer(
-    client: httpx.Client, *, name: str, plan: str = "pro", card: str = GOOD_CARD, extra_metadata: dict[str, str] | None = None
+    client: httpx.Client,
+    *,
+    name: str,
+    plan: str = "pro",
+    card: str = GOOD_CARD,
+    extra_metadata: dict[str, str] | None = None,
+    shape: str = MODERN,
 ) -> str:
-    """Create one customer with a card source; returns its id."""
-    token = client.post(
-        "/v1/tokens",
-        data={"card[number]": card, "card[exp_month]": "12", "card[exp_year]": "2030", "card[cvc]": "123"},
-    )
-    token.raise_for_status()
-    data = {"name": name, "source": token.json()["id"], "metadata[plan]": plan}
+    """Create one customer with a card, modern (default payment method) or legacy (source); returns its id."""
+    data = {"name": name, "metadata[plan]": plan}
+    if shape == MODERN:
+        pm = card_payment_method(client, card)
+        data.update({"payment_method": pm, "invoice_settings[default_payment_method]": pm})
+    else:
+        token = client.post("/v1/tokens", data=dict(zip(_CARD_FIELDS, (card, "12", "2030", "123"), strict=True)))
+        token.raise_for_status()
+        data["source"] = token.json()["id"]
     for k, v in (extra_metadata or {}).items():
         data[f"metadata[{k}]"] = v
     resp = client.post("/v1/customers", data=data)
@@ -42,11 +68,12 @@ def seed_customers(
     prefix: str = "Demo customer",
     extra_metadata: dict[str, str] | None = None,
     start: int = 1,
+    shape: str = MODERN,
 ) -> list[str]:
     """Create `count` chargeable customers on `plan` (numbered from `start`); returns their ids."""
     with httpx.Client(base_url=base_url, auth=(secret_key, ""), timeout=30) as client:
         return [
-            create_customer(client, name=f"{prefix} {start + i}", plan=plan, extra_metadata=extra_metadata)
+            create_customer(client, name=f"{prefix} {start + i}", plan=plan, extra_metadata=extra_metadata, shape=shape)
             for i in range(count)
         ]
 

@@ -15,8 +15,11 @@ same library's handlers directly with the protocol's messages (`devhost.protocol
 
 All of that runs on one dispatcher event loop in its own thread, as in the worker
 process: the handlers are coroutines awaited there, so an async function that blocks
-stalls every other invocation in this process, exactly as on Azure. The library keeps its
-registry in module globals, so one process hosts one app.
+stalls every other invocation in this process, exactly as on Azure. To make that visible,
+`DEVHOST_LOOP_BLOCK_WARN_MS` turns on asyncio's slow-callback check for the loop: any step
+of an invocation that holds the loop longer is logged as `Executing <Task … name='invoke
+<function>' …> took N seconds` (logger `asyncio`). The library keeps its registry in
+module globals, so one process hosts one app.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -75,6 +79,10 @@ class Worker:
         self.app_dir = app_dir.resolve()
         self.script_file = script_file
         self._loop = asyncio.new_event_loop()
+        warn_ms = os.environ.get("DEVHOST_LOOP_BLOCK_WARN_MS")
+        if warn_ms:
+            self._loop.set_debug(True)
+            self._loop.slow_callback_duration = int(warn_ms) / 1000.0
         self._thread = threading.Thread(target=self._loop.run_forever, name="worker-dispatcher", daemon=True)
         self._thread.start()
 
@@ -119,6 +127,7 @@ class Worker:
         trigger_metadata: Mapping[str, protocol.TypedData] | None = None,
         invocation_id: str | None = None,
         retry_count: int = 0,
+        function_name: str = "",
     ) -> InvocationResult:
         """One invocation request; returns the encoded results or raises `WorkerError` with the worker's message."""
         request = protocol.InvocationRequest(
@@ -129,7 +138,9 @@ class Worker:
             trace_context=protocol.RpcTraceContext(trace_parent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"),
             retry_context=protocol.RetryContext(retry_count=retry_count),
         )
-        response = self._run(runtime.invocation_request(self._message(invocation_request=request)))
+        response = self._run(
+            runtime.invocation_request(self._message(invocation_request=request)), name=f"invoke {function_name}"
+        )
         _raise_on_failure(response.result)
         outputs = {b.name: b.data for b in response.output_data if b.data is not None}
         return InvocationResult(response.return_value, outputs)
@@ -145,11 +156,19 @@ class Worker:
             {"host": "127.0.0.1", "protos": protocol},
         )
 
-    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, Any], name: str = "worker request") -> Any:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a worker request was sent from the dispatcher loop itself (would deadlock)")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(_named(coro, name), self._loop).result()
+
+
+async def _named(coro: Coroutine[Any, Any, Any], name: str) -> Any:
+    """Run `coro` in a task named after what it does, so a slow-callback warning says which function held the loop."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.set_name(name)
+    return await coro
 
 
 def _raise_on_failure(result: protocol.StatusResult | None) -> None:

@@ -33,8 +33,11 @@ param principalType string = 'User'
 @description('Stripe API base URL the proxy forwards to.')
 param stripeApiBase string = 'https://api.stripe.com'
 
-@description('Seconds before a call to Stripe times out.')
+@description('Total deadline in seconds of one call to Stripe (connect + write + read).')
 param stripeTimeoutSeconds string = '30'
+
+@description('The Stripe-Version the proxy forwards; requests naming another version are refused (docs/proxy.md).')
+param stripeVersion string = '2026-10-28.endive'
 
 @description('Prefix of every table spendgate creates (letters and digits, starting with a letter).')
 param tablePrefix string = 'spendgate'
@@ -135,17 +138,16 @@ var appSettings = {
   // Read by the Functions host: telemetry, sent with Entra ID because local auth is disabled.
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
-  // Read by the Python worker: sync functions run on ONE thread pool of this size, default min(32, CPUs + 4),
-  // i.e. about 6 on a Flex instance. Charge activities wait on the proxy, and the proxy on Stripe and storage,
-  // not on the CPU. The pool must also be larger than host.json's maxConcurrentActivityFunctions (32): a charge
-  // activity holds a pool thread while it calls the proxy, which may be served by this same instance and needs
-  // a thread of the same pool; with 32 threads, 32 activities would wait on proxy calls that cannot start.
-  // 64 = 32 activities + 32 HTTP requests.
+  // Read by the Python worker: sync functions share one pool of this many threads, by default min of 32
+  // and CPUs + 4, about 6 on Flex. Charge activities wait on the proxy, the proxy on Stripe and storage.
+  // A charge activity holds a pool thread while its proxy call, maybe served by this instance, needs another:
+  // so 64 = maxConcurrentActivityFunctions in host.json, 32, + 32 HTTP requests, see function.bicep.
   PYTHON_THREADPOOL_THREAD_COUNT: '64'
   // Read by spendgate (core/settings.py).
   STRIPE_API_BASE: stripeApiBase
   STRIPE_SECRET_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${stripeSecretName}/)'
   SPENDGATE_STRIPE_TIMEOUT_SECONDS: stripeTimeoutSeconds
+  SPENDGATE_STRIPE_VERSION: stripeVersion
   SPENDGATE_TABLE_PREFIX: tablePrefix
   SPENDGATE_IDEMPOTENCY_RETENTION_DAYS: idempotencyRetentionDays
   // Vault keys (vk_…) the agent tools spend and look up with; issued after deployment.

@@ -48,6 +48,7 @@ ISSUE_KEY = "issue_run_key"
 FETCH_CUSTOMERS = "fetch_customers"
 CHARGE_CUSTOMER = "charge_customer"
 REVOKE_KEYS = "revoke_run_keys"
+STOPPED = "stopped"  # the reason recorded when the run's labels were stopped (POST …/stop)
 
 # Transient faults only reach these (activities return terminal outcomes), so retrying is
 # always safe: charges reuse their idempotency key, key issue is idempotent per label.
@@ -82,28 +83,37 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
     )
     key_ids: dict[str, str | None] = {"charge": charge_key.key_id, "customers": None}
     cap = charge_key.cap_cents
-    context.set_custom_status(planning.progress(0, [], cap))
+    warned = planning.warnings(plan.run)
+    context.set_custom_status(planning.progress(0, [], cap, warned=warned))
 
     items = plan.run.customers or ()
     fetch_pages = 0
-    if plan.needs_fetch:
+    if plan.needs_fetch and not charge_key.stopped:
         read_key = KeyIssued.from_dict(
             (yield context.call_activity_with_retry(ISSUE_KEY, KEY_RETRY, plan.read_key_request().to_dict()))
         )
         key_ids["customers"] = read_key.key_id
-        fetch = FetchRequest(str(read_key.key_id), plan.run.customer_query, plan.run.customers)
-        fetched = FetchResult.from_dict(
-            (yield context.call_activity_with_retry(FETCH_CUSTOMERS, FETCH_RETRY, fetch.to_dict()))
-        )
-        if fetched.failure_code is not None:
-            context.set_custom_status(planning.progress(0, [], cap, fetched.failure_code))
-            return planning.summary(plan, [], cap_cents=cap, key_ids=key_ids, stopped=fetched.failure_code)
+        failure = STOPPED if read_key.stopped else None
+        if failure is None:
+            fetch = FetchRequest(str(read_key.key_id), plan.run.customer_query, plan.run.customers)
+            fetched = FetchResult.from_dict(
+                (yield context.call_activity_with_retry(FETCH_CUSTOMERS, FETCH_RETRY, fetch.to_dict()))
+            )
+            failure = fetched.failure_code
+        if failure is not None:
+            context.set_custom_status(planning.progress(0, [], cap, failure, warned))
+            return planning.summary(plan, [], cap_cents=cap, key_ids=key_ids, stopped=failure, warned=warned)
         items, fetch_pages = fetched.items, fetched.pages
+        warned = planning.warnings(plan.run, items)
 
-    stopped: str | None = None if charge_key.key_id else str(ItemOutcome.CAP_EXCEEDED)
+    stopped: str | None = None
+    if charge_key.stopped:
+        stopped = STOPPED
+    elif not charge_key.key_id:
+        stopped = str(ItemOutcome.CAP_EXCEEDED)
     batches = list(plan.batches(items, str(charge_key.key_id)))
     done: dict[int, list[ItemResult]] = {}
-    context.set_custom_status(planning.progress(len(items), [], cap, stopped))
+    context.set_custom_status(planning.progress(len(items), [], cap, stopped, warned))
     lanes: dict[int, _Lane] = {}
     next_batch = 0
     while True:
@@ -123,12 +133,14 @@ def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Ge
         reason = planning.stop_reason(finished)
         if stopped is None and reason is not None:
             stopped = str(reason)
-        context.set_custom_status(planning.progress(len(items), _in_order(done), cap, stopped))
+        context.set_custom_status(planning.progress(len(items), _in_order(done), cap, stopped, warned))
     for batch_no in range(next_batch, len(batches)):  # never started: the run stopped
         done[batch_no] = planning.skipped(batches[batch_no], str(stopped))
     results = _in_order(done)
-    context.set_custom_status(planning.progress(len(items), results, cap, stopped))
-    return planning.summary(plan, results, cap_cents=cap, key_ids=key_ids, stopped=stopped, fetch_pages=fetch_pages)
+    context.set_custom_status(planning.progress(len(items), results, cap, stopped, warned))
+    return planning.summary(
+        plan, results, cap_cents=cap, key_ids=key_ids, stopped=stopped, fetch_pages=fetch_pages, warned=warned
+    )
 
 
 def _in_order(done: dict[int, list[ItemResult]]) -> list[ItemResult]:

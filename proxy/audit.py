@@ -30,6 +30,7 @@ class AuditDraft:
     idempotency_key: str | None = None
     amount: int | None = None
     currency: str | None = None
+    source: str = ""  # where the request came from (proxy/noise.py), for unauthenticated requests
     t0: float = field(default_factory=time.monotonic)
 
     def row(self, decision: str, upstream_status: int | None = None, object_id: str | None = None) -> AuditRow:

@@ -4,127 +4,68 @@
 adapts to it), taking its storage, HTTP client, settings and clock as arguments:
 
 1. Parse the vault key (Bearer or Basic user) and the request (method, safe /v1 path,
-   form/JSON params, amount, currency); derive the idempotency key of a POST.
-2. ONE query reads the key row and the idempotency record together.
-3. Authenticate (hash compare, revoked, expired), then allowlist, then the request's
-   own validation errors.
-4. POST: a completed record replays; an in-flight one answers 409; a different body
-   answers idempotency_error; an ambiguous (or abandoned) one is taken over, looked up
-   in Stripe by its marker and settled, or forwarded again with the same key.
+   printable-ASCII headers, the pinned Stripe-Version, depth-bounded form/JSON params,
+   amount, currency, no caller-set marker); derive the idempotency key of a POST.
+2. Read the key row (one point read; none for a charge on a key this process knows,
+   proxy/known_keys.py). The idempotency record is learned from its create failing.
+3. Authenticate (hash compare, revoked, expired), then the endpoint table and the key's
+   allowlist, then the request's own validation errors and `expand[]`.
+4. POST: a confirm, capture or refund is priced from Stripe (proxy/pricing.py). A
+   completed record replays; an in-flight one answers 409; a different body answers
+   idempotency_error; an ambiguous (or abandoned) one is taken over, looked up in Stripe
+   (marker, or the intent's status) and settled, or forwarded again with the same key.
    Otherwise ONE transaction reserves the amount (If-Match on the key row) and creates
-   the in_flight record. Only then is Stripe called.
-5. ONE transaction settles/releases, completes the record and writes the audit row.
+   the in_flight record. Only then is Stripe called, under a total deadline shorter than
+   the record's lease.
+5. ONE transaction settles/releases/keeps, completes the record and writes the audit row
+   (proxy/outcome.py).
 
-Denials are audited too; any storage failure before forwarding denies with a
-retryable 503 (fail closed).
+Denials are audited too (unauthenticated ones rate-limited and sampled, proxy/noise.py);
+any storage failure before forwarding denies with a retryable 503 (fail closed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import httpx
-from azure.data.tables import TableServiceClient
 
+from core.deadline import within
 from core.errors import SpendgateError
-from core.settings import Settings
 from proxy import idempotency as idem
 from proxy.audit import AuditDraft
+from proxy.deps import ProxyDeps, ProxyResponse, new_request_id, utcnow
+from proxy.endpoints import readable_types
 from proxy.keys import ParsedVaultKey, hash_secret, key_from_headers, parse_vault_key, secret_matches
-from proxy.known_keys import KnownKeys, shared_known_keys
-from proxy.ledger import Ledger, TableLedger, shared_group_ledger
-from proxy.policy import Endpoint, unmetered_money_endpoint
-from proxy.store import (
-    Conflict,
-    IdemRecord,
-    KeyRecord,
-    LedgerStore,
-    Operation,
-    op_create_audit,
-    op_create_idem,
-    op_delete_idem,
-    op_replace_idem,
-)
+from proxy.noise import source_of
+from proxy.outcome import finish, outcome_ops, replay, respond
+from proxy.policy import allowed_rule
+from proxy.pricing import price
+from proxy.store import Conflict, IdemRecord, KeyRecord, Operation, op_create_idem, op_replace_idem
 from proxy.stripe_request import (
+    PRICED_LATER,
     StripeRequest,
     build_request,
+    check_expand,
+    check_headers,
     check_method,
+    check_stripe_version,
     forward_body,
     parse_params,
     parse_query,
     safe_path,
 )
-from proxy.upstream import LookupIncomplete, Upstream, find_by_marker, send
+from proxy.upstream import LookupIncomplete, Upstream, find_created, send
 
+__all__ = ["ProxyDeps", "ProxyResponse", "handle_proxy_request", "new_request_id", "outcome_ops", "utcnow"]
 log = logging.getLogger("spendgate.proxy")
 MAX_ATTEMPTS = 60
 _DUMMY_HASH = hash_secret("not-a-secret")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class ProxyDeps:
-    """Everything the pipeline talks to; tests build their own."""
-
-    store: LedgerStore
-    stripe_http: httpx.Client
-    settings: Settings
-    ledger: Ledger = field(default=None)  # type: ignore[assignment]
-    sleep: Callable[[float], None] = time.sleep
-    known_keys: KnownKeys | None = None  # None: every request reads the key row
-
-    def __post_init__(self) -> None:
-        if self.ledger is None:
-            self.ledger = TableLedger(self.store)
-
-    @classmethod
-    def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:
-        """The proxy's deps: the process-wide group-commit ledger and known key rows (docs/ledger.md)."""
-        store = LedgerStore(tables, settings)
-        return cls(store, stripe_http, settings, shared_group_ledger(tables, store),
-                   known_keys=shared_known_keys(tables, store))
-
-    def read_key(self, key_id: str) -> KeyRecord | None:
-        """The key row as storage has it now (and remembered for later metered POSTs)."""
-        key = self.store.read_key(key_id)
-        if key is not None and self.known_keys is not None:
-            self.known_keys.put(key)
-        return key
-
-    @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=2 * self.settings.stripe_timeout_seconds + 10)
-
-    @property
-    def retention(self) -> timedelta:
-        return timedelta(days=self.settings.idempotency_retention_days)
-
-    def backoff(self, attempt: int) -> None:
-        self.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
-
-
-@dataclass(frozen=True)
-class ProxyResponse:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    def json(self) -> dict:  # for tests and in-process callers
-        return dict(json.loads(self.body))
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
 
 
 def handle_proxy_request(
@@ -134,7 +75,8 @@ def handle_proxy_request(
     """Govern one request bound for Stripe and answer it (never raises for client mistakes)."""
     now = now or utcnow()
     hdrs = {k.lower(): v for k, v in headers.items()}
-    draft = AuditDraft(new_request_id(), now, (method or "").upper()[:10], "/" + (path or "").strip("/")[:300])
+    draft = AuditDraft(new_request_id(), now, (method or "").upper()[:10], "/" + (path or "").strip("/")[:300],
+                       source=source_of(hdrs))
     try:
         return _handle(deps, draft, hdrs, path, body, now, query, raw_path)
     except SpendgateError as err:
@@ -142,10 +84,24 @@ def handle_proxy_request(
 
 
 def _deny(deps: ProxyDeps, draft: AuditDraft, err: SpendgateError) -> ProxyResponse:
-    try:
-        deps.store.insert_audit(draft.row(err.code))
-    except (SpendgateError, Conflict):
-        log.warning("audit write failed for request_id=%s", draft.request_id)
+    audit = True
+    if err.code == "vault_key_invalid" and not draft.key_id and deps.noise is not None:
+        # Unauthenticated noise (proxy/noise.py): limited per source before anything is
+        # written, and audited by sample.
+        if not deps.noise.admit(draft.source):
+            err = SpendgateError("rate_limited")
+            audit = False
+        else:
+            skipped = deps.noise.sample(draft.source)
+            audit = skipped is not None
+            if skipped:
+                log.warning("unauthenticated requests from source=%s not audited since its last row: %d",
+                            draft.source, skipped)
+    if audit:
+        try:
+            deps.store.insert_audit(draft.row(err.code))
+        except (SpendgateError, Conflict):
+            log.warning("audit write failed for request_id=%s", draft.request_id)
     return ProxyResponse(err.status, err.to_json().encode(), {**err.headers(), "Request-Id": draft.request_id})
 
 
@@ -180,9 +136,12 @@ def _handle(
     request: StripeRequest | None = None
     problem: SpendgateError | None = None
     caller_key: str | None = None
+    version = deps.settings.stripe_version
     try:
         method = check_method(draft.method)
         draft.path = safe_path(path, raw_path)
+        check_headers(hdrs)
+        check_stripe_version(hdrs.get("stripe-version"), version)
         if method == "POST":
             if query:
                 raise SpendgateError("body_invalid", "Send POST parameters in the body, not the query string.")
@@ -200,10 +159,13 @@ def _handle(
     # The idempotency record is not read up front: a POST's reservation creates it in the
     # same transaction, and if one exists that create fails, nothing is reserved, and `_post`
     # reads the record and decides (replay, in use, different parameters, take over). A
-    # metered POST authenticates against the key row this process last read, if any: its
-    # reservation's If-Match is what stops it after a revoke (proxy/known_keys.py). So the
-    # hot path of a charge reads nothing; everything else reads the key row.
-    metered = problem is None and request is not None and request.method == "POST" and request.metered_amount > 0
+    # charge priced from its own body authenticates against the key row this process last
+    # read, if any: its reservation's If-Match is what stops it after a revoke
+    # (proxy/known_keys.py). So the hot path of a charge reads nothing; everything else reads
+    # the key row, including a confirm, capture or refund, whose pricing read reaches Stripe
+    # before its reservation and so must not happen for a revoked key.
+    metered = problem is None and request is not None and request.method == "POST" and (
+        request.kind == "body" and request.metered_amount > 0)
     known = deps.known_keys.get(parsed.key_id) if metered and deps.known_keys is not None else None
     key = known or deps.read_key(parsed.key_id)
     try:
@@ -218,40 +180,53 @@ def _handle(
                 and caller_key is not None \
                 and _replayable(record := deps.store.read_idem(parsed.key_id, idem.idem_row(caller_key)), request, now):
             assert record is not None
-            return _replay(deps, draft, record)
+            return replay(deps, draft, record)
         raise
     if problem is not None and problem.code in ("method_not_allowed", "path_invalid", "body_too_large"):
         raise problem
-    allowed = [Endpoint.parse(e) for e in key.allowed_endpoints]
-    if not any(e.matches(draft.method, draft.path) for e in allowed) or unmetered_money_endpoint(draft.method, draft.path):
+    rule = allowed_rule(key.allowed_endpoints, draft.method, draft.path)
+    if rule is None:
         raise SpendgateError("endpoint_not_allowed", f"This key may not call {draft.method} {draft.path}.")
     if problem is not None:
         raise problem
     assert request is not None and key is not None
+    check_expand(rule, request.params, readable_types(key.allowed_endpoints))
     if request.method != "POST":
         upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, request.method, request.path,
-                        params=request.params, stripe_version=hdrs.get("stripe-version"))
+                        params=request.params, stripe_version=version, deadline=deps.forward_seconds)
         row = draft.row("forwarded", upstream.status, upstream.object_id)
         deps.store.insert_audit(row)
-        return _respond(upstream, draft.request_id)
+        return respond(upstream, draft.request_id)
     if caller_key is None and not key.auto_idempotency:
         candidate = idem.random_key()
     draft.idempotency_key = candidate
-    return _post(deps, draft, key, request, candidate, now, hdrs.get("stripe-version"),  # type: ignore[arg-type]
+    return _post(deps, draft, key, request, candidate, now,  # type: ignore[arg-type]
                  key_is_known=known is not None, caller_key=caller_key is not None)
 
 
 def _post(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, request: StripeRequest,
-    idem_key: str, now: datetime, stripe_version: str | None, *, key_is_known: bool = False, caller_key: bool = False,
+    idem_key: str, now: datetime, *, key_is_known: bool = False, caller_key: bool = False,
 ) -> ProxyResponse:
     """Reserve (creating the idempotency record), forward, settle; or answer from the record.
 
     The first attempt assumes a new request (no record read); later attempts read the key row
     and the record. `key_is_known`: `key` came from KnownKeys and may be stale (its counters
-    and status are not to be trusted)."""
-    amount, day = request.metered_amount, now.date().isoformat()
+    and status are not to be trusted). A confirm, capture or refund is priced from Stripe
+    first (proxy/pricing.py); if that fails, an earlier answer to the same request still wins."""
     record: IdemRecord | None = None
+    priced: SpendgateError | None = None
+    if request.kind in PRICED_LATER:
+        try:
+            with within(deps.forward_seconds):
+                request = price(request, deps.stripe_http, deps.settings.stripe_secret_key, deps.settings.stripe_version)
+            draft.amount, draft.currency = request.amount_cents, request.currency
+        except SpendgateError as err:
+            record = deps.store.read_idem(key.key_id, idem.idem_row(idem_key))
+            if record is None or not idem.is_live(record, now):
+                raise
+            priced = err
+    amount, day = request.metered_amount, now.date().isoformat()
     parsed_key_id = key.key_id
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
@@ -265,7 +240,7 @@ def _post(
             if status != "active":
                 if caller_key and _replayable(record, request, now):  # as in `_handle` (a revoke it just met)
                     assert record is not None
-                    return _replay(deps, draft, record)
+                    return replay(deps, draft, record)
                 raise SpendgateError(f"vault_key_{status}", f"This vault key is {status}.")
         if record is not None and idem.is_live(record, now):
             if record.fingerprint != request.fingerprint():
@@ -275,16 +250,20 @@ def _post(
                     param="Idempotency-Key",
                 )
             if record.state == "completed":
-                return _replay(deps, draft, record)
+                return replay(deps, draft, record)
             if idem.in_use(record, now):
                 raise SpendgateError("idempotency_key_in_use")
-            claimed = idem.taken_over(record, now, deps.lease)
+            started = time.monotonic()
+            claimed = idem.taken_over(record, now, _lease(deps, now))
             try:
                 etag = deps.store.submit([op_replace_idem(claimed)])[0]
             except Conflict:
                 continue
-            return _resolve(deps, draft, key, replace(claimed, etag=etag), request, now, stripe_version)
-        fresh_record = idem.new_record(key.key_id, idem_key, request, amount, day, now, deps.lease, deps.retention)
+            return _resolve(deps, draft, key, replace(claimed, etag=etag), request, now, started)
+        if priced is not None:
+            raise priced  # no earlier answer after all, and no amount to reserve
+        started = time.monotonic()
+        fresh_record = idem.new_record(key.key_id, idem_key, request, amount, day, now, _lease(deps, now), deps.retention)
         ops: list[Operation] = (
             [op_replace_idem(replace(fresh_record, etag=record.etag))] if record is not None else [op_create_idem(fresh_record)]
         )
@@ -307,99 +286,53 @@ def _post(
                 ):
                     continue
             raise
-        return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, stripe_version)
+        return _forward(deps, draft, key, replace(fresh_record, etag=etag), request, now, started)
     raise SpendgateError("governance_unavailable", "The spend ledger is too contended right now; nothing was forwarded.")
+
+
+def _lease(deps: ProxyDeps, now: datetime) -> timedelta:
+    """The lease, counted from `now` (the request's start) but covering from the real time at
+    which the attempt starts: time spent before it (pricing, backoff) never shortens it."""
+    return deps.lease + max(timedelta(0), utcnow() - now)
 
 
 def _resolve(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
-    stripe_version: str | None,
+    started: float,
 ) -> ProxyResponse:
-    """A retry of an ambiguous request: if Stripe has the object, settle with it; else forward again."""
-    if record.marker:
+    """A retry of an ambiguous request: if Stripe has the object, settle with it; else forward again.
+
+    The lookup only reads and may outlast the lease; so before forwarding, the lease is
+    renewed (If-Match on the record we claimed). If that fails, another request took the
+    record over while we looked: it owns the outcome, and nothing is forwarded from here."""
+    try:
+        found = find_created(deps.stripe_http, deps.settings.stripe_secret_key, record, deps.settings.stripe_version,
+                             deadline=deps.lookup_seconds)
+    except (httpx.HTTPError, ValueError, LookupIncomplete):
+        return finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
+    if found is not None:
+        return finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
+    if time.monotonic() - started > deps.forward_seconds:
+        started = time.monotonic()
+        renewed = replace(record, lease_until=now + _lease(deps, now))
         try:
-            found = find_by_marker(deps.stripe_http, deps.settings.stripe_secret_key, record.path, record.marker,
-                                   record.created_at)
-        except (httpx.HTTPError, ValueError, LookupIncomplete):
-            return _finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
-        if found is not None:
-            return _finish(deps, draft, key, record, Upstream("response", 200, json.dumps(found)), now, replayed=True)
-    return _forward(deps, draft, key, record, request, now, stripe_version)
+            record = replace(renewed, etag=deps.store.submit([op_replace_idem(renewed)])[0])
+        except Conflict:
+            raise SpendgateError("idempotency_key_in_use") from None
+    return _forward(deps, draft, key, record, request, now, started)
 
 
 def _forward(
     deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, request: StripeRequest, now: datetime,
-    stripe_version: str | None,
+    started: float,
 ) -> ProxyResponse:
+    """Send the request once, within the forward deadline, counted from when the lease began
+    (`started`): a lease of 2T + 10 s taken at `started` outlives it by at least T + 10 s."""
+    left = 2 * deps.forward_seconds - (time.monotonic() - started)
+    left = min(deps.forward_seconds, left)
+    if left <= 0:
+        return finish(deps, draft, key, record, Upstream("ambiguous"), now, replayed=False)
     upstream = send(deps.stripe_http, deps.settings.stripe_secret_key, "POST", record.path,
                     body=forward_body(request.params, record.marker), idempotency_key=record.forwarded_key,
-                    stripe_version=stripe_version)
-    return _finish(deps, draft, key, record, upstream, now, replayed=False)
-
-
-def outcome_ops(record: IdemRecord, upstream: Upstream) -> tuple[str, Operation]:
-    """What to do with the reservation ("settle"/"release"/"keep") and the record."""
-    if upstream.outcome == "not_sent" or (upstream.outcome == "response" and upstream.status in (409, 429)):
-        return "release", op_delete_idem(record)  # Stripe saved nothing; a retry starts afresh
-    if upstream.outcome == "ambiguous":
-        return "keep", op_replace_idem(replace(record, state="ambiguous", status_code=upstream.status))
-    done = replace(record, state="completed", status_code=upstream.status, body=upstream.body,
-                   content_type=upstream.content_type, object_id=upstream.object_id)
-    return ("settle" if 200 <= (upstream.status or 0) < 300 else "release"), op_replace_idem(done)
-
-
-def _finish(
-    deps: ProxyDeps, draft: AuditDraft, key: KeyRecord, record: IdemRecord, upstream: Upstream, now: datetime,
-    *, replayed: bool,
-) -> ProxyResponse:
-    action, record_op = outcome_ops(record, upstream)
-    row = draft.row("replayed" if replayed else "forwarded", upstream.status, upstream.object_id)
-    ops = [record_op, op_create_audit(row)]
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            if record.amount_cents > 0 and action == "settle":
-                deps.ledger.settle(key, record.amount_cents, record.reserve_day, ops)
-            elif record.amount_cents > 0 and action == "release":
-                deps.ledger.release(key, record.amount_cents, record.reserve_day, ops)
-            else:
-                deps.store.submit(ops)
-            break
-        except Conflict:
-            deps.backoff(attempt)
-            fresh, current = deps.store.read_key_and_idem(key.key_id, record.row_key)
-            if fresh is None or current is None or current.etag != record.etag:
-                # Our lease ran out and another request took the record over: it owns the outcome now.
-                deps.store.insert_audit(row)
-                break
-            key = fresh
-        except SpendgateError:
-            # The ledger is unreachable: the record stays in_flight and its reservation pending
-            # (never too generous); a retry after the lease, or reconcile, resolves it.
-            log.error("could not record the outcome of request_id=%s key_id=%s", draft.request_id, key.key_id)
-            break
-    response = _respond(upstream, draft.request_id)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
-def _respond(upstream: Upstream, request_id: str) -> ProxyResponse:
-    if upstream.status is None:
-        err = SpendgateError("upstream_unavailable", "Stripe could not be reached or did not answer; retry with the same Idempotency-Key.")
-        return ProxyResponse(err.status, err.to_json().encode(), {**err.headers(), "Request-Id": request_id})
-    headers = {"Content-Type": upstream.content_type or "application/json", "Request-Id": request_id}
-    if upstream.status >= 500 or upstream.status in (409, 429):
-        headers["Stripe-Should-Retry"] = "true"
-    elif upstream.status >= 400:
-        headers["Stripe-Should-Retry"] = "false"
-    return ProxyResponse(upstream.status, upstream.body.encode(), headers)
-
-
-def _replay(deps: ProxyDeps, draft: AuditDraft, record: IdemRecord) -> ProxyResponse:
-    """Answer with a completed request's stored status and body (audited as "replayed")."""
-    deps.store.insert_audit(draft.row("replayed", record.status_code, record.object_id))
-    headers = {"Content-Type": record.content_type or "application/json", "Request-Id": draft.request_id,
-               "Idempotent-Replayed": "true"}
-    if (record.status_code or 200) >= 400:
-        headers["Stripe-Should-Retry"] = "false"
-    return ProxyResponse(record.status_code or 200, (record.body or "").encode(), headers)
+                    stripe_version=deps.settings.stripe_version, deadline=left)
+    return finish(deps, draft, key, record, upstream, now, replayed=False)

@@ -33,7 +33,7 @@ def check_health(tables: TableServiceClient, stripe_http: httpx.Client) -> tuple
     return all(p["ok"] for p in parts.values()), parts
 
 
-@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     try:
         rt = runtime()

@@ -7,9 +7,13 @@ outcome can be reconciled). Its record lives in the key's partition for
 `SPENDGATE_IDEMPOTENCY_RETENTION_DAYS` (30 by default, longer than Stripe's 24 h):
 
     (none) --reserve+create--> in_flight --2xx / definite 4xx--> completed (replayed)
-                                   |  \\--409/429 from Stripe, connect error--> (deleted)
-                                   \\--timeout, connection lost, 5xx--> ambiguous
+                                   |  \\--429 from Stripe, connect error--> (deleted)
+                                   \\--timeout, connection lost, 5xx, 409--> ambiguous
     ambiguous or in_flight past its lease --retry takes over--> in_flight (lookup, then forward)
+
+A completed payment intent that is not finished (``requires_action``, …) is ``held``: its
+reservation stays pending until the intent resolves (proxy/holds.py). Reconcile believes a
+lookup that finds nothing only when `lookup_conclusive` says so.
 
 A request that fails validation never creates a record (it is audited only).
 """
@@ -27,6 +31,8 @@ from proxy.store import IdemRecord, idem_row_key
 from proxy.stripe_request import StripeRequest
 
 MAX_KEY_LENGTH = 255
+# Stripe keeps an idempotency key at least 24 hours (docs.stripe.com/api/idempotent_requests).
+STRIPE_KEY_WINDOW = timedelta(hours=24)
 _PRINTABLE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -62,13 +68,14 @@ def new_record(
     key_id: str, idempotency_key: str, request: StripeRequest, amount: int, day: str, now: datetime,
     lease: timedelta, retention: timedelta,
 ) -> IdemRecord:
-    caller_marker = dict(request.params).get("metadata[spendgate_idem]")
     return IdemRecord(
         key_id=key_id, idempotency_key=idempotency_key, state="in_flight", fingerprint=request.fingerprint(),
         method=request.method, path=request.path, kind=request.kind, amount_cents=amount, reserve_day=day,
         created_at=now, lease_until=now + lease, expires_at=now + retention,
         forwarded_key=forwarded_key(key_id, idempotency_key),
-        marker=(caller_marker or marker(key_id, idempotency_key)) if request.kind else None,
+        # The marker is the proxy's alone (a caller-set one is refused) and scoped by the key id,
+        # so one key's lookup can never find, settle or replay another key's object.
+        marker=marker(key_id, idempotency_key) if request.marked else None,
     )
 
 
@@ -85,6 +92,13 @@ def is_live(record: IdemRecord, now: datetime) -> bool:
 def in_use(record: IdemRecord, now: datetime) -> bool:
     """Another request holds this record right now."""
     return record.state == "in_flight" and now < record.lease_until
+
+
+def lookup_conclusive(record: IdemRecord, now: datetime) -> bool:
+    """May "not found" be believed? Only once the record's last lease has ended (this process
+    can no longer be forwarding it: the forward's deadline is under the lease) and Stripe's
+    24 h window for the forwarded idempotency key has passed since then."""
+    return now >= record.lease_until + STRIPE_KEY_WINDOW
 
 
 def idem_row(idempotency_key: str) -> str:

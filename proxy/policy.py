@@ -1,13 +1,14 @@
 """Key policies: what a vault key may do, validated once when the key is issued.
 
 A policy names the endpoints a key may call (``"POST /v1/payment_intents"``,
-``"GET /v1/charges/*"``, where ``*`` matches exactly one path segment), its caps in USD
+``"GET /v1/charges/*"``, where ``*`` matches exactly one id segment), its caps in USD
 (daily per UTC day, and an optional lifetime cap) and when it expires.
 
-Fail closed: the proxy meters only the endpoints in `METERED`, whose amount it can read
-from the request. An allowlist entry that could reach any other endpoint known to move
-money (`UNMETERED_MONEY_MOVING`, e.g. ``POST /v1/transfers`` or ``POST /v1/*``) is refused
-at issue time, because the proxy could not keep such spend under the cap.
+Fail closed: every entry must name, exactly, a row of the endpoint table
+(`proxy.endpoints.TABLE`) that the proxy reads or meters. ``POST /v1/*``, ``GET /v1/*`` or
+``POST /v1/customers/*/subscriptions`` name no such row and are refused at issue time; and
+since a request is classified against the table before the key is consulted, no entry can
+ever reach an endpoint the table does not permit.
 """
 
 from __future__ import annotations
@@ -21,42 +22,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from core.errors import SpendgateError
+from proxy.endpoints import REFUSED, Rule, by_name, classify, grantable
 
 METHODS = ("GET", "POST", "DELETE")
 MAX_CAP_USD = Decimal(1_000_000)
 MAX_LIFETIME = timedelta(days=365)
 MAX_ENDPOINTS = 50
 MAX_METADATA = 50
-
-# Endpoints whose amount the proxy reads and meters. "refund" never adds to spend.
-METERED: dict[tuple[str, str], str] = {
-    ("POST", "/v1/charges"): "charge",
-    ("POST", "/v1/payment_intents"): "charge",
-    ("POST", "/v1/refunds"): "refund",
-}
-
-# Endpoints that move (or change the amount of) money but whose amount the proxy
-# cannot determine from the request alone; never allowed.
-UNMETERED_MONEY_MOVING: tuple[str, ...] = (
-    "POST /v1/payment_intents/*",
-    "POST /v1/payment_intents/*/confirm",
-    "POST /v1/payment_intents/*/capture",
-    "POST /v1/payment_intents/*/increment_authorization",
-    "POST /v1/charges/*/capture",
-    "POST /v1/invoices",
-    "POST /v1/invoices/*/pay",
-    "POST /v1/invoiceitems",
-    "POST /v1/subscriptions",
-    "POST /v1/subscriptions/*",
-    "POST /v1/subscription_items",
-    "POST /v1/subscription_schedules",
-    "POST /v1/checkout/sessions",
-    "POST /v1/payment_links",
-    "POST /v1/transfers",
-    "POST /v1/payouts",
-    "POST /v1/topups",
-    "POST /v1/application_fees/*/refunds",
-)
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
 _DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhd])\s*$")
@@ -98,21 +70,16 @@ class Endpoint:
             s == "*" or s == p for s, p in zip(self.segments, parts, strict=True)
         )
 
-    def overlaps(self, other: Endpoint) -> bool:
-        """Could some request match both entries? (`*` on either side matches anything.)"""
-        return (
-            self.method == other.method
-            and len(self.segments) == len(other.segments)
-            and all(a == "*" or b == "*" or a == b for a, b in zip(self.segments, other.segments, strict=True))
-        )
 
+def allowed_rule(allowed_endpoints: tuple[str, ...] | list[str], method: str, path: str) -> Rule | None:
+    """The table row of a request, if the table permits it and the key names it; else None.
 
-_UNMETERED = tuple(Endpoint.parse(e) for e in UNMETERED_MONEY_MOVING)
-
-
-def unmetered_money_endpoint(method: str, path: str) -> bool:
-    """Is this concrete request one that moves money the proxy cannot meter?"""
-    return (method, path) not in METERED and any(u.matches(method, path) for u in _UNMETERED)
+    The request is classified against the endpoint table first, so a key entry can only
+    ever grant the table row it names (a stored entry the table does not know grants nothing)."""
+    rule = classify(method, path)
+    if rule is None or rule.access == REFUSED or str(rule) not in set(allowed_endpoints):
+        return None
+    return rule
 
 
 @dataclass(frozen=True)
@@ -129,7 +96,7 @@ class KeyPolicy:
     auto_idempotency: bool = True
 
     def allows(self, method: str, path: str) -> bool:
-        return any(e.matches(method, path) for e in self.allowed_endpoints)
+        return allowed_rule(self.endpoint_strings(), method, path) is not None
 
     def endpoint_strings(self) -> list[str]:
         return [str(e) for e in self.allowed_endpoints]
@@ -202,14 +169,15 @@ def _endpoints(value: Any) -> tuple[Endpoint, ...]:
             entry = Endpoint.parse(text)
         except ValueError as exc:
             raise _invalid(f"allowed_endpoints[{i}]", f"{text!r}: {exc}") from None
-        for danger in _UNMETERED:
-            if entry.overlaps(danger):
-                raise _invalid(
-                    f"allowed_endpoints[{i}]",
-                    f"{text!r} can reach {danger}, which moves money in amounts the proxy cannot "
-                    "determine from the request; refused (fail closed). Allow only metered endpoints: "
-                    + ", ".join(f"{m} {p}" for m, p in METERED),
-                )
+        rule = by_name(str(entry))
+        if rule is None or rule.access == REFUSED:
+            why = f" ({rule.why})" if rule is not None and rule.why else ""
+            raise _invalid(
+                f"allowed_endpoints[{i}]",
+                f"{text!r} is not an endpoint the proxy meters or reads{why}; refused (fail closed). "
+                "A key may name only endpoints from the proxy's endpoint table (docs/proxy.md), "
+                "with * only where the table has an id: " + ", ".join(grantable()),
+            )
         if entry not in parsed:
             parsed.append(entry)
     return tuple(parsed)

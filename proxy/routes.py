@@ -1,7 +1,10 @@
 """HTTP triggers for the vault admin API and the Stripe proxy (thin: parse, call, shape).
 
-Admin routes use function auth (`x-functions-key` / `?code=`); the proxy route is
-anonymous because the vault key in the request authenticates it.
+Admin routes use function auth (`x-functions-key` / `?code=`); the proxy routes are
+anonymous because the vault key in the request authenticates it. The proxy answers at
+Stripe's own paths, `/v1/...` at the root of the host (host.json's route prefix is empty,
+every other route says `api/` itself), and under `/api/stripe/v1/...`; both go through
+one function, `_stripe`, into `handle_proxy_request`. `/v2/...` is refused there.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _int_param(req: func.HttpRequest, name: str, default: int) -> int:
     return int(raw)
 
 
-@bp.route(route="vault/keys", methods=["POST"], auth_level=_FUNCTION)
+@bp.route(route="api/vault/keys", methods=["POST"], auth_level=_FUNCTION)
 def vault_issue_key(req: func.HttpRequest) -> func.HttpResponse:
     try:
         body = json.loads(req.get_body() or b"null")
@@ -60,49 +63,81 @@ def vault_issue_key(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.issue(body), 201)
 
 
-@bp.route(route="vault/keys", methods=["GET"], auth_level=_FUNCTION)
+@bp.route(route="api/vault/keys", methods=["GET"], auth_level=_FUNCTION)
 def vault_list_keys(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.list(req.params.get("label"), _int_param(req, "limit", 100), req.params.get("continuation")))
 
 
-@bp.route(route="vault/keys/{key_id}", methods=["GET"], auth_level=_FUNCTION)
+@bp.route(route="api/vault/keys/{key_id}", methods=["GET"], auth_level=_FUNCTION)
 def vault_describe_key(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.describe(req.route_params["key_id"]))
 
 
-@bp.route(route="vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
+@bp.route(route="api/vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
 def vault_revoke_key(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.revoke(req.route_params["key_id"]))
 
 
-@bp.route(route="vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)
+@bp.route(route="api/vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)
 def vault_key_audit(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.audit(req.route_params["key_id"], _int_param(req, "limit", 50), req.params.get("continuation")))
 
 
-@bp.route(route="vault/keys/{key_id}/reconcile", methods=["POST"], auth_level=_FUNCTION)
+@bp.route(route="api/vault/keys/{key_id}/reconcile", methods=["POST"], auth_level=_FUNCTION)
 def vault_reconcile_key(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.reconcile(req.route_params["key_id"]))
 
 
-@bp.route(route="spend", methods=["GET"], auth_level=_FUNCTION)
+@bp.route(route="api/spend", methods=["GET"], auth_level=_FUNCTION)
 def vault_spend(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.spend(req.params.get("label") or ""))
 
 
-@bp.route(route="stripe/{*path}", auth_level=func.AuthLevel.ANONYMOUS)
-def stripe_proxy(req: func.HttpRequest) -> func.HttpResponse:
-    """The governance proxy: every request to Stripe goes through handle_proxy_request."""
+def _proxy_error(err: SpendgateError) -> func.HttpResponse:
+    """An error the proxy answers itself; it carries a Request-Id like every proxy answer."""
+    headers = {**err.headers(), "Request-Id": new_request_id()}
+    return func.HttpResponse(err.to_json(), status_code=err.status, headers=headers)
+
+
+def _stripe(req: func.HttpRequest, path: str) -> func.HttpResponse:
+    """Every request bound for Stripe, whichever route it came in on: one pipeline behind all of them."""
     url = urlsplit(req.url)
+    if path.split("/", 1)[0].lower() == "v2":
+        # Stripe's v2 API (JSON bodies, other idempotency and error shapes) is not governed yet:
+        # refused before anything is read or forwarded, so nothing changes.
+        return _proxy_error(SpendgateError("api_v2_not_supported", param="path"))
     try:
         rt = runtime()
         deps = ProxyDeps.build(rt.tables, rt.stripe_http, rt.settings)
         resp = handle_proxy_request(
-            deps, req.method, req.route_params.get("path"), dict(req.headers), req.get_body() or b"",
-            query=url.query, raw_path=url.path,
+            deps, req.method, path, dict(req.headers), req.get_body() or b"", query=url.query, raw_path=url.path,
         )
     except Exception as exc:  # fail closed, and never leak details
         log.exception("proxy failed: %s", type(exc).__name__)
-        err = SpendgateError("governance_unavailable")
-        return func.HttpResponse(err.to_json(), status_code=err.status, headers={**err.headers(), "Request-Id": new_request_id()})
+        return _proxy_error(SpendgateError("governance_unavailable"))
     return func.HttpResponse(resp.body, status_code=resp.status, headers=resp.headers)
+
+
+def _at_root(req: func.HttpRequest) -> str:
+    """`v1/<rest>` as the request spelled its first segment (routing ignores case; the pipeline does not)."""
+    first = urlsplit(req.url).path.lstrip("/").split("/", 1)[0]
+    rest = req.route_params.get("path") or ""
+    return f"{first}/{rest}" if rest else first
+
+
+@bp.route(route="v1/{*path}", auth_level=func.AuthLevel.ANONYMOUS)
+def stripe_api(req: func.HttpRequest) -> func.HttpResponse:
+    """Stripe's own paths at the root of the host, so SDKs that take only host/port/protocol work (stripe-node)."""
+    return _stripe(req, _at_root(req))
+
+
+@bp.route(route="v2/{*path}", auth_level=func.AuthLevel.ANONYMOUS)
+def stripe_api_v2(req: func.HttpRequest) -> func.HttpResponse:
+    """Stripe's v2 API, refused with `api_v2_not_supported` until the proxy governs it."""
+    return _stripe(req, _at_root(req))
+
+
+@bp.route(route="api/stripe/{*path}", auth_level=func.AuthLevel.ANONYMOUS)
+def stripe_proxy(req: func.HttpRequest) -> func.HttpResponse:
+    """The same proxy under `/api/stripe/` (base URLs with a path: stripe-python, ProxyClient, existing settings)."""
+    return _stripe(req, req.route_params.get("path") or "")

@@ -11,8 +11,9 @@ about one key lives in one partition and can change in one entity-group transact
     lease-<nn>                    a headroom lease: a slice of the cap one instance reserves
                                   against (its fields: proxy/leases.py, docs/ledger.md)
 
-Requests whose vault key could not be authenticated are audited in the partition
-``_unauthenticated``. Everything else in the proxy works with the dataclasses below and
+Requests whose vault key could not be authenticated are audited, by sample
+(proxy/noise.py), in the partition ``_unauthenticated``. A completed record's answer is
+stored compact and within Table Storage's UTF-16 limits (proxy/answers.py). Everything else in the proxy works with the dataclasses below and
 the operation builders; only this module turns them into entities.
 """
 
@@ -41,14 +42,13 @@ from azure.data.tables import (
 from core.errors import SpendgateError
 from core.settings import Settings
 from core.storage import submit_transaction
+from proxy.answers import compact_answer, utf16_chunks
 
 KEY_ROW = "key"
 IDEM_PREFIX = "idem-"
 AUDIT_PREFIX = "audit-"
 LEASE_PREFIX = "lease-"
 UNAUTHENTICATED = "_unauthenticated"
-_BODY_CHUNK = 30_000  # chars per string property (the limit is 64 KiB of UTF-16)
-_MAX_BODY_CHUNKS = 24
 _INVERT_MS = 10**14
 
 Operation = tuple[Any, ...]
@@ -123,6 +123,7 @@ class IdemRecord:
     body: str | None = None
     content_type: str | None = None
     object_id: str | None = None
+    held: bool = False  # completed, but its reservation stays pending until the intent resolves (proxy/holds.py)
     etag: str | None = None
 
     @property
@@ -238,10 +239,9 @@ def idem_to_entity(r: IdemRecord) -> dict[str, Any]:
         "amount_cents": _i64(r.amount_cents), "reserve_day": r.reserve_day, "created_at": _iso(r.created_at),
         "lease_until": _iso(r.lease_until), "expires_at": _iso(r.expires_at), "forwarded_key": r.forwarded_key,
         "marker": r.marker or "", "attempts": r.attempts, "status_code": r.status_code or 0,
-        "content_type": r.content_type or "", "object_id": r.object_id or "",
+        "content_type": (r.content_type or "")[:100], "object_id": (r.object_id or "")[:255], "held": r.held,
     }
-    body = r.body or ""
-    chunks = [body[i:i + _BODY_CHUNK] for i in range(0, len(body), _BODY_CHUNK)][:_MAX_BODY_CHUNKS]
+    chunks = utf16_chunks(compact_answer(r.body)) if r.body else []
     e["body_chunks"] = len(chunks)
     for i, chunk in enumerate(chunks):
         e[f"body_{i}"] = chunk
@@ -257,7 +257,7 @@ def idem_from_entity(e: Any) -> IdemRecord:
         expires_at=_dt(e["expires_at"]), forwarded_key=e["forwarded_key"], marker=e.get("marker") or None,  # type: ignore[arg-type]
         attempts=int(e.get("attempts", 1)), status_code=int(e.get("status_code") or 0) or None,
         body=body if e.get("body_chunks") else None, content_type=e.get("content_type") or None,
-        object_id=e.get("object_id") or None, etag=e.metadata.get("etag"),
+        object_id=e.get("object_id") or None, held=bool(e.get("held", False)), etag=e.metadata.get("etag"),
     )
 
 
@@ -462,6 +462,16 @@ class LedgerStore:
         wanted = set(states)
         rows = self._guard(lambda: list(self.table.query_entities(flt, parameters={"pk": key_id})))
         return [r for r in map(idem_from_entity, rows) if r.state in wanted]
+
+    def held_records(self, key_id: str, object_id: str | None = None) -> list[IdemRecord]:
+        """The key's completed records whose reservation is held (optionally for one object)."""
+        flt = f"PartitionKey eq @pk and RowKey ge '{IDEM_PREFIX}' and RowKey lt 'idem.' and held eq true"
+        params: dict[str, Any] = {"pk": key_id}
+        if object_id is not None:
+            flt += " and object_id eq @oid"
+            params["oid"] = object_id
+        rows = self._guard(lambda: list(self.table.query_entities(flt, parameters=params)))
+        return [idem_from_entity(r) for r in rows]
 
     def _page(self, pages: Any, continuation: str | None, convert: Any) -> tuple[list[Any], str | None]:
         def run() -> tuple[list[Any], str | None]:

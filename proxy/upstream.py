@@ -2,7 +2,9 @@
 
 The real Stripe secret is added here and nowhere else, and scrubbed from every body
 that comes back, so it can never be stored, replayed or logged. Headers are never
-logged.
+logged. Every call carries the pinned ``Stripe-Version`` (the caller's value was checked
+against it before anything was reserved) and, when given, runs under a total deadline
+(`core.deadline.within`): a forward can never outlast the in-flight lease of its record.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from core.deadline import within
 from proxy.stripe_request import MARKER_PARAM
 
 MARKER_FIELD = MARKER_PARAM[len("metadata["):-1]
@@ -54,8 +57,9 @@ def scrub(text: str, secret: str) -> str:
 def send(
     http: httpx.Client, secret: str, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
     body: bytes | None = None, idempotency_key: str | None = None, stripe_version: str | None = None,
+    deadline: float | None = None,
 ) -> Upstream:
-    """Forward one request to Stripe with the real secret."""
+    """Forward one request to Stripe with the real secret, within `deadline` seconds in total."""
     headers = {"Authorization": f"Bearer {secret}"}
     if body is not None:
         headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -64,7 +68,8 @@ def send(
     if stripe_version:
         headers["Stripe-Version"] = stripe_version
     try:
-        resp = http.request(method, path, params=params or None, content=body, headers=headers)
+        with within(deadline if deadline is not None else float("inf")):
+            resp = http.request(method, path, params=params or None, content=body, headers=headers)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
         return Upstream("not_sent")  # the request never left this process
     except httpx.HTTPError:
@@ -80,8 +85,54 @@ class LookupIncomplete(Exception):
     """The list could not be read to the end: whether the object exists is still unknown."""
 
 
+def read_object(http: httpx.Client, secret: str, path: str, stripe_version: str | None = None) -> dict[str, Any] | None:
+    """One object read with the real secret; None when Stripe says it does not exist (404).
+
+    Raises `httpx.HTTPError` (including an HTTP status error for other failures)."""
+    headers = {"Authorization": f"Bearer {secret}", **({"Stripe-Version": stripe_version} if stripe_version else {})}
+    resp = http.get(path, headers=headers, timeout=LOOKUP_TIMEOUT_SECONDS)
+    if resp.status_code == 404:
+        return None
+    resp.raise_for_status()
+    doc = resp.json()
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    return doc
+
+
+# What a payment intent's status says about a confirm or capture that may have reached Stripe.
+_CONFIRMED = ("succeeded", "processing", "requires_capture", "requires_action")
+_CAPTURED = ("succeeded", "processing")
+
+
+def find_action(http: httpx.Client, secret: str, record_path: str, kind: str,
+                stripe_version: str | None = None) -> dict[str, Any] | None:
+    """The intent, if its status shows that the confirm or capture in `record_path` happened."""
+    intent_path = record_path.rsplit("/", 1)[0]
+    intent = read_object(http, secret, intent_path, stripe_version)
+    if intent is None:
+        return None
+    done = _CONFIRMED if kind == "intent" else _CAPTURED
+    return intent if intent.get("status") in done else None
+
+
+def find_created(http: httpx.Client, secret: str, record: Any, stripe_version: str | None = None,
+                 deadline: float | None = None) -> dict[str, Any] | None:
+    """What Stripe made of a request that may have reached it (`record`: an IdemRecord).
+
+    Created objects are found by their marker, a confirm or capture by the intent's status.
+    None means "surely not there" (as far as this lookup can see); an unfinished lookup raises."""
+    with within(deadline if deadline is not None else float("inf")):
+        if record.marker:
+            return find_by_marker(http, secret, record.path, record.marker, record.created_at, stripe_version)
+        if record.kind in ("intent", "capture"):
+            return find_action(http, secret, record.path, record.kind, stripe_version)
+    return None
+
+
 def find_by_marker(
-    http: httpx.Client, secret: str, resource_path: str, marker: str, created_after: datetime
+    http: httpx.Client, secret: str, resource_path: str, marker: str, created_after: datetime,
+    stripe_version: str | None = None,
 ) -> dict[str, Any] | None:
     """The object the proxy created for `marker`, if Stripe has it; None only when surely absent.
 
@@ -97,8 +148,8 @@ def find_by_marker(
         params: dict[str, Any] = {"limit": 100}
         if after:
             params["starting_after"] = after
-        resp = http.get(resource_path, params=params, headers={"Authorization": f"Bearer {secret}"},
-                        timeout=LOOKUP_TIMEOUT_SECONDS)
+        headers = {"Authorization": f"Bearer {secret}", **({"Stripe-Version": stripe_version} if stripe_version else {})}
+        resp = http.get(resource_path, params=params, headers=headers, timeout=LOOKUP_TIMEOUT_SECONDS)
         resp.raise_for_status()
         data = resp.json().get("data") or []
         for obj in data:

@@ -20,12 +20,14 @@ from core.errors import SpendgateError
 from core.settings import Settings
 from proxy import keys
 from proxy.forward import ProxyDeps
-from proxy.idempotency import taken_over
+from proxy.holds import resolve_hold
+from proxy.idempotency import lookup_conclusive, taken_over
 from proxy.leases import with_leases
 from proxy.ledger import current, headroom
+from proxy.outcome import outcome_ops
 from proxy.policy import parse_policy
 from proxy.store import Conflict, IdemRecord, KeyRecord, LedgerStore, op_delete_idem, op_replace_idem
-from proxy.upstream import LookupIncomplete, find_by_marker
+from proxy.upstream import LookupIncomplete, Upstream, find_created, read_object
 
 
 def utcnow() -> datetime:
@@ -139,9 +141,14 @@ class VaultService:
     def reconcile(self, key_id: str) -> dict[str, Any]:
         """Resolve the key's ambiguous (and abandoned in-flight) requests by asking Stripe.
 
-        Found by its marker → the reservation is settled and the record completed (later
-        retries replay it). Not found → the reservation is released and the record
-        deleted (a retry forwards afresh).
+        Found (by its marker, or for a confirm or capture by the intent's status) → the
+        reservation is settled and the record completed (later retries replay it); a payment
+        intent that is not finished is held instead, and held intents are settled once paid,
+        released once canceled (proxy/holds.py). Not found
+        → the amount stays pending until the lookup is conclusive (`lookup_conclusive`: 24 h
+        after the record's last lease ended, the window in which Stripe may still act on the
+        forwarded idempotency key, and a lookup that read to the end); only then is the
+        reservation released and the record deleted (a retry forwards afresh).
         """
         key = self._get(key_id)
         now = self.clock()
@@ -152,32 +159,40 @@ class VaultService:
                 continue  # a request is working on it right now
             results.append(self._reconcile_one(deps, key, record, now))
             key = self._get(key_id)
+        for record in self.store.held_records(key_id):
+            results.append(self._resolve_hold(deps, key, record))
+            key = self._get(key_id)
         return {"key_id": key_id, "resolved": [r for r in results if r], "describe": self._view(key, now)}
 
     def _reconcile_one(self, deps: ProxyDeps, key: KeyRecord, record: IdemRecord, now: datetime) -> dict[str, Any]:
+        conclusive = lookup_conclusive(record, now)  # judged on the lease as it was, before this claim
         try:
             etag = self.store.submit([op_replace_idem(taken_over(record, now, deps.lease))])[0]
         except Conflict:
             return {}
+        original_lease = record.lease_until
         record = replace(taken_over(record, now, deps.lease), etag=etag)
-        found = None
-        if record.marker:
-            try:
-                found = find_by_marker(deps.stripe_http, self.settings.stripe_secret_key, record.path, record.marker,
-                                       record.created_at)
-            except (httpx.HTTPError, ValueError, LookupIncomplete) as exc:
-                self.store.submit([op_replace_idem(replace(record, state="ambiguous"))])  # hand it back
-                raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        try:
+            found = find_created(deps.stripe_http, self.settings.stripe_secret_key, record,
+                                 self.settings.stripe_version, deadline=deps.lookup_seconds)
+        except (httpx.HTTPError, ValueError, LookupIncomplete) as exc:
+            self._hand_back(record, original_lease)
+            raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        if found is None and not conclusive:
+            # Not found yet is not "never": Stripe may still act on the forwarded key.
+            self._hand_back(record, original_lease)
+            return {"idempotency_key": record.idempotency_key, "outcome": "pending", "amount_cents": record.amount_cents,
+                    "object_id": None}
+        action = "release"
         for _ in range(60):
             try:
                 if found is not None:
-                    done = replace(record, state="completed", status_code=200, body=json.dumps(found),
-                                   content_type="application/json", object_id=found.get("id"))
-                    extra = [op_replace_idem(done)]
-                    if record.amount_cents:
-                        deps.ledger.settle(key, record.amount_cents, record.reserve_day, extra)
+                    # Settled, or held when the intent is not finished (proxy/holds.py).
+                    action, op = outcome_ops(record, Upstream("response", 200, json.dumps(found)))
+                    if record.amount_cents and action == "settle":
+                        deps.ledger.settle(key, record.amount_cents, record.reserve_day, [op])
                     else:
-                        self.store.submit(extra)
+                        self.store.submit([op])
                 else:
                     extra = [op_delete_idem(record)]
                     if record.amount_cents:
@@ -187,11 +202,29 @@ class VaultService:
                 break
             except Conflict:
                 key = self._get(key.key_id)
-        outcome = "settled" if found is not None else "released"
+                current = self.store.read_idem(key.key_id, record.row_key)
+                if current is None or current.etag != record.etag:
+                    return {}  # a retry took the record over while we looked: it owns the outcome
+        outcome = {"settle": "settled", "keep": "held"}.get(action, "released")
         return {"idempotency_key": record.idempotency_key, "outcome": outcome, "amount_cents": record.amount_cents,
                 "object_id": found.get("id") if found else None}
 
+    def _resolve_hold(self, deps: ProxyDeps, key: KeyRecord, record: IdemRecord) -> dict[str, Any]:
+        """A held payment intent (proxy/holds.py): settled once paid, released once canceled."""
+        try:
+            intent = read_object(deps.stripe_http, self.settings.stripe_secret_key,
+                                 f"/v1/payment_intents/{record.object_id}", self.settings.stripe_version)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise SpendgateError("upstream_unavailable", "Stripe could not be asked; try again.") from exc
+        outcome = resolve_hold(deps, key, record, (intent or {}).get("status"))
+        return {"idempotency_key": record.idempotency_key, "outcome": outcome, "amount_cents": record.amount_cents,
+                "object_id": record.object_id}
+
     # --- helpers ---------------------------------------------------------------------
+    def _hand_back(self, record: IdemRecord, lease_until: datetime) -> None:
+        """Return a claimed record to `ambiguous` with its earlier lease (the amount stays pending)."""
+        self.store.submit([op_replace_idem(replace(record, state="ambiguous", lease_until=lease_until))])
+
     def _http(self) -> httpx.Client:
         if self._stripe_http is None:
             from core.runtime import runtime

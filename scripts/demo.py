@@ -3,7 +3,10 @@
 Assumes `make run` is serving the app on http://localhost:7071. Reads the function key
 (`DEVHOST_FUNCTION_KEY`) from local.settings.json (or the sample), starts
 `POST /api/billing/runs` for every customer whose `metadata[plan]` matches, draws a
-progress bar from the run's custom status and prints the summary.
+progress bar from the run's custom status and prints the summary, with the run's warnings
+(a query matching nobody, a budget below the smallest charge, customers whose currency is
+not usd) as soon as the run reports them. Seeded customers have the modern shape (a card
+PaymentMethod as `invoice_settings.default_payment_method`).
 
     python -m scripts.demo [--plan pro] [--amount-cents 2900] [--budget-usd 500] [--seed 0]
 """
@@ -61,6 +64,11 @@ def follow(client: httpx.Client, instance_id: str, timeout: float) -> dict[str, 
         time.sleep(0.25)
 
 
+def print_warnings(warned: list[dict[str, Any]] | None) -> None:
+    for warning in warned or ():
+        print(f"  warning       {warning.get('code')}: {warning.get('message')}")
+
+
 def print_summary(run: dict[str, Any]) -> None:
     out = run.get("output") or {}
     print(f"run {run['instance_id']}: {run['runtime_status']}")
@@ -72,6 +80,13 @@ def print_summary(run: dict[str, Any]) -> None:
     print(f"  outcomes      {json.dumps(counts)}")
     if out.get("skipped_by_reason"):
         print(f"  skipped for   {json.dumps(out['skipped_by_reason'])}")
+    cards = {}
+    for item in out.get("items") or ():
+        if item.get("card_source"):
+            cards[item["card_source"]] = cards.get(item["card_source"], 0) + 1
+    if cards:
+        print(f"  cards used    {json.dumps(cards)}")
+    print_warnings(out.get("warnings"))
     print(f"  spent         ${out['spent_cents'] / 100:,.2f} of a ${out['cap_cents'] / 100:,.2f} cap")
     print(f"  keys          {json.dumps(out['key_ids'])} (revoked: {out.get('revoked_key_ids')})")
     print(f"  audit         GET /api/billing/runs/{run['instance_id']}/spend")
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             f"billing run {instance_id}: customers on plan {args.plan!r}, ${args.amount_cents / 100:,.2f} each, "
             f"budget ${args.budget_usd:,.2f}"
         )
+        print_warnings(resp.json().get("warnings"))
         run = follow(client, instance_id, args.timeout)
     print_summary(run)
     return 0 if run["runtime_status"] == "Completed" else 1

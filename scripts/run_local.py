@@ -4,7 +4,8 @@ Starts (or reuses, when already listening) Azurite on 10000–10002 with its dat
 `.local/azurite/`, and localstripe on 8420; seeds five demo customers on plan `pro`
 unless they exist; writes `local.settings.json` from the sample if missing; then runs
 the app with `func start` where Core Tools are installed, else with devhost, waits for
-`GET /api/health` to answer 200 and prints what runs where. Ctrl-C stops every process
+`GET /api/health` to answer 200 and prints what runs where, with a curl, a stripe-node and a
+stripe-python example against the proxy at Stripe's own paths (`/v1/...`). Ctrl-C stops every process
 this script started (reused ones keep running). Running it again is safe.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from core.storage import DEVELOPMENT_STORAGE
+from devhost.config import host_keys
 from devhost.seed import find_customers, seed_customers
 from devhost.services import REPO_ROOT, Service, port_open, start_azurite, start_devhost, start_localstripe
 
@@ -115,7 +117,16 @@ def wait_for_health(app: Service, timeout: float = 120.0) -> dict[str, Any]:
     raise StartupError(f"GET /api/health did not answer 200 within {timeout:.0f}s (last: {last})")
 
 
-def banner(*, host_kind: str, azurite: str, stripe: str, customers: list[str], key: str, port: int = APP_PORT) -> str:
+def banner(
+    *,
+    host_kind: str,
+    azurite: str,
+    stripe: str,
+    customers: list[str],
+    key: str,
+    port: int = APP_PORT,
+    host_key_lines: str = "",
+) -> str:
     base = f"http://localhost:{port}"
     issue = (
         f"curl -s -X POST {base}/api/vault/keys -H 'x-functions-key: {key}' -H 'Content-Type: application/json' "
@@ -127,17 +138,29 @@ spendgate is running locally
   app                {base}  ({host_kind}; health: {base}/api/health)
   storage (Azurite)  blob :10000  queue :10001  table :10002  ({azurite})
   Stripe (local)     http://127.0.0.1:{STRIPE_PORT}  localstripe, {stripe}
-  function key       {key}   (header x-functions-key, or ?code=)
+  function key       {key}   (header x-functions-key, or ?code=){host_key_lines}
   operator console   {base}/api/console  (paste the function key once)
   demo customers     {len(customers)} on plan "pro": {", ".join(customers)}
   logs               app below; Azurite and localstripe in {LOG_DIR.relative_to(REPO_ROOT)}/
 
 Try it:
   # 1. issue a vault key (capped at $50/day, payment intents only)
-  VK=$({issue} | python3 -c 'import json,sys; print(json.load(sys.stdin)["vault_key"])')
-  # 2. charge $12 through the governed proxy with that key (Stripe's own API shape)
-  curl -s {base}/api/stripe/v1/payment_intents -u "$VK:" -H 'Idempotency-Key: demo-1' \\
+  export VK=$({issue} | python3 -c 'import json,sys; print(json.load(sys.stdin)["vault_key"])')
+  # 2. charge $12 through the governed proxy with that key: Stripe's own API at this host (/v1/...)
+  curl -s {base}/v1/payment_intents -u "$VK:" -H 'Idempotency-Key: demo-1' \\
        -d amount=1200 -d currency=usd -d confirm=true -d payment_method=pm_card_visa
+  # 3. the same with the official SDKs, unchanged but for the key and where the app is
+  #    Node (npm stripe; from this checkout, where `make setup` installed it):
+  node --input-type=module -e "import Stripe from 'stripe';
+    const stripe = new Stripe(process.env.VK, {{host: 'localhost', port: {port}, protocol: 'http'}});
+    const pi = await stripe.paymentIntents.create({{amount: 1300, currency: 'usd', confirm: true,
+      payment_method: 'pm_card_visa'}});
+    console.log(pi.id, pi.status);"
+  #    Python (pip stripe):
+  .venv/bin/python -c "import os, stripe; \\
+    client = stripe.StripeClient(os.environ['VK'], base_addresses={{'api': '{base}'}}); \\
+    pi = client.v1.payment_intents.create(params={{'amount': 1400, 'currency': 'usd', 'confirm': True, \\
+      'payment_method': 'pm_card_visa'}}); print(pi.id, pi.status)"
 
 Press Ctrl-C to stop everything this command started.
 """
@@ -187,8 +210,23 @@ def main(argv: list[str] | None = None) -> int:
             raise StartupError(f"the app host did not start: {exc} (its log is above)") from exc
         started.append(app)
         wait_for_health(app)
+        keys = host_keys(values)
+        host_key_lines = (
+            ""
+            if core_tools
+            else f"\n  master key         {keys.master}   (admin-level routes)"
+            f"\n  durable system key {keys.durabletask}   (/runtime/webhooks/durabletask/…; never give it out)"
+        )
         print(
-            banner(host_kind=host_kind, azurite=azurite, stripe=stripe, customers=customers, key=key, port=port),
+            banner(
+                host_kind=host_kind,
+                azurite=azurite,
+                stripe=stripe,
+                customers=customers,
+                key=key,
+                port=port,
+                host_key_lines=host_key_lines,
+            ),
             flush=True,
         )
         while app.proc.poll() is None:

@@ -5,7 +5,8 @@
 #   scripts/smoke.sh http://localhost:7071 local-dev-function-key      # make run
 #
 # It checks health, issues a tiny vault key ($1/day, one read-only endpoint, 1 hour), reads one
-# customer through the proxy with it (which proves the Stripe secret resolves), revokes the key and
+# customer through the proxy with it at Stripe's own path `/v1/customers` at the root of the host,
+# as Stripe SDKs call it (which proves the Stripe secret resolves), revokes the key and
 # checks that the proxy now refuses it with `vault_key_revoked`. It never moves money and never
 # prints a key. The key is revoked on any exit, even a failed one. Needs bash, curl and python3.
 set -euo pipefail
@@ -96,15 +97,16 @@ VAULT_KEY="$(json vault_key)"
 [[ -n "$KEY_ID" && "$VAULT_KEY" == vk_* ]] || fail "POST /api/vault/keys returned no key_id/vault_key"
 ok "issued vault key $KEY_ID (label $label, \$1/day, GET /v1/customers only)"
 
-# 4. The key works through the proxy: this call reaches Stripe with the app's own secret.
-code="$(request GET "/api/stripe/v1/customers?limit=1" vault)"
+# 4. The key works through the proxy at Stripe's own path (what every Stripe SDK calls, routePrefix ""):
+#    this call reaches Stripe with the app's own secret.
+code="$(request GET "/v1/customers?limit=1" vault)"
 if [[ "$code" == 401 && "$(json error.code)" != vault_key_* ]]; then
   fail "Stripe refused the app's secret key (401): set it in Key Vault and restart the app (docs/deploy.md)"
 fi
-[[ "$code" == 200 ]] || fail "GET /api/stripe/v1/customers with the new key answered $code, wanted 200"
+[[ "$code" == 200 ]] || fail "GET /v1/customers with the new key answered $code, wanted 200 (is host.json's routePrefix \"\"?)"
 ok "proxy forwarded GET /v1/customers to Stripe with the new key"
 
-# 5. Anything outside the key's allow-list is refused before it reaches Stripe.
+# 5. Anything outside the key's allow-list is refused before it reaches Stripe (also under /api/stripe).
 code="$(request GET /api/stripe/v1/balance vault)"
 [[ "$code" == 403 && "$(json error.code)" == endpoint_not_allowed ]] ||
   fail "GET /api/stripe/v1/balance answered $code $(json error.code), wanted 403 endpoint_not_allowed"

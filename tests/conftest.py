@@ -81,6 +81,7 @@ def app_settings(azurite: Service, localstripe: Service, **overrides: str) -> di
         "SPENDGATE_TABLE_PREFIX": "sg" + uuid.uuid4().hex[:10],
         "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
         "PYTHON_THREADPOOL_THREAD_COUNT": "64",  # as main.bicep sets it (why: there)
+        "DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY": "32",  # as function.bicep's perInstanceConcurrency
     }
     settings.update(overrides)
     return settings

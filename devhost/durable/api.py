@@ -74,6 +74,9 @@ def body_to_json_text(body: bytes) -> str | None:
     return json.dumps(value)
 
 
+DEFAULT_PAGE = 100  # the extension's default page size for instance queries
+
+
 class ManagementApi:
     def __init__(self, engine: DurableEngine) -> None:
         self.engine = engine
@@ -86,7 +89,9 @@ class ManagementApi:
         return f"{self.engine.base_url}/runtime/webhooks/durabletask"
 
     def _qs(self) -> str:
-        return f"taskHub={quote(self.hub)}&connection=Storage"
+        # As on Azure, the webhook URLs carry the extension's system key: whoever holds one can
+        # terminate, purge or raise events on any instance, so the app must never hand them out.
+        return f"taskHub={quote(self.hub)}&connection=Storage&code={quote(self.engine.system_key)}"
 
     def management_urls(self, instance_id: str) -> dict[str, str]:
         base, qs, iid = self.webhook_base, self._qs(), quote(instance_id, safe="")
@@ -118,7 +123,8 @@ class ManagementApi:
                 "managementUrls": management,
                 "baseUrl": base,
                 "requiredQueryStringParameters": qs,
-                "rpcBaseUrl": f"{base}/",
+                # The SDK's client calls the extension's local RPC endpoint, not the keyed webhooks.
+                "rpcBaseUrl": self.engine.rpc_base_url or f"{base}/",
             }
         )
 
@@ -245,17 +251,22 @@ class ManagementApi:
             if (lo and created < lo) or (hi and created > hi) or (prefix and not inst.instance_id.startswith(prefix)):
                 continue
             out.append(inst)
-        return sorted(out, key=lambda i: (i.created, i.instance_id))
+        return sorted(out, key=lambda i: i.instance_id)
 
     def list(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Response:
+        """One page of instances, as the Azure Storage provider answers: in instance-id order (the
+        Instances table's PartitionKey), `top` or 100 per page, the rest behind `x-ms-continuation-token`
+        (the extension's HTTP API reference, "Get all instances status"; the Python SDK's
+        `get_status_all`/`get_status_by` send one GET and drop the token)."""
         found = self._matching(query)
         token = {k.lower(): v for k, v in headers.items()}.get("x-ms-continuation-token")
-        offset = int(base64.b64decode(token).decode()) if token else 0
-        top = int(query.get("top") or 0) or len(found)
-        page = found[offset : offset + top]
+        after = base64.b64decode(token).decode() if token else ""
+        top = int(query.get("top") or 0) or DEFAULT_PAGE
+        rest = [i for i in found if i.instance_id > after]
+        page = rest[:top]
         extra = {}
-        if offset + top < len(found):
-            extra["x-ms-continuation-token"] = base64.b64encode(str(offset + top).encode()).decode()
+        if len(rest) > top:
+            extra["x-ms-continuation-token"] = base64.b64encode(page[-1].instance_id.encode()).decode()
         show_input = _flag(query, "showInput", False)
         return _json(200, [self.status_json(i, show_input=show_input) for i in page], extra)
 

@@ -107,9 +107,12 @@ class DurableEngine:
         base_url: str,
         host_config: Mapping[str, Any],
         logger: logging.Logger,
+        system_key: str = "",
     ) -> None:
         durable = (host_config.get("extensions") or {}).get("durableTask") or {}
         self.log = logger
+        self.system_key = system_key
+        self.rpc_base_url: str | None = None  # the local RPC listener, once the host has started it
         self.task_hub = task_hub
         self.base_url = base_url.rstrip("/")
         self.worker = index.worker

@@ -37,7 +37,11 @@ def run_orchestrator(worker: Worker, fn: FunctionInfo, context: dict[str, Any]) 
     worker's failure message); so do we.
     """
     try:
-        result = worker.invoke(fn.function_id, {fn.trigger["name"]: protocol.TypedData(string=json.dumps(context))})
+        result = worker.invoke(
+            fn.function_id,
+            {fn.trigger["name"]: protocol.TypedData(string=json.dumps(context))},
+            function_name=fn.name,
+        )
     except WorkerError as exc:
         text = exc.message
         if _OUT_OF_PROC_MARKER in text:
@@ -60,7 +64,7 @@ def run_activity(worker: Worker, fn: FunctionInfo, input_text: str | None) -> Ac
     """Send the input as JSON text; the worker decodes it and encodes the output with ActivityTriggerConverter."""
     data = protocol.TypedData(json=input_text if input_text is not None else "null")
     try:
-        result = worker.invoke(fn.function_id, {fn.trigger["name"]: data})
+        result = worker.invoke(fn.function_id, {fn.trigger["name"]: data}, function_name=fn.name)
     except WorkerError as exc:
         return ActivityResult(
             False, reason=f"Activity function '{fn.name}' failed: {exc.message}", details=exc.stack_trace[-4000:]

@@ -46,6 +46,17 @@ param maximumInstanceCount int = 100
 ])
 param instanceMemoryMB int = 2048
 
+// Flex Consumption runs ONE HTTP request at a time per Python instance unless told otherwise
+// (scaleAndConcurrency.triggers.http.perInstanceConcurrency). Proxied charges wait on Stripe and
+// storage, not the CPU, and the ledger's group commit only batches requests that share an instance,
+// so spendgate lets 32 run at once: with PYTHON_THREADPOOL_THREAD_COUNT = 64 that leaves 32 pool
+// threads for the 32 concurrent activities (host.json). devhost honours the same number
+// (DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY in the sample settings and tests).
+@description('HTTP requests one instance runs at once.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 32
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -105,6 +116,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

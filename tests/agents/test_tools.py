@@ -95,7 +95,7 @@ def test_a_declined_card_and_a_customer_without_card_are_explained(stack: AgentS
     missing = json.loads(tools.charge_stripe(no_card, 2900, "2026-06"))
     assert missing["error"] == "no_payment_method"
     unknown = json.loads(tools.charge_stripe("cus_doesnotexist", 2900, "2026-06"))
-    assert unknown["error"] == "not_found"
+    assert unknown["error"] == "no_such_customer"
     assert [pi["status"] for pi in stack.payment_intents(declining)] in ([], ["requires_payment_method"])
     assert stack.payment_intents(no_card) == []
 

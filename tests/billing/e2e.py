@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from devhost.seed import create_customer, iter_objects
+from devhost.seed import MODERN, create_customer, iter_objects
 
 
 def unique_plan(name: str) -> str:
@@ -17,13 +17,17 @@ def unique_plan(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def seed(localstripe_url: str, secret: str, n: int, plan: str, *, declining: int = 0) -> list[str]:
+def seed(
+    localstripe_url: str, secret: str, n: int, plan: str, *, declining: int = 0, shape: str = MODERN
+) -> list[str]:
     """`n` good customers (then `declining` whose card is refused at charge time) on `plan`."""
     from devhost.seed import DECLINING_CARD, GOOD_CARD
 
     with httpx.Client(base_url=localstripe_url, auth=(secret, ""), timeout=30) as client:
         return [
-            create_customer(client, name=f"{plan} {i}", plan=plan, card=DECLINING_CARD if i >= n else GOOD_CARD)
+            create_customer(
+                client, name=f"{plan} {i}", plan=plan, card=DECLINING_CARD if i >= n else GOOD_CARD, shape=shape
+            )
             for i in range(n + declining)
         ]
 

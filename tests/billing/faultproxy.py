@@ -4,7 +4,9 @@ Put it in front of localstripe (`STRIPE_API_BASE`) to make Stripe answer 500 *af
 created the object, or in front of the app's proxy route (`SPENDGATE_PROXY_URL`) to make
 the activity see a failure after the proxy succeeded, or a 409 `idempotency_key_in_use`.
 A `rule(request, attempt)` decides per request; `attempt` counts requests for the same
-billing item (1 for the first).
+billing item (1 for the first). An optional `respond(request, status, body)` may rewrite
+the upstream's answer to a forwarded request (to give localstripe's answers the shape real
+Stripe gives; each use cites the Stripe documentation it follows).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Seen:
     path: str
     idempotency_key: str | None
     form: dict[str, str]
+    stripe_version: str | None = None
 
     @property
     def item_index(self) -> int | None:
@@ -49,14 +52,16 @@ class Seen:
 
 
 Rule = Callable[[Seen, int], str]
+Respond = Callable[[Seen, int, bytes], tuple[int, bytes] | None]
 
 
 class FaultProxy:
     """A threaded forwarding proxy on 127.0.0.1 applying `rule` to every request."""
 
-    def __init__(self, target: str, rule: Rule) -> None:
+    def __init__(self, target: str, rule: Rule, respond: Respond | None = None) -> None:
         self.target = target.rstrip("/")
         self.rule = rule
+        self.respond = respond
         self.attempts: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -104,7 +109,8 @@ class FaultProxy:
                 form = {}
                 if "form-urlencoded" in (self.headers.get("Content-Type") or ""):
                     form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
-                seen = Seen(self.command, self.path.split("?")[0], self.headers.get("Idempotency-Key"), form)
+                seen = Seen(self.command, self.path.split("?")[0], self.headers.get("Idempotency-Key"), form,
+                            self.headers.get("Stripe-Version"))
                 action = proxy._decide(seen)
                 if action == IN_USE_BEFORE:
                     self._answer(
@@ -125,7 +131,14 @@ class FaultProxy:
                     self._answer(500, {}, {"error": {"type": "api_error", "message": "injected after forwarding"}})
                     return
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
-                self._raw(upstream.status_code, out_headers, upstream.content)
+                status, content = upstream.status_code, upstream.content
+                rewritten = proxy.respond(seen, status, content) if proxy.respond else None
+                if rewritten is not None:
+                    status, content = rewritten
+                    out_headers["Content-Type"] = "application/json"
+                    with proxy._lock:
+                        proxy.injected["rewritten"] += 1
+                self._raw(status, out_headers, content)
 
             def _answer(self, status: int, headers: dict[str, str], body: dict[str, object]) -> None:
                 self._raw(status, {**headers, "Content-Type": "application/json"}, json.dumps(body).encode())

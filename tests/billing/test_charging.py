@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from billing.charging import TransientChargeError, charge_customer, fetch_customers
-from billing.payloads import ChargeItem, ChargeRequest, CustomerQuery, Endpoint, FetchRequest, ItemOutcome
+from billing import charging
+from billing.charging import TransientChargeError, fetch_customers
+from billing.claims import Claim, Identity, Owner, Verdict
+from billing.payloads import ChargeItem, ChargeRequest, CustomerQuery, Endpoint, FetchRequest, ItemOutcome, ItemResult
 from proxy.client import ProxyClient
 
 BASE = "http://proxy.test/api/stripe"
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+class MemoryClaims:
+    """Claims that always let the caller charge (or answer `verdict`), recording settlements."""
+
+    def __init__(self, verdict: Verdict = Verdict.PROCEED, object_id: str | None = None) -> None:
+        self.verdict, self.object_id = verdict, object_id
+        self.claimed: list[tuple[Identity, Owner]] = []
+        self.settled: list[tuple[Identity, bool, str | None]] = []
+
+    def claim(self, identity: Identity, owner: Owner, amount_cents: int, now: datetime) -> Claim:
+        self.claimed.append((identity, owner))
+        holder = owner if self.verdict is Verdict.PROCEED else Owner("other", "other-0", "azure-durable/other")
+        return Claim(self.verdict, holder, self.object_id)
+
+    def settle(
+        self, identity: Identity, owner: Owner, *, moved_money: bool, object_id: str | None, now: datetime
+    ) -> None:
+        self.settled.append((identity, moved_money, object_id))
+
+
+def charge_customer(client: ProxyClient, request: ChargeRequest, claims: MemoryClaims | None = None) -> ItemResult:
+    return charging.charge_customer(client, request, claims or MemoryClaims(), NOW)
 
 
 def client(handler: Callable[[httpx.Request], httpx.Response]) -> ProxyClient:
@@ -134,3 +161,45 @@ def test_a_revoked_read_key_stops_the_fetch() -> None:
         FetchRequest("vk_r", query=CustomerQuery({"plan": "pro"}, 1)),
     )
     assert (result.items, result.failure_code) == ((), "revoked")
+
+
+def test_an_explicit_card_is_kept_when_the_customer_is_listed_again_without_one() -> None:
+    looked_up: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        looked_up.append(req.url.path)
+        return httpx.Response(200, json={"id": "cus_a", "invoice_settings": {"default_payment_method": "pm_default"}})
+
+    items = (ChargeItem("cus_a", 100, "pm_chosen", "p1"), ChargeItem("cus_a", 200, None, "p2"))
+    result = fetch_customers(client(handler), FetchRequest("vk_r", items=items))
+    assert [(i.payment_method, i.card_source, i.purpose) for i in result.items] == [
+        ("pm_chosen", "explicit", "p1"), ("pm_default", "default_payment_method", "p2")]
+    assert looked_up == ["/api/stripe/v1/customers/cus_a"]
+
+
+def test_a_decline_records_the_payment_intent_stripe_names_and_releases_the_claim() -> None:
+    body = {"error": {"type": "card_error", "code": "card_declined", "charge": "ch_1",
+                      "payment_intent": {"id": "pi_declined", "status": "requires_payment_method"}}}
+    claims = MemoryClaims()
+    result = charge_customer(client(lambda req: httpx.Response(402, json=body)), request(), claims)
+    assert (result.outcome, result.object_id) == (ItemOutcome.DECLINED, "pi_declined")
+    assert claims.settled == [(Identity("cus_1", "2026-06"), False, "pi_declined")]
+    # localstripe names only the failed charge.
+    body["error"].pop("payment_intent")
+    assert charge_customer(client(lambda req: httpx.Response(402, json=body)), request()).object_id == "ch_1"
+
+
+def test_a_charged_item_settles_its_claim_and_an_identity_charged_elsewhere_is_not_sent() -> None:
+    claims = MemoryClaims()
+    ok = charge_customer(client(lambda req: httpx.Response(200, json={"id": "pi_1", "status": "succeeded"})),
+                         request(), claims)
+    assert ok.outcome is ItemOutcome.CHARGED and claims.settled == [(Identity("cus_1", "2026-06"), True, "pi_1")]
+    assert claims.claimed[0][1] == Owner("vk_k1_secret", "run1-7", "azure-durable/run1")
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        raise AssertionError("an identity charged elsewhere must not be sent")
+
+    done = charge_customer(client(handler), request(), MemoryClaims(Verdict.ALREADY_CHARGED, "pi_other"))
+    assert (done.outcome, done.object_id, done.code) == (ItemOutcome.ALREADY_CHARGED, "pi_other", "already_charged")
+    with pytest.raises(TransientChargeError):  # someone else is charging it now: retry later
+        charge_customer(client(handler), request(), MemoryClaims(Verdict.IN_PROGRESS))

@@ -6,10 +6,12 @@ The real VaultService is exercised by the end-to-end tests; here only the per-la
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from billing.keys import issue_run_key, revoke_run_keys, usd
-from billing.payloads import KeyRequest
+from billing import keys
+from billing.keys import revoke_run_keys, usd
+from billing.payloads import KeyIssued, KeyRequest
 
 
 class MemoryVault:
@@ -37,6 +39,28 @@ class MemoryVault:
     def spend(self, label: str) -> dict[str, Any]:
         spent = sum(k["spent_cents"] for k in self.keys.values() if k["label"] == label)
         return {"label": label, "spent_cents": spent, "pending_cents": 0}
+
+
+class MemoryMarks:
+    """Stopped labels; `stop_during_issue` marks a label while the key is being minted."""
+
+    def __init__(self, stop_during_issue: str | None = None) -> None:
+        self.stopped: set[str] = set()
+        self.stop_during_issue = stop_during_issue
+        self.looked = 0
+
+    def mark(self, label: str, now: datetime) -> None:
+        self.stopped.add(label)
+
+    def is_stopped(self, label: str) -> bool:
+        self.looked += 1
+        if self.stop_during_issue == label and self.looked == 2:  # after the first look, before the second
+            self.stopped.add(label)
+        return label in self.stopped
+
+
+def issue_run_key(vault: MemoryVault, request: KeyRequest, marks: MemoryMarks | None = None) -> KeyIssued:
+    return keys.issue_run_key(vault, request, marks or MemoryMarks())
 
 
 REQUEST = KeyRequest(
@@ -88,3 +112,14 @@ def test_revoke_covers_every_active_key_under_the_labels_and_is_idempotent() -> 
 
 def test_usd() -> None:
     assert (usd(290000), usd(5), usd(120)) == ("2900.00", "0.05", "1.20")
+
+
+def test_a_stopped_label_gets_no_key_and_a_stop_while_minting_revokes_the_new_key() -> None:
+    vault, marks = MemoryVault(), MemoryMarks()
+    marks.mark(REQUEST.label, datetime(2026, 6, 1))
+    issued = issue_run_key(vault, REQUEST, marks)
+    assert (issued.key_id, issued.stopped) == (None, True) and vault.keys == {}
+    vault = MemoryVault()
+    issued = issue_run_key(vault, REQUEST, MemoryMarks(stop_during_issue=REQUEST.label))
+    assert (issued.key_id, issued.stopped, issued.superseded) == (None, True, ("k0",))
+    assert vault.keys["k0"]["status"] == "revoked"

@@ -124,7 +124,7 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
     assert first.name == orch.ISSUE_KEY
     assert first.input["label"] == "azure-durable/run1"
     assert first.input["cap_cents"] == 580000
-    assert first.input["allowed_endpoints"] == ["POST /v1/payment_intents"]
+    assert first.input["allowed_endpoints"] == ["POST /v1/payment_intents", "POST /v1/payment_intents/*/cancel"]
     # Idempotency keys are {instanceId}-{itemIndex}, unique across batches.
     keys = [ChargeRequest.from_dict(c.input).idempotency_key for c in ctx.activity_calls(orch.CHARGE_CUSTOMER)]
     assert keys == [f"run1-{i}" for i in range(200)]
@@ -143,6 +143,7 @@ def test_charges_everyone_within_budget_in_bounded_batches() -> None:
         "spent_cents": 580000,
         "cap_cents": 580000,
         "stopped": None,
+        "warnings": [],
     }
 
 
@@ -205,7 +206,7 @@ def test_customers_by_query_use_a_read_only_key_and_the_fetched_list() -> None:
     output, ctx = run(world, request)
     issue_calls = ctx.activity_calls(orch.ISSUE_KEY)
     assert [c.input["role"] for c in issue_calls] == ["charge", "customers"]
-    assert issue_calls[1].input["allowed_endpoints"] == ["GET /v1/customers", "GET /v1/customers/*"]
+    assert issue_calls[1].input["allowed_endpoints"] == ["GET /v1/customers", "GET /v1/customers/*", "GET /v1/payment_methods"]
     assert output["counts"]["charged"] == 75
     assert output["key_ids"] == {"charge": "key0", "customers": "key1"}
     charged = {i["customer_id"] for i in output["items"]}
@@ -259,3 +260,31 @@ def test_batches_in_flight_never_exceed_max_parallel() -> None:
         plan = RunPlan("r", RunRequest("2026-06", budget_cents=100, max_parallel=max_parallel, customers=customers(3)))
         assert (plan.lanes, plan.batch_size) == (lanes, size)
         assert plan.lanes * plan.batch_size <= max_parallel
+
+
+class StoppedWorld(World):
+    """The run's labels were stopped before its keys were issued: the issue hands out no key."""
+
+    def issue(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"key_id": None, "label": payload["label"], "cap_cents": 0, "stopped": True}
+
+
+def test_a_run_stopped_before_its_key_charges_nobody_and_says_stopped() -> None:
+    world = StoppedWorld()
+    items = tuple(ChargeItem(f"cus_{i}", 100) for i in range(3))
+    output, ctx = run(world, RunRequest("2026-06", 1000, customers=items))
+    assert output["stopped"] == "stopped" and output["skipped_by_reason"] == {"stopped": 3}
+    assert ctx.activity_calls(orch.CHARGE_CUSTOMER) == [] and ctx.activity_calls(orch.FETCH_CUSTOMERS) == []
+
+
+def test_warnings_and_the_runs_purpose_reach_every_charge() -> None:
+    world = World(customers=[{"id": f"cus_{i}", "metadata": {"plan": "pro"}, "default_source": "card_1"}
+                             for i in range(2)])
+    request = RunRequest("2026-06", 50, customer_query=CustomerQuery({"plan": "pro"}, 100), purpose="inv-7")
+    output, ctx = run(world, request)
+    assert [w["code"] for w in output["warnings"]] == ["budget_below_smallest_charge"]
+    assert ctx.statuses[0]["warnings"] == output["warnings"]  # known from the body: warned from the start
+    charges = [ChargeRequest.from_dict(c.input) for c in ctx.activity_calls(orch.CHARGE_CUSTOMER)]
+    assert {c.item.purpose for c in charges} == {"inv-7"}
+    nobody = RunRequest("2026-06", 5000, customer_query=CustomerQuery({"plan": "none"}, 100))
+    assert [w["code"] for w in run(World(), nobody)[0]["warnings"]] == ["no_customers"]

@@ -81,3 +81,21 @@ def test_a_non_object_body_is_rejected() -> None:
     with pytest.raises(SpendgateError) as err:
         parse_run_request([1, 2])
     assert err.value.code == "body_invalid"
+
+
+def test_a_customer_listed_twice_for_one_identity_is_refused_naming_the_indexes() -> None:
+    twice = [{"customer_id": c, "amount_cents": 100} for c in ("cus_1", "cus_2", "cus_1", "cus_1")]
+    with pytest.raises(SpendgateError) as err:
+        parse_run_request({**GOOD, "customers": twice})
+    assert (err.value.code, err.value.status, err.value.param) == ("duplicate_customers", 400, "customers[2][customer_id]")
+    assert "cus_1 at indexes 0, 2, 3" in err.value.message
+    for n, purpose in enumerate(("inv-1", "inv-2", "inv-3")):
+        twice[[0, 2, 3][n]]["purpose"] = purpose
+    run, _ = parse_run_request({**GOOD, "customers": twice})
+    assert [c.purpose for c in run.customers or ()] == ["inv-1", None, "inv-2", "inv-3"]
+    with pytest.raises(SpendgateError) as err:  # a run-wide purpose does not tell two entries apart
+        parse_run_request({**GOOD, "purpose": "june", "customers": [twice[1], twice[1]]})
+    assert err.value.code == "duplicate_customers"
+    with pytest.raises(SpendgateError) as err:
+        parse_run_request({**GOOD, "purpose": "no spaces allowed"})
+    assert err.value.param == "purpose"

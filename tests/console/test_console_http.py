@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -52,7 +53,8 @@ def test_run_list_pages_newest_first_without_per_item_results(app_stack: AppStac
     older = start_run(app_stack.url, app_stack.admin_headers, body)
     wait_until(app_stack.url, app_stack.admin_headers, older)
     time.sleep(1.1)  # the Durable host reports created times to the second
-    newer = start_run(app_stack.url, app_stack.admin_headers, body)
+    # The next month: a customer is charged once per billing period (and purpose).
+    newer = start_run(app_stack.url, app_stack.admin_headers, {**body, "billing_period": "2026-07"})
     wait_until(app_stack.url, app_stack.admin_headers, newer)
 
     seen: list[dict] = []
@@ -102,3 +104,34 @@ def test_a_thousand_keys_page_completely_in_bounded_pages(app_stack: AppStack) -
                 break
     assert len(seen) == len(set(seen)) == 1000 and set(seen) == issued
     assert pages <= 11
+
+
+def _list_all(app_stack: AppStack, limit: int) -> list[dict]:
+    rows: list[dict] = []
+    token = None
+    while True:
+        params = {"limit": str(limit), **({"continuation": token} if token else {})}
+        resp = httpx.get(f"{app_stack.url}/api/billing/runs", params=params, headers=app_stack.admin_headers, timeout=60)
+        assert resp.status_code == 200, resp.text
+        rows += resp.json()["data"]
+        token = resp.json()["continuation"]
+        if not token:
+            return rows
+
+
+def test_150_runs_with_their_batches_are_each_listed_once_newest_first(app_stack: AppStack) -> None:
+    """300 instances, three times the Durable extension's first page of 100 (ids in random order, one batch
+    sub-orchestration per run): every run is listed once, newest first. (250 runs pass too, in ~110 s.)"""
+    body = {"billing_period": "2026-06", "budget_usd": 1, "customers": [{"customer_id": "cus_gone", "amount_cents": 100}]}
+    started = [
+        start_run(app_stack.url, app_stack.admin_headers, {**body, "instance_id": f"list-{uuid.uuid4().hex}"})
+        for _ in range(150)
+    ]
+    deadline = time.monotonic() + 300
+    while True:
+        rows = [r for r in _list_all(app_stack, 100) if r["instance_id"] in set(started)]
+        if all(r["runtime_status"] == "Completed" for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert [r["instance_id"] for r in rows] == started[::-1]
+    assert all(r["name"] == "billing_run" for r in rows)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import IDEMPOTENCY_RETENTION_DAYS, STRIPE_TIMEOUT_SECONDS, InvalidSettingError, Settings
+from core.settings import (
+    IDEMPOTENCY_RETENTION_DAYS,
+    STRIPE_TIMEOUT_SECONDS,
+    STRIPE_VERSION,
+    InvalidSettingError,
+    Settings,
+)
 
 
 def test_numeric_settings_default_and_parse() -> None:
@@ -27,3 +33,11 @@ def test_unusable_numbers_name_the_setting(name: str, raw: str, attribute: str) 
     with pytest.raises(InvalidSettingError) as err:
         getattr(Settings.from_mapping({name: raw}), attribute)
     assert name in str(err.value) and repr(raw) in str(err.value)
+
+
+def test_the_stripe_version_is_pinned_by_a_setting() -> None:
+    assert Settings.from_mapping({}).stripe_version == "2026-10-28.endive"  # what stripe-python 16.1.0 sends
+    assert Settings.from_mapping({STRIPE_VERSION: "2027-01-01.x"}).stripe_version == "2027-01-01.x"
+    with pytest.raises(InvalidSettingError) as err:
+        Settings.from_mapping({STRIPE_VERSION: "2026 10"}).stripe_version  # noqa: B018
+    assert STRIPE_VERSION in str(err.value)

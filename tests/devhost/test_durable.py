@@ -18,6 +18,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
+from devhost.config import host_keys
 from devhost.durable.store import DurableStore
 from devhost.services import Service, start_devhost
 
@@ -81,6 +82,9 @@ def wait_for(client: httpx.Client, urls: dict[str, str], predicate: Any, timeout
         time.sleep(0.1)
 
 
+SYSTEM_KEY = host_keys({}).durabletask
+
+
 @pytest.fixture(scope="module")
 def env(azurite: Service) -> dict[str, str]:
     return durable_env(azurite)
@@ -97,7 +101,9 @@ def host(env: dict[str, str], artifacts_dir: Path) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def client(host: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=host.url, timeout=30) as c:
+    # The webhooks need the extension's system key (as on Azure); the check-status URLs carry it as
+    # `code=`, but a request with `params=` replaces the URL's query, so send it as a header too.
+    with httpx.Client(base_url=host.url, timeout=30, headers={"x-functions-key": SYSTEM_KEY}) as c:
         yield c
 
 
@@ -263,6 +269,9 @@ def test_check_status_urls_round_trip_and_purge(client: httpx.Client, store: Dur
     urls = start(client, "counter", 0)
     for key in ("statusQueryGetUri", "sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"):
         assert urls[key].startswith(client.base_url.join("/runtime/webhooks/durabletask/instances/").__str__())
+        assert f"code={SYSTEM_KEY}" in urls[key]  # as on Azure: whoever holds these URLs holds the system key
+    unkeyed = httpx.get(urls["statusQueryGetUri"].split("?")[0], timeout=10)
+    assert unkeyed.status_code == 401 and unkeyed.json()["error"]["code"] == "system_key_required"
     status = wait_done(client, urls)  # continue-as-new three times, then one activity
     assert status == {**status, "runtimeStatus": "Completed", "output": {"n": 3, "doubled": 6}, "input": 3}
     r = client.delete(urls["purgeHistoryDeleteUri"])
@@ -289,8 +298,16 @@ def test_start_with_a_running_instance_id_is_refused(client: httpx.Client) -> No
     r = client.post(f"{base}/orchestrators/forever/{instance_id}")
     assert r.status_code == 409 and "Running" in r.json()["ExceptionMessage"]
     assert client.post(f"{base}/orchestrators/nope").status_code == 400
-    listed = client.get(f"{base}/instances", params={"runtimeStatus": "Running,Pending", "top": "50"}).json()
-    assert instance_id in [i["instanceId"] for i in listed]
+    listed, token, pages = [], None, 0  # pages in instance-id order, as the Azure Storage provider answers
+    while True:
+        headers = {"x-ms-continuation-token": token} if token else {}
+        r = client.get(f"{base}/instances", params={"runtimeStatus": "Running,Pending", "top": "2"}, headers=headers)
+        listed += [i["instanceId"] for i in r.json()]
+        pages += 1
+        token = r.headers.get("x-ms-continuation-token")
+        if not token:
+            break
+    assert instance_id in listed and listed == sorted(set(listed)) and pages == (len(listed) + 1) // 2
     client.post(urls["terminatePostUri"].replace("{text}", "done"))
     wait_done(client, urls)
     again = client.post(f"{base}/orchestrators/forever/{instance_id}")  # a finished id may be reused

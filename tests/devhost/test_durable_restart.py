@@ -15,7 +15,9 @@ import pytest
 
 from devhost.durable.store import DurableStore
 from devhost.services import Service, start_devhost
-from tests.devhost.test_durable import APP_DIR, durable_env, executions, start, wait_done
+from tests.devhost.test_durable import APP_DIR, SYSTEM_KEY, durable_env, executions, start, wait_done
+
+SYSTEM_KEY_HEADER = {"x-functions-key": SYSTEM_KEY}
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +40,7 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_activities(azurite:
     n = 24
     host = start_devhost(APP_DIR, env, log_path=log_path)
     try:
-        with httpx.Client(base_url=host.url, timeout=30) as client:
+        with httpx.Client(base_url=host.url, timeout=30, headers=SYSTEM_KEY_HEADER) as client:
             urls = start(client, "fan_out", {"tag": "crash", "n": n, "sleep": 0.5})
         deadline = time.monotonic() + 30
         while sum(executions(env, "crash").values()) < 10:  # first wave of 8 done, second wave running
@@ -56,7 +58,7 @@ def test_sigkill_mid_run_resumes_without_rerunning_completed_activities(azurite:
 
     host = start_devhost(APP_DIR, env, log_path=log_path, port=host.port)  # the status URLs name the port
     try:
-        with httpx.Client(base_url=host.url, timeout=30) as client:
+        with httpx.Client(base_url=host.url, timeout=30, headers=SYSTEM_KEY_HEADER) as client:
             status = wait_done(client, urls, timeout=60)
     finally:
         host.stop()
@@ -76,7 +78,7 @@ def test_a_second_devhost_on_the_same_task_hub_leaves_live_work_alone(azurite: S
     first = start_devhost(APP_DIR, env, log_path=artifacts_dir / "devhost-durable-shared-1.log")
     second: Service | None = None
     try:
-        with httpx.Client(base_url=first.url, timeout=30) as client:
+        with httpx.Client(base_url=first.url, timeout=30, headers=SYSTEM_KEY_HEADER) as client:
             urls = start(client, "fan_out", {"tag": "shared", "n": 8, "sleep": 3})
             deadline = time.monotonic() + 20
             while sum(executions(env, "shared").values()) < 8:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devhost.services import Service, start_devhost
+from devhost.config import host_keys
+from devhost.services import REPO_ROOT, Service, free_port, start_devhost
 
 APP_DIR = Path(__file__).parent / "apps" / "http_app"
 KEY = "http-test-key-" + uuid.uuid4().hex[:8]
 
 
 THREADPOOL = 12  # PYTHON_THREADPOOL_THREAD_COUNT for this host
+MASTER = "http-test-master-" + uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,13 @@ def host(artifacts_dir: Path) -> Iterator[Service]:
     log_path.unlink(missing_ok=True)
     svc = start_devhost(
         APP_DIR,
-        {"DEVHOST_FUNCTION_KEY": KEY, "PYTHON_THREADPOOL_THREAD_COUNT": str(THREADPOOL)},
+        {
+            "DEVHOST_FUNCTION_KEY": KEY,
+            "DEVHOST_MASTER_KEY": MASTER,
+            "PYTHON_THREADPOOL_THREAD_COUNT": str(THREADPOOL),
+            "DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY": "64",  # past the pool: the pool is what bounds the test below
+            "DEVHOST_LOOP_BLOCK_WARN_MS": "200",
+        },
         log_path=log_path,
         ready_path="/api/items/special",
     )
@@ -117,8 +127,12 @@ def test_auth_levels(client: httpx.Client) -> None:
     assert client.get("/api/secure", params={"code": "wrong"}).status_code == 401
     assert client.get("/api/secure", headers={"x-functions-key": KEY}).json() == {"secure": True}
     assert client.get("/api/secure", params={"code": KEY}).json() == {"secure": True}
-    assert client.get("/api/admin-only").status_code == 401
-    assert client.get("/api/admin-only", headers={"x-functions-key": KEY}).json() == {"admin": True}
+    assert client.get("/api/secure", headers={"x-functions-key": MASTER}).json() == {"secure": True}
+    # `admin` needs the master key; a function key is not enough (as on Azure).
+    assert client.get("/api/master-only").status_code == 401
+    refused = client.get("/api/master-only", headers={"x-functions-key": KEY})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "master_key_required"
+    assert client.get("/api/master-only", params={"code": MASTER}).json() == {"admin": True}
     assert client.get("/api/items/special").status_code == 200  # anonymous needs no key
 
 
@@ -127,6 +141,20 @@ def test_async_functions_share_one_loop_and_overlap(client: httpx.Client) -> Non
         results = list(pool.map(lambda n: client.get(f"/api/async/{n}"), range(16)))
     assert [r.json()["double"] for r in results] == [n * 2 for n in range(16)]
     assert len({r.json()["loop"] for r in results}) == 1
+
+
+def test_a_blocking_async_function_holds_the_loop_and_is_named_in_the_log(host: Service, client: httpx.Client) -> None:
+    """Async functions run on the worker's one dispatcher loop: while one blocks, another async function waits
+    (on Azure as here). devhost names the function that held the loop."""
+    with ThreadPoolExecutor(2) as pool:
+        blocking = pool.submit(client.get, "/api/async-blocking")
+        other = pool.submit(client.get, "/api/async/7")
+        assert blocking.result().json() == {"blocked": True} and other.result().json()["double"] == 14
+    assert host.log_path is not None
+    log = host.log_path.read_text()
+    held = [line for line in log.splitlines() if "name='invoke async_blocking'" in line and " took " in line]
+    assert held, "no slow-callback warning for async_blocking"
+    assert not [line for line in log.splitlines() if "name='invoke async_double'" in line and " took " in line]
 
 
 def test_sync_functions_run_on_the_workers_thread_pool(host: Service) -> None:
@@ -153,9 +181,11 @@ def test_unhandled_exception_is_generic_500_with_traceback_in_log(host: Service,
     assert "Traceback" in log and "secret detail that must not reach the client" in log
 
 
-def test_durable_webhooks_without_durable_functions_are_404(client: httpx.Client) -> None:
-    resp = client.get("/runtime/webhooks/durabletask/instances/abc")
-    assert resp.status_code == 404
+def test_durable_webhooks_need_the_system_key_and_are_404_without_durable_functions(client: httpx.Client) -> None:
+    assert client.get("/runtime/webhooks/durabletask/instances/abc").status_code == 401
+    assert client.get("/runtime/webhooks/durabletask/instances/abc", params={"code": KEY}).status_code == 401
+    keyed = client.get("/runtime/webhooks/durabletask/instances/abc", params={"code": host_keys({}).durabletask})
+    assert keyed.status_code == 404
 
 
 def test_log_has_one_line_per_invocation_and_no_key(host: Service, client: httpx.Client) -> None:
@@ -169,7 +199,30 @@ def test_log_has_one_line_per_invocation_and_no_key(host: Service, client: httpx
     assert KEY not in log
 
 
-def test_sigterm_stops_cleanly_with_exit_0(artifacts_dir: Path) -> None:
+def test_sigterm_stops_cleanly_with_exit_0_and_http_concurrency_defaults_to_flex_s_1(artifacts_dir: Path) -> None:
+    """Unset, per-instance HTTP concurrency is Flex Consumption's default for Python: one request at a time."""
     svc = start_devhost(APP_DIR, {"DEVHOST_FUNCTION_KEY": KEY}, ready_path="/api/items/special")
+    with httpx.Client(base_url=svc.url, timeout=30) as c, ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: c.get("/api/slow", params={"seconds": "0.2"}), range(6)))
+        assert all(r.status_code == 200 for r in results)
+        assert c.get("/api/slow/stats").json()["peak"] == 1
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(15) == 0
+
+
+def test_routes_under_the_hosts_own_prefixes_are_refused_at_start(tmp_path: Path) -> None:
+    """azure-functions-host refuses a route starting with `admin` (its key and status API) or `runtime`."""
+    for route in ("admin/keys", "administration", "runtime/status"):
+        (tmp_path / "function_app.py").write_text(
+            "import azure.functions as func\n"
+            "app = func.FunctionApp()\n"
+            f"@app.route(route={route!r})\n"
+            "def clash(req: func.HttpRequest) -> func.HttpResponse:\n"
+            "    return func.HttpResponse('no')\n"
+        )
+        started = subprocess.run(
+            [sys.executable, "-m", "devhost", "--app-dir", str(tmp_path), "--port", str(free_port()),
+             "--no-local-settings"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert started.returncode == 3, started.stderr
+        assert "conflicts with one or more built in routes" in started.stderr and "function clash" in started.stderr

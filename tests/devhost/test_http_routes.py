@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from devhost.http import HttpRoute, RouteConflict, build_routes
+from devhost.loader import FunctionIndex, FunctionInfo
 from devhost.routes import RouteTemplate, split_path
 
 
@@ -59,3 +63,36 @@ def test_precedence_orders_literal_then_constrained_then_param_then_catch_all() 
 def test_invalid_templates_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         RouteTemplate.parse(bad)
+
+
+def _index(*routes: str) -> FunctionIndex:
+    functions = {
+        f"fn{i}": FunctionInfo(f"fn{i}", f"id-{i}", {"type": "httpTrigger", "route": r, "authLevel": "anonymous"}, [])
+        for i, r in enumerate(routes)
+    }
+    return FunctionIndex(functions, Path("."), None)  # type: ignore[arg-type]  # routing never touches the worker
+
+
+def _routed(routes: list[HttpRoute], path: str) -> str | None:
+    matched = [r.function.name for r in routes if r.template.match(split_path(path)) is not None]
+    return matched[0] if matched else None
+
+
+def test_route_prefix_is_prepended_and_an_empty_prefix_serves_routes_at_the_root() -> None:
+    """As the host's WebJobsRouteBuilder: `<prefix>/<route>`, or the route alone for routePrefix ""."""
+    api = build_routes(_index("items/{id}", "v1/{*path}"), "api")
+    assert [r.template.template for r in api] == ["api/items/{id}", "api/v1/{*path}"]
+    assert _routed(api, "/v1/payment_intents") is None and _routed(api, "/api/v1/payment_intents") == "fn1"
+    root = build_routes(_index("api/items/{id}", "v1/{*path}"), "")
+    assert _routed(root, "/v1/payment_intents") == "fn1" and _routed(root, "/api/items/7") == "fn0"
+    assert _routed(root, "/items/7") is None
+
+
+@pytest.mark.parametrize("route", ["admin/keys", "Admin", "administration/x", "runtime/webhooks/x", "/runtimeinfo"])
+def test_routes_the_host_reserves_are_refused_whatever_the_prefix(route: str) -> None:
+    """ScriptHost.ValidateHttpFunction: a route starting with `admin` or `runtime` (prefix not counted) is an error;
+    devhost refuses the whole app (stricter than Azure, which serves the other functions)."""
+    for prefix in ("", "api"):
+        with pytest.raises(RouteConflict, match=r"function fn0: .*conflicts with one or more built in routes"):
+            build_routes(_index(route, "api/ok"), prefix)
+    assert [r.template.template for r in build_routes(_index("ok", "api/ok"), "api")] == ["api/ok", "api/api/ok"]

@@ -1,5 +1,5 @@
-"""`make run` itself: it comes up healthy, its printed example and `scripts/smoke.sh` pass
-against it, and Ctrl-C stops everything it started.
+"""`make run` itself: it comes up healthy, its printed examples (curl, stripe-node, stripe-python)
+and `scripts/smoke.sh` pass against it, and Ctrl-C stops everything it started.
 
 It uses the fixed ports of the README (Azurite 10000–10002, localstripe 8420), reusing
 them when a developer's own `make run` already holds them, and the app on a free port.
@@ -56,9 +56,14 @@ def test_make_run_serves_the_printed_example_and_ctrl_c_stops_everything_it_star
         assert ran.returncode == 0, ran.stderr
         lines = ran.stdout.splitlines()
         assert lines[-1] == "vk_", ran.stdout  # the example's first step got a vault key
-        charged = json.loads(ran.stdout.rsplit("\nvk_", 1)[0])
+        out = ran.stdout.rsplit("\nvk_", 1)[0]
+        # After curl's JSON, the stripe-node and stripe-python examples each print "<id> succeeded".
+        sdk_ids = re.findall(r"^(pi_\w+) succeeded$", out, re.MULTILINE)
+        assert len(sdk_ids) == 2, out
+        charged = json.loads(out[: out.index(f"{sdk_ids[0]} succeeded")])
         assert charged["object"] == "payment_intent" and charged["status"] == "succeeded"
         assert charged["amount"] == 1200
+        assert len({charged["id"], *sdk_ids}) == 3  # three charges: curl, Node, Python
 
         # The deploy smoke test (issue a key, health, revoke, denied) passes against it too.
         smoke = subprocess.run(["bash", "scripts/smoke.sh", f"http://127.0.0.1:{port}", "local-dev-function-key"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -114,10 +115,21 @@ def test_base64_message_is_consumed_and_output_written(queue_app: QueueApp, resu
     assert [a["dequeue_count"] for a in queue_app.attempts(body)] == [1]
 
 
-def test_plain_text_message_that_is_not_base64_is_accepted(queue_app: QueueApp, results: ResultReader) -> None:
+def test_a_message_that_is_not_base64_goes_to_poison_untried(queue_app: QueueApp, results: ResultReader) -> None:
+    """The queues extension 5.x cannot decode it, so it moves it to `-poison` without calling the function."""
     body = f"plain text! {uuid.uuid4().hex}"  # spaces and "!" make it invalid base64
     queue_app.queue(queue_app.work_queue, base64=False).send_message(body)
-    wait_for(lambda: results.find(body.upper()), what="result of a plain-text message")
+    poison = queue_app.queue(f"{queue_app.work_queue}-poison", base64=False)
+
+    def poisoned() -> list[str]:
+        try:
+            return [m.content for m in poison.peek_messages(max_messages=32) if m.content == body]
+        except ResourceNotFoundError:
+            return []
+
+    assert wait_for(poisoned, what="poisoned plain-text message") == [body]  # the original text, unchanged
+    assert queue_app.attempts(body) == []  # the function never ran
+    assert results.find(body.upper()) == []
 
 
 def test_http_output_binding_list_feeds_the_trigger(queue_app: QueueApp, results: ResultReader) -> None:
@@ -132,15 +144,16 @@ def test_http_output_binding_list_feeds_the_trigger(queue_app: QueueApp, results
 def test_failing_message_goes_to_poison_after_max_dequeue_count(queue_app: QueueApp, results: ResultReader) -> None:
     body = f"fail {uuid.uuid4().hex}"
     queue_app.queue(queue_app.work_queue).send_message(body.encode())
-    poison = queue_app.queue(f"{queue_app.work_queue}-poison")
+    poison = queue_app.queue(f"{queue_app.work_queue}-poison", base64=False)  # it may hold non-base64 messages too
+    text = base64.b64encode(body.encode()).decode()
 
-    def poisoned() -> list[bytes]:
+    def poisoned() -> list[str]:
         try:
-            return [m.content for m in poison.peek_messages(max_messages=32) if m.content == body.encode()]
+            return [m.content for m in poison.peek_messages(max_messages=32) if m.content == text]
         except ResourceNotFoundError:  # the poison queue does not exist until the first poison message
             return []
 
-    assert wait_for(poisoned, what="poison message") == [body.encode()]
+    assert wait_for(poisoned, what="poison message") == [text]
     assert [a["dequeue_count"] for a in queue_app.attempts(body)] == list(range(1, MAX_DEQUEUE + 1))
     assert queue_length(queue_app.queue(queue_app.work_queue)) == 0
     assert results.find(body.upper()) == []  # a failed invocation sends no output

@@ -29,8 +29,11 @@ def _check_seeding(url: str) -> None:
     assert all(c.get("default_source") or c.get("sources") for c in stored)  # chargeable: a card is attached
 
 
-def test_banner_shows_ports_key_and_a_curl_example() -> None:
+def test_banner_shows_ports_key_and_curl_node_and_python_examples() -> None:
     text = banner(host_kind="devhost", azurite="started", stripe="started", customers=["cus_1"], key="k-123")
-    for needle in (":7071", ":10000", ":10001", ":10002", ":8420", "k-123", "/api/vault/keys", "payment_intents"):
+    for needle in (":7071", ":10000", ":10001", ":10002", ":8420", "k-123", "/api/vault/keys", "payment_intents",
+                   "localhost:7071/v1/payment_intents",  # the proxy at Stripe's own paths, the host's root
+                   "new Stripe(process.env.VK, {host: 'localhost', port: 7071, protocol: 'http'})",
+                   "stripe.StripeClient(os.environ['VK'], base_addresses={'api': 'http://localhost:7071'})"):
         assert needle in text
     assert "sk_test" not in text  # the Stripe secret is never printed

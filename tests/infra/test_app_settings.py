@@ -47,6 +47,7 @@ LOCAL_ONLY: dict[str, str] = {
     "FUNCTIONS_WORKER_RUNTIME": "read by `func start`; Flex Consumption takes the runtime from functionAppConfig",
     "AzureWebJobsFeatureFlags": "read by `func start` (worker indexing is the default on Azure)",
     "DEVHOST_FUNCTION_KEY": "read by devhost, the local stand-in for the Functions host's keys",
+    "DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY": "read by devhost: on Azure it is function.bicep's perInstanceConcurrency",
 }
 
 ENV_READERS = {"get", "getenv", "setdefault", "pop"}
@@ -164,3 +165,12 @@ def test_the_worker_pool_outnumbers_concurrent_activities() -> None:
     sample = json.loads((REPO_ROOT / "local.settings.sample.json").read_text())["Values"]
     assert pool > activities
     assert int(sample["PYTHON_THREADPOOL_THREAD_COUNT"]) == pool
+
+
+def test_devhost_runs_as_many_http_requests_per_instance_as_flex_is_told() -> None:
+    """function.bicep's perInstanceConcurrency (Flex's default for Python is 1) and devhost's setting agree."""
+    function = (REPO_ROOT / "infra" / "app" / "function.bicep").read_text()
+    flex = int(re.search(r"param httpPerInstanceConcurrency int = (\d+)", function).group(1))  # type: ignore[union-attr]
+    assert "perInstanceConcurrency: httpPerInstanceConcurrency" in function
+    sample = json.loads((REPO_ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert int(sample["DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY"]) == flex

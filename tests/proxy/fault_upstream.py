@@ -6,12 +6,19 @@ Tests point the app's STRIPE_API_BASE at it and arm one fault at a time::
 
 Faults: ``drop_after_forward`` (Stripe did the work, the connection dies before the
 answer), ``sleep_after_forward`` (answer later than the app's timeout),
-``500_after_forward`` (Stripe did the work but answers 500) and ``refuse`` (answer
-500 without forwarding).
+``500_after_forward`` (Stripe did the work but answers 500), ``refuse`` (answer
+500 without forwarding), ``409_in_use`` (Stripe's answer while an earlier request with the
+same idempotency key is still running: 409 ``idempotency_key_in_use``, not forwarded),
+``trickle_after_forward`` (Stripe did the work; the answer arrives a few bytes at a time,
+each within any per-read timeout, the whole far later than the proxy's deadline) and
+``raw_utf8`` (the answer re-serialised with non-ASCII characters as raw UTF-8: JSON allows
+both, and localstripe escapes them while a real encoder may not; the UTF-16 size of a
+stored answer depends on it).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -77,6 +84,12 @@ class FaultUpstream:
         if mode == "refuse":
             self._answer(h, 500, b'{"error": {"type": "api_error", "message": "injected"}}', "application/json")
             return
+        if mode == "409_in_use":
+            self._answer(h, 409, json.dumps({"error": {
+                "type": "invalid_request_error", "code": "idempotency_key_in_use",
+                "message": "There is currently another in-progress request using this Idempotent Key."}}).encode(),
+                "application/json")
+            return
         headers = {k: v for k, v in h.headers.items() if k.lower() in ("authorization", "content-type", "idempotency-key")}
         resp = httpx.request(h.command, self.target + h.path, headers=headers, content=body, timeout=30)
         with self._lock:
@@ -87,8 +100,27 @@ class FaultUpstream:
             return
         if mode == "sleep_after_forward":
             time.sleep(self.sleep_seconds)
+        if mode == "trickle_after_forward":
+            self._trickle(h, resp.status_code, resp.content)
+            return
+        content = resp.content
+        if mode == "raw_utf8":
+            content = json.dumps(resp.json(), indent=2, sort_keys=True, ensure_ascii=False).encode()
         status = 500 if mode == "500_after_forward" else resp.status_code
-        self._answer(h, status, resp.content, resp.headers.get("content-type", "application/json"))
+        self._answer(h, status, content, resp.headers.get("content-type", "application/json"))
+
+    def _trickle(self, h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            for i in range(0, len(body), 16):  # ~2 KB: over 30 s, each piece within 0.25 s
+                h.wfile.write(body[i:i + 16])
+                h.wfile.flush()
+                time.sleep(0.25)
+        except OSError:
+            pass
 
     @staticmethod
     def _answer(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from core.errors import SpendgateError
 from devhost.seed import count_objects
-from proxy.stripe_request import build_request, parse_params
+from proxy.stripe_request import MAX_BODY_BYTES, build_request, parse_params
 from tests.conftest import STRIPE_TEST_SECRET, AppStack
 from tests.proxy.conftest import key_request
 
@@ -96,7 +96,7 @@ def cases(vault_key: str) -> list[tuple[str, str, dict[str, str], bytes, int, st
         ("POST", pi, {**auth, "Content-Type": "application/json"}, b'{"amount": 1e2, "currency": "usd"}', 400, "amount_invalid"),
         ("POST", pi, {**auth, "Content-Type": "text/xml"}, b"<a/>", 400, "body_invalid"),
         ("POST", pi, auth, b"\xff\xfe\xfd", 400, "body_invalid"),
-        ("POST", pi, auth, b"a=" + b"x" * (64 * 1024), 413, "body_too_large"),
+        ("POST", pi, auth, b"a=" + b"x" * MAX_BODY_BYTES, 413, "body_too_large"),
         ("POST", pi + "?amount=99999", auth, body, 400, "body_invalid"),
         ("POST", pi, {**auth, "Idempotency-Key": "x" * 300}, body, 400, "body_invalid"),
         ("POST", "/api/stripe/v1/transfers", auth, b"amount=100&currency=usd", 403, "endpoint_not_allowed"),
@@ -107,9 +107,30 @@ def cases(vault_key: str) -> list[tuple[str, str, dict[str, str], bytes, int, st
         ("GET", "/api/stripe/v1/payment_intents%2Fpi_1", auth, b"", 400, "path_invalid"),
         ("GET", "/api/stripe/v1/payment_intents/%2e%2e", auth, b"", 400, "path_invalid"),
         ("GET", "/api/stripe//v1/payment_intents", auth, b"", 400, "path_invalid"),
-        ("GET", "/api/stripe/v2/payment_intents", auth, b"", 400, "path_invalid"),
+        ("GET", "/api/stripe/v2/payment_intents", auth, b"", 400, "api_v2_not_supported"),
+        # The same rules at Stripe's own paths, the root of the host (one pipeline behind both routes).
+        ("POST", "/v2/core/events", {**auth, "Content-Type": "application/json"}, b"{}", 400, "api_v2_not_supported"),
+        ("GET", "/V1/payment_intents", auth, b"", 400, "path_invalid"),
+        ("GET", "/v1/payment_intents%2Fpi_1", auth, b"", 400, "path_invalid"),
+        ("GET", "/v1/payment_intents/%2e%2e", auth, b"", 400, "path_invalid"),
+        ("GET", "/v1/customers", auth, b"", 403, "endpoint_not_allowed"),
+        ("POST", "/v1/payment_intents?amount=99999", auth, body, 400, "body_invalid"),
         ("GET", "/api/stripe/v1/payment_intents/pi\\1", auth, b"", 400, "path_invalid"),
         ("GET", "/api/stripe/v1/payment_intents?limit=1&limit=2", auth, b"", 400, "body_invalid"),
+        # issue 13: each is refused before anything is reserved
+        ("POST", pi, {**auth, "Stripe-Version": "2026-10-28.endive\u00e9"}, body, 400, "header_invalid"),  # case 8
+        ("POST", pi, {**auth, "Content-Type": "application/json"},
+         b'{"amount": 100, "currency": "usd", "x": ' + b'{"a":' * 990 + b"1" + b"}" * 991, 400, "body_invalid"),  # 9
+        ("POST", pi, auth, body + b"&expand[]=customer", 403, "expand_not_allowed"),  # case 10
+        ("GET", "/api/stripe/v1/payment_intents?expand[]=data.customer", auth, b"", 403, "expand_not_allowed"),
+        ("GET", "/api/stripe/v1/payment_intents/search?query=status:'succeeded'", auth, b"", 403,
+         "endpoint_not_allowed"),  # case 11
+        ("POST", pi, {**auth, "Stripe-Version": "2014-01-31"}, body, 400, "stripe_version_not_supported"),  # 12
+        ("POST", pi, auth, body + b"&metadata[spendgate_idem]=", 400, "parameter_not_allowed"),  # case 3
+        ("POST", pi, auth, body + b"&metadata=", 400, "parameter_not_allowed"),
+        ("POST", pi, auth, b"amount=100&currency=usd", 400, "parameter_not_allowed"),  # no confirm
+        ("POST", "/api/stripe/v1/customers/cus_1/subscriptions", auth, b"items[0][price]=p", 403,
+         "endpoint_not_allowed"),  # case 2
         ("PUT", pi, auth, body, 405, "method_not_allowed"),
         ("PATCH", pi, auth, body, 405, "method_not_allowed"),
         ("OPTIONS", pi, auth, b"", 405, "method_not_allowed"),

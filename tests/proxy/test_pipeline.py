@@ -19,6 +19,7 @@ from azure.data.tables import TableServiceClient
 
 from proxy.forward import ProxyDeps, ProxyResponse, handle_proxy_request
 from proxy.store import Counters, LedgerStore
+from proxy.vault import VaultService
 from tests.proxy.conftest import Domain, key_request, new_tag, pi_params, tagged_objects
 from tests.proxy.fault_upstream import FaultUpstream
 
@@ -190,7 +191,14 @@ def test_admin_reconcile_resolves_ambiguous_reservations(domain: Domain, fault: 
     assert domain.vault.describe(k["key_id"])["pending_cents"] == 1700
     result = domain.vault.reconcile(k["key_id"])
     outcomes = sorted((r["idempotency_key"], r["outcome"]) for r in result["resolved"])
-    assert outcomes == [("a", "settled"), ("b", "released")]
+    # "b" is not found, but Stripe may still act on its key: it stays pending (issue 13, case 3).
+    assert outcomes == [("a", "settled"), ("b", "pending")]
+    view = domain.vault.describe(k["key_id"])
+    assert (view["spent_cents"], view["pending_cents"]) == (1000, 700)
+    # Once its lease and Stripe's 24 h window have passed, a lookup that still finds nothing is conclusive.
+    later = VaultService(domain.tables, domain.settings, lambda: now() + timedelta(hours=24, minutes=2),
+                         stripe_http=domain.stripe_http)
+    assert [(r["idempotency_key"], r["outcome"]) for r in later.reconcile(k["key_id"])["resolved"]] == [("b", "released")]
     view = domain.vault.describe(k["key_id"])
     assert (view["spent_cents"], view["pending_cents"]) == (1000, 0)
     replay = charge(faulty, k["vault_key"], pi_params(1000, tag), key="a")
@@ -263,14 +271,25 @@ def test_json_body_is_forwarded_as_stripe_form_encoding(domain: Domain) -> None:
     assert domain.vault.describe(k["key_id"])["spent_cents"] == 1100
 
 
-def test_refunds_do_not_add_to_spend(domain: Domain) -> None:
-    k = domain.vault.issue(key_request(daily_usd_cap=20))
+def test_refunds_count_against_the_cap_priced_from_the_charge_when_no_amount_is_given(domain: Domain) -> None:
+    """Money leaving the account is spend too; an amount-less refund costs what is left of the charge."""
+    k = domain.vault.issue(key_request(daily_usd_cap=45))
     pi = charge(domain.deps, k["vault_key"], pi_params(2000, new_tag())).json()
+    charge_id = pi["latest_charge"]["id"] if isinstance(pi["latest_charge"], dict) else pi["latest_charge"]  # localstripe expands it
     headers = {"Authorization": f"Bearer {k['vault_key']}", "Content-Type": "application/x-www-form-urlencoded"}
-    r = handle_proxy_request(domain.deps, "POST", "v1/refunds", headers, f"payment_intent={pi['id']}".encode())
-    assert r.status == 200 and r.json()["object"] == "refund"
+    part = handle_proxy_request(domain.deps, "POST", "v1/refunds", headers, f"payment_intent={pi['id']}&amount=500".encode())
+    assert part.status == 200 and part.json()["amount"] == 500
+    rest = handle_proxy_request(domain.deps, "POST", "v1/refunds", headers,
+                                f"charge={charge_id}".encode())
+    assert rest.status == 200 and rest.json()["object"] == "refund"
     view = domain.vault.describe(k["key_id"])
-    assert (view["spent_cents"], view["pending_cents"]) == (2000, 0)
+    # Priced at what the charge had left (amount − amount_refunded = 1500), read just before reserving.
+    assert (view["spent_cents"], view["pending_cents"]) == (2000 + 500 + 1500, 0)
+    over = handle_proxy_request(domain.deps, "POST", "v1/refunds", headers, f"payment_intent={pi['id']}&amount=1000".encode())
+    assert (over.status, over.json()["error"]["code"]) == (402, "spend_cap_exceeded")
+    refunds = [r for r in domain.stripe_http.get("/v1/refunds", params={"charge": charge_id},
+               headers={"Authorization": f"Bearer {domain.settings.stripe_secret_key}"}).json()["data"]]
+    assert len(refunds) == 2
 
 
 def test_auto_idempotency_can_be_turned_off_per_key(domain: Domain) -> None:

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.errors import SpendgateError
-from proxy.policy import Endpoint, parse_duration, parse_policy, unmetered_money_endpoint
+from proxy.endpoints import READ, REFUSED, TABLE, classify, grantable
+from proxy.policy import Endpoint, allowed_rule, parse_duration, parse_policy
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -27,7 +28,7 @@ def test_valid_policy_is_parsed_into_cents_and_expiry() -> None:
     assert p.expires_at == NOW + timedelta(hours=2)
     assert p.metadata == {"run": "7"} and p.auto_idempotency is True
     assert p.allows("GET", "/v1/charges/ch_1") and not p.allows("GET", "/v1/charges/ch_1/refunds")
-    assert not p.allows("POST", "/v1/charges")
+    assert not p.allows("POST", "/v1/charges") and not p.allows("GET", "/v1/charges/search")
 
 
 def test_expires_at_iso() -> None:
@@ -71,27 +72,57 @@ def test_invalid_policies_are_refused_with_the_field_named(overrides: dict[str, 
     assert err.value.param == param
 
 
-@pytest.mark.parametrize(
-    "entry",
-    ["POST /v1/transfers", "POST /v1/payouts", "POST /v1/*", "POST /v1/payment_intents/*/confirm",
-     "POST /v1/*/*/capture", "POST /v1/invoices/*/pay", "POST /v1/checkout/sessions", "POST /v1/payment_intents/*"],
-)
-def test_money_moving_endpoints_without_a_readable_amount_are_refused(entry: str) -> None:
+# Issue 13, case 1: the 23 entries an attacker got issued while the policy was a denylist.
+CASE_1_ENTRIES = [
+    "POST /v1/customers/*/subscriptions", "POST /v1/customers/*/*", "POST /v1/subscription_items/*",
+    "POST /v1/quotes/*/accept", "POST /v1/invoices/*/finalize", "POST /v1/treasury/outbound_payments",
+    "POST /v1/issuing/cards", "POST /v1/*/*/*/*", "DELETE /v1/subscriptions/*", "POST /v1/subscriptions",
+    "POST /v1/subscription_items", "POST /v1/invoices", "POST /v1/invoices/*/pay", "POST /v1/payouts",
+    "POST /v1/transfers", "POST /v1/*", "POST /v1/*/*", "POST /v1/*/*/capture", "GET /v1/*",
+    "POST /v1/payment_intents/*", "POST /v1/payment_intents/*/increment_authorization",
+    "POST /v1/checkout/sessions", "POST /v1/customers",
+]
+
+
+@pytest.mark.parametrize("entry", CASE_1_ENTRIES)
+def test_only_endpoints_from_the_table_can_be_issued(entry: str) -> None:
+    """Case 1: anything the endpoint table does not read or meter is refused at issue time."""
     with pytest.raises(SpendgateError) as err:
         parse_policy(req(allowed_endpoints=["POST /v1/payment_intents", entry]), NOW)
-    assert err.value.code == "policy_invalid" and "cannot" in err.value.message and "fail closed" in err.value.message
+    assert err.value.code == "policy_invalid" and "fail closed" in err.value.message
+    assert err.value.param == "allowed_endpoints[1]"
 
 
-def test_metered_and_read_only_endpoints_are_accepted() -> None:
-    p = parse_policy(req(allowed_endpoints=["POST /v1/charges", "POST /v1/refunds", "GET /v1/*", "POST /v1/customers"]), NOW)
-    assert len(p.allowed_endpoints) == 4
+def test_every_grantable_table_entry_can_be_issued() -> None:
+    p = parse_policy(req(allowed_endpoints=grantable()), NOW)
+    assert len(p.allowed_endpoints) == len(grantable())
+    assert "POST /v1/payment_intents/*/confirm" in grantable() and "POST /v1/refunds" in grantable()
+    assert not any(r.access == REFUSED and str(r) in grantable() for r in TABLE)
+
+
+def test_search_and_sub_resources_are_their_own_endpoints() -> None:
+    """Case 11: `GET /v1/payment_intents/*` does not reach `/v1/payment_intents/search`."""
+    allowed = ("GET /v1/payment_intents/*",)
+    assert allowed_rule(allowed, "GET", "/v1/payment_intents/pi_123") is not None
+    assert allowed_rule(allowed, "GET", "/v1/payment_intents/search") is None
+    assert allowed_rule(("GET /v1/payment_intents/search",), "GET", "/v1/payment_intents/search") is not None
+    assert allowed_rule(("GET /v1/customers/*",), "GET", "/v1/customers/cus_1/payment_methods") is None
+    search = classify("GET", "/v1/charges/search")
+    assert search is not None and search.access == READ and search.is_list
+
+
+def test_a_stored_entry_the_table_does_not_know_grants_nothing() -> None:
+    """Keys issued before the table (say with ``POST /v1/*``) reach nothing the table refuses."""
+    legacy = ("POST /v1/*", "GET /v1/*", "POST /v1/customers/*/*")
+    for method, path in [("POST", "/v1/customers/cus_1/subscriptions"), ("POST", "/v1/transfers"),
+                         ("GET", "/v1/customers"), ("POST", "/v1/payment_intents")]:
+        assert allowed_rule(legacy, method, path) is None
 
 
 def test_endpoint_matching_uses_one_segment_per_star() -> None:
     e = Endpoint.parse("GET /v1/charges/*")
     assert e.matches("GET", "/v1/charges/ch_1")
     assert not e.matches("GET", "/v1/charges") and not e.matches("POST", "/v1/charges/ch_1")
-    assert unmetered_money_endpoint("POST", "/v1/transfers") and not unmetered_money_endpoint("POST", "/v1/charges")
 
 
 def test_durations() -> None:

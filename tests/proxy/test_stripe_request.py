@@ -7,9 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import SpendgateError
+from proxy.endpoints import classify
 from proxy.stripe_request import (
     MARKER_PARAM,
+    MAX_BODY_BYTES,
     build_request,
+    check_expand,
+    check_headers,
+    check_stripe_version,
     forward_body,
     parse_params,
     parse_query,
@@ -42,8 +47,9 @@ def test_traversal_and_odd_paths_are_refused(route: str | None, raw: str | None)
 
 
 def test_form_and_json_give_the_same_params_and_fingerprint() -> None:
-    form = parse_params(b"amount=2900&currency=usd&metadata[plan]=pro&expand[]=x", "application/x-www-form-urlencoded")
-    js = parse_params(b'{"amount": 2900, "currency": "usd", "metadata": {"plan": "pro"}, "expand": ["x"]}',
+    form = parse_params(b"amount=2900&currency=usd&confirm=true&metadata[plan]=pro&expand[]=x",
+                        "application/x-www-form-urlencoded")
+    js = parse_params(b'{"amount": 2900, "currency": "usd", "confirm": true, "metadata": {"plan": "pro"}, "expand": ["x"]}',
                       "application/json")
     a, b = build_request("POST", "/v1/payment_intents", form), build_request("POST", "/v1/payment_intents", js)
     assert a.amount_cents == b.amount_cents == 2900 and a.metered_amount == 2900
@@ -71,7 +77,18 @@ def test_form_and_json_give_the_same_params_and_fingerprint() -> None:
         (b"{not json", "application/json", "body_invalid"),
         (b"[1,2]", "application/json", "body_invalid"),
         (b"amount=100", "multipart/form-data", "body_invalid"),
-        (b"a" * (64 * 1024 + 1), None, "body_too_large"),
+        (b"a" * (MAX_BODY_BYTES + 1), None, "body_too_large"),
+        (b"amount=2900&currency=usd", None, "parameter_not_allowed"),
+        (b"amount=2900&currency=usd&confirm=false", None, "parameter_not_allowed"),
+        (b"amount=2900&currency=usd&confirm=true&metadata[spendgate_idem]=", None, "parameter_not_allowed"),
+        (b"amount=2900&currency=usd&confirm=true&metadata[spendgate_idem]=abc", None, "parameter_not_allowed"),
+        (b'{"amount": 2900, "currency": "usd", "confirm": true, "metadata": {"spendgate_idem": "x"}}',
+         "application/json", "parameter_not_allowed"),
+        (b"amount=2900&currency=usd&confirm=true&metadata=", None, "parameter_not_allowed"),
+        (b'{"a":' * 990 + b"1" + b"}" * 990, "application/json", "body_invalid"),
+        (b'{"amount": 2900, "currency": "usd", "confirm": true, "x": ' + b"[" * 9 + b"]" * 9 + b"}",
+         "application/json", "body_invalid"),
+        (b"amount=2900&currency=usd&confirm=true&a" + b"[x]" * 9 + b"=1", None, "body_invalid"),
     ],
 )
 def test_bad_bodies(body: bytes, ctype: str | None, code: str) -> None:
@@ -80,17 +97,78 @@ def test_bad_bodies(body: bytes, ctype: str | None, code: str) -> None:
     assert err.value.code == code and 400 <= err.value.status < 500
 
 
-def test_refund_amount_is_optional_and_never_metered() -> None:
+def test_refund_amount_is_optional_and_metered() -> None:
+    """Refunds count against the cap; without an amount it is read from Stripe later (pricing)."""
     r = build_request("POST", "/v1/refunds", parse_params(b"payment_intent=pi_1", None))
-    assert r.kind == "refund" and r.metered_amount == 0
+    assert r.kind == "refund" and r.amount_cents is None and r.marked
     r = build_request("POST", "/v1/refunds", parse_params(b"payment_intent=pi_1&amount=100", None))
-    assert r.amount_cents == 100 and r.metered_amount == 0
+    assert r.amount_cents == 100 and r.metered_amount == 100
 
 
-def test_marker_is_appended_once() -> None:
+def test_confirm_and_capture_are_priced_later() -> None:
+    confirm = build_request("POST", "/v1/payment_intents/pi_1/confirm", [])
+    assert confirm.kind == "intent" and confirm.amount_cents is None and not confirm.marked
+    capture = build_request("POST", "/v1/payment_intents/pi_1/capture", [("amount_to_capture", "500")])
+    assert capture.kind == "capture" and capture.amount_cents == 500
+    assert build_request("POST", "/v1/payment_intents/pi_1/cancel", []).metered_amount == 0
+
+
+def test_the_marker_is_only_ever_the_proxys() -> None:
     params = [("amount", "1"), ("metadata[a b]", "x")]
     assert forward_body(params, "m1").decode().endswith("metadata%5Bspendgate_idem%5D=m1")
     assert forward_body([*params, (MARKER_PARAM, "mine")], "m1").decode().count("spendgate_idem") == 1
+    assert "mine" not in forward_body([*params, (MARKER_PARAM, "mine")], "m1").decode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"stripe-version": "2026-10-28.endive\xe9"}, "header_invalid"),  # case 8
+        ({"idempotency-key": "caf\u00e9"}, "header_invalid"),
+        ({"content-type": "application/json\x00"}, "header_invalid"),
+    ],
+)
+def test_header_values_must_be_printable_ascii(headers: dict[str, str], code: str) -> None:
+    with pytest.raises(SpendgateError) as err:
+        check_headers(headers)
+    assert err.value.code == code and err.value.status == 400
+
+
+def test_only_the_pinned_stripe_version_passes() -> None:
+    """Case 12: an old API version changes what endpoints do; it is refused, not forwarded."""
+    check_stripe_version(None, "2026-10-28.endive")
+    check_stripe_version("2026-10-28.endive", "2026-10-28.endive")
+    with pytest.raises(SpendgateError) as err:
+        check_stripe_version("2014-01-31", "2026-10-28.endive")
+    assert err.value.code == "stripe_version_not_supported" and err.value.headers()["Stripe-Should-Retry"] == "false"
+    assert "2026-10-28.endive" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expand", "readable", "ok"),
+    [
+        ("POST", "/v1/payment_intents", "customer", {"payment_intent"}, False),  # case 10
+        ("GET", "/v1/payment_intents/pi_1", "customer", {"payment_intent"}, False),
+        ("GET", "/v1/payment_intents", "data.customer", {"payment_intent"}, False),
+        ("GET", "/v1/payment_intents", "data.customer", {"payment_intent", "customer"}, True),
+        ("GET", "/v1/payment_intents", "customer", {"payment_intent", "customer"}, False),  # a list needs data.
+        ("GET", "/v1/payment_intents/pi_1", "latest_charge", {"payment_intent", "charge"}, True),
+        ("GET", "/v1/payment_intents/pi_1", "latest_charge.customer", {"payment_intent", "charge"}, False),
+        ("GET", "/v1/customers/cus_1", "invoice_settings.default_payment_method", {"customer", "payment_method"}, True),
+        ("GET", "/v1/payment_intents/pi_1", "invoice", {"payment_intent", "invoice"}, False),  # not expandable here
+    ],
+)
+def test_expand_only_into_objects_the_key_may_read(
+    method: str, path: str, expand: str, readable: set[str], ok: bool
+) -> None:
+    rule = classify(method, path)
+    assert rule is not None
+    if ok:
+        check_expand(rule, [("expand[]", expand)], readable)
+    else:
+        with pytest.raises(SpendgateError) as err:
+            check_expand(rule, [("expand[0]", expand)], readable)
+        assert err.value.code == "expand_not_allowed" and err.value.status == 403
 
 
 def test_query_strings() -> None:

@@ -80,7 +80,7 @@ def secure(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"secure": True})
 
 
-@app.route(route="admin-only", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+@app.route(route="master-only", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def admin_only(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"admin": True})
 
@@ -93,6 +93,13 @@ async def async_double(req: func.HttpRequest) -> func.HttpResponse:
 
 _lock = threading.Lock()
 _state = {"current": 0, "peak": 0, "done": 0}
+
+
+@app.route(route="async-blocking", methods=["GET"], auth_level=ANON)
+async def async_blocking(req: func.HttpRequest) -> func.HttpResponse:
+    """A mistake on purpose: a blocking call inside an async function holds the worker's one event loop."""
+    time.sleep(0.4)
+    return _json({"blocked": True})
 
 
 @app.route(route="slow", methods=["GET"], auth_level=ANON)
