@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 RUN_ARGS ?=   # e.g. make run RUN_ARGS="--port 7072"
 
-.PHONY: setup run test lint demo bench bench-storage bench-ledger bench-proxy bench-billing clean
+.PHONY: setup run test lint demo bench bench-storage bench-ledger bench-scaleout bench-proxy bench-billing clean
 
 # The venv is rebuilt when it is not 3.13 (an older checkout's 3.11 venv, say).
 $(VENV)/.python-3.13:
@@ -92,10 +92,13 @@ bench-storage: setup
 bench-ledger: setup
 	$(BIN)/python -m bench.ledger
 
+bench-scaleout: setup
+	$(BIN)/python -m bench.scaleout
+
 bench-proxy: setup
 	$(BIN)/python -m bench.proxy
 
 bench-billing: setup
 	$(BIN)/python -m bench.billing_run
 
-bench: bench-storage bench-ledger bench-proxy bench-billing
+bench: bench-storage bench-ledger bench-scaleout bench-proxy bench-billing

@@ -4,8 +4,10 @@ Run: ``python -m bench.ledger`` (or ``make bench-ledger``). Starts its own Azuri
 measures, at 1, 8, 32 and 64 concurrent callers on one key:
 
 - naive: read the cap row, check, update it with If-Match, retry on 412;
-- spendgate: `GroupLedger.reserve` exactly as the proxy calls it (the reservation with
-  its in_flight idempotency record create as the extra op), re-reading on Conflict;
+- spendgate: the proxy's ledger (`LeaseLedger`: group commit on this process's headroom
+  lease, proxy/leases.py; ``--ledger group`` measures the plain `GroupLedger` on the key row)
+  exactly as the proxy calls it (the reservation with its in_flight idempotency record create
+  as the extra op), re-reading on Conflict;
 - spendgate+read: the same, preceded by the proxy's per-request key+idempotency read;
 - raw: plain upserts to distinct entities (no contention: the machine's write ceiling).
 
@@ -35,6 +37,7 @@ from bench.common import new_key, reserve_ops, utcnow
 from core.errors import SpendgateError
 from core.settings import Settings
 from devhost.services import start_azurite
+from proxy.leases import LeaseLedger, partition_counters
 from proxy.ledger import GroupLedger
 from proxy.store import Conflict, LedgerStore
 
@@ -128,10 +131,10 @@ def naive_trial(table: TableClient, n: int, k: int) -> Trial:
                  reserved)
 
 
-def spendgate_trial(store: LedgerStore, n: int, k: int, *, with_read: bool) -> Trial:
+def spendgate_trial(store: LedgerStore, n: int, k: int, *, with_read: bool, kind: str = "proxy") -> Trial:
     day = utcnow().date().isoformat()
     key = new_key(store, k * AMOUNT)
-    ledger = GroupLedger(store)
+    ledger = GroupLedger(store) if kind == "group" else LeaseLedger(store, reaper=False)
     tally = Tally()
 
     def body(i: int, go: threading.Event) -> None:
@@ -156,14 +159,13 @@ def spendgate_trial(store: LedgerStore, n: int, k: int, *, with_read: bool) -> T
                 return
 
     start = run_callers(n, body)
-    row = store.read_key(key.key_id)
-    assert row is not None
+    reserved_cents = partition_counters(store, key.key_id, day).window_pending  # the key row and its leases
     records = store.idem_records(key.key_id, {"in_flight"})
     if len(records) != tally.admitted:
         raise AssertionError(f"{len(records)} idempotency records for {tally.admitted} admitted reservations")
     name = "spendgate ledger + key read" if with_read else "spendgate ledger"
     return Trial(name, n, tally.admitted, tally.refused, tally.conflicts, tally.last - start, k * AMOUNT,
-                 row.counters.window_pending, ledger.commits)
+                 reserved_cents, ledger.commits)
 
 
 def raw_trial(table: TableClient, n: int, seconds: float) -> Trial:
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--raw-seconds", type=float, default=2.5)
+    parser.add_argument("--ledger", choices=("proxy", "group"), default="proxy",
+                        help="proxy: the ledger the proxy uses (LeaseLedger); group: the plain GroupLedger")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     azurite = start_azurite()
@@ -204,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             trials.append(naive_trial(naive_table, n, 60 if n == 1 else 100))
             # ~1 s per contended trial: at ~2,000/s a 600-reservation trial lasted 0.3 s and one
             # scheduling hiccup on the 2 cores could swing its rate by a fifth.
-            trials.append(spendgate_trial(store, n, 150 if n == 1 else 2400, with_read=False))
-            trials.append(spendgate_trial(store, n, 150 if n == 1 else 400, with_read=True))
+            trials.append(spendgate_trial(store, n, 150 if n == 1 else 2400, with_read=False, kind=args.ledger))
+            trials.append(spendgate_trial(store, n, 150 if n == 1 else 400, with_read=True, kind=args.ledger))
             trials.append(raw_trial(raw_table, n, args.raw_seconds))
             for t in trials[-4:]:
                 print(f"  measured {t.method:<30} callers={n:<3} {t.rate:8.1f}/s", flush=True)

@@ -14,9 +14,11 @@ and wherever a process crashes (a crash leaves a reservation pending: too cautio
 never too generous).
 
 `Ledger` is the small interface the proxy uses. `TableLedger` commits each call on its
-own; `GroupLedger` (what the proxy uses, see docs/ledger.md) queues concurrent calls on
-the same key within one process and commits them together in ONE If-Match transaction,
-so throughput under contention no longer collapses into ETag conflicts.
+own; `GroupLedger` queues concurrent calls on the same key within one process and commits
+them together in ONE If-Match transaction, so throughput under contention no longer
+collapses into ETag conflicts. What the proxy uses is `proxy.leases.LeaseLedger`: the same
+group commit on the instance's own headroom lease row, so that many instances do not meet
+at the key row either (docs/ledger.md, "The cap across many instances").
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ from proxy.store import Conflict, Counters, KeyRecord, LedgerStore, Operation, o
 
 def current(c: Counters, day: str) -> Counters:
     """The counters as seen on `day`: a new UTC day starts with an empty window."""
-    return c if c.window_day == day else replace(c, window_day=day, window_spent=0, window_pending=0)
+    return c if c.window_day == day else replace(c, window_day=day, window_spent=0, window_pending=0,
+                                                 window_leased=0)
 
 
 def headroom(key: KeyRecord, day: str) -> int:
-    """Cents that may still be reserved on `day` (never negative)."""
+    """Cents that may still be reserved on `day` from the key row itself (never negative).
+
+    Cents granted to lease rows (proxy/leases.py) are not the key row's to give."""
     c = current(key.counters, day)
-    room = key.daily_cap_cents - c.window_spent - c.window_pending
+    room = key.daily_cap_cents - c.window_spent - c.window_pending - c.window_leased
     if key.total_cap_cents is not None:
-        room = min(room, key.total_cap_cents - c.total_spent - c.total_pending)
+        room = min(room, key.total_cap_cents - c.total_spent - c.total_pending - c.total_leased)
     return max(0, room)
 
 
@@ -56,17 +61,21 @@ def reserved(c: Counters, amount: int, day: str) -> Counters:
 
 
 def settled(c: Counters, amount: int, reserve_day: str) -> Counters:
-    """Pending → spent. A reservation from an older day moves only the lifetime totals."""
-    c = replace(c, total_pending=max(0, c.total_pending - amount), total_spent=c.total_spent + amount)
+    """Pending → spent. A reservation from an older day moves only the lifetime totals.
+
+    Not clamped at 0: with headroom leases a reservation's pending cents may sit on another
+    row of the partition than the one its settle lands on, so one row's pending can dip below
+    0 while the partition's sum stays exact (docs/ledger.md, "Pending is fungible")."""
+    c = replace(c, total_pending=c.total_pending - amount, total_spent=c.total_spent + amount)
     if reserve_day == c.window_day:
-        c = replace(c, window_pending=max(0, c.window_pending - amount), window_spent=c.window_spent + amount)
+        c = replace(c, window_pending=c.window_pending - amount, window_spent=c.window_spent + amount)
     return c
 
 
 def released(c: Counters, amount: int, reserve_day: str) -> Counters:
-    c = replace(c, total_pending=max(0, c.total_pending - amount))
+    c = replace(c, total_pending=c.total_pending - amount)
     if reserve_day == c.window_day:
-        c = replace(c, window_pending=max(0, c.window_pending - amount))
+        c = replace(c, window_pending=c.window_pending - amount)
     return c
 
 
@@ -198,7 +207,13 @@ class GroupLedger:
     # --- queueing and leadership ------------------------------------------------------
     def _lane(self, key_id: str) -> _Lane:
         with self._lanes_lock:
-            return self._lanes.setdefault(key_id, _Lane())
+            lane = self._lanes.get(key_id)
+            if lane is None:
+                lane = self._lanes[key_id] = self._new_lane()
+            return lane
+
+    def _new_lane(self) -> _Lane:
+        return _Lane()
 
     def _submit(self, intent: _Intent) -> list[str]:
         lane = self._lane(intent.key.key_id)
@@ -358,9 +373,12 @@ def _copy_error(exc: BaseException) -> BaseException:
 
 
 def shared_group_ledger(tables: TableServiceClient, store: LedgerStore) -> GroupLedger:
-    """The one GroupLedger per (table service, table) in this process, so every request
-    thread of the proxy queues on the same lanes."""
-    return per_ledger_table(tables, store, GroupLedger, store)
+    """The one ledger per (table service, table) in this process, so every request thread of
+    the proxy queues on the same lanes: a `LeaseLedger` (group commit on this instance's
+    headroom lease, proxy/leases.py), which gives its leases back when the process exits."""
+    from proxy.leases import LeaseLedger  # leases builds on this module
+
+    return per_ledger_table(tables, store, LeaseLedger.for_process, store)
 
 
 __all__ = [

@@ -8,6 +8,8 @@ about one key lives in one partition and can change in one entity-group transact
     key                           policy, secret hash, status, and the spend counters
     idem-<sha256(idem key)>       one idempotency record (in_flight / ambiguous / completed)
     audit-<inverted ms>-<req id>  one audit row per request (newest sorts first)
+    lease-<nn>                    a headroom lease: a slice of the cap one instance reserves
+                                  against (its fields: proxy/leases.py, docs/ledger.md)
 
 Requests whose vault key could not be authenticated are audited, by sample
 (proxy/noise.py), in the partition ``_unauthenticated``. A completed record's answer is
@@ -45,6 +47,7 @@ from proxy.answers import compact_answer, utf16_chunks
 KEY_ROW = "key"
 IDEM_PREFIX = "idem-"
 AUDIT_PREFIX = "audit-"
+LEASE_PREFIX = "lease-"
 UNAUTHENTICATED = "_unauthenticated"
 _INVERT_MS = 10**14
 
@@ -71,6 +74,9 @@ class Counters:
     window_pending: int = 0
     total_spent: int = 0
     total_pending: int = 0
+    window_leased: int = 0  # cents granted to lease rows for window_day (proxy/leases.py)
+    total_leased: int = 0  # cents granted to every lease row
+    leases: int = 0  # lease rows in the partition
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,7 @@ def _counters_entity(key_id: str, c: Counters) -> dict[str, Any]:
         "PartitionKey": key_id, "RowKey": KEY_ROW, "window_day": c.window_day,
         "window_spent": _i64(c.window_spent), "window_pending": _i64(c.window_pending),
         "total_spent": _i64(c.total_spent), "total_pending": _i64(c.total_pending),
+        "window_leased": _i64(c.window_leased), "total_leased": _i64(c.total_leased), "leases": _i64(c.leases),
     }
 
 
@@ -219,7 +226,8 @@ def key_from_entity(e: Any) -> KeyRecord:
         created_at=_dt(e["created_at"]), metadata=json.loads(e.get("metadata") or "{}"),  # type: ignore[arg-type]
         auto_idempotency=bool(e.get("auto_idempotency", True)), revoked_at=_dt(e.get("revoked_at")),
         counters=Counters(e.get("window_day", ""), _int(e.get("window_spent")), _int(e.get("window_pending")),
-                          _int(e.get("total_spent")), _int(e.get("total_pending"))),
+                          _int(e.get("total_spent")), _int(e.get("total_pending")), _int(e.get("window_leased")),
+                          _int(e.get("total_leased")), _int(e.get("leases"))),
         etag=e.metadata.get("etag") if hasattr(e, "metadata") else None,
     )
 
@@ -392,10 +400,40 @@ class LedgerStore:
         return replace(key, etag=etag)
 
     def mark_revoked(self, key_id: str, revoked_at: datetime) -> None:
-        """Unconditional merge of the status only: it changes the row's ETag, so every
-        reservation prepared from an earlier read fails its If-Match."""
-        entity = {"PartitionKey": key_id, "RowKey": KEY_ROW, "revoked_at": _iso(revoked_at)}
-        self._guard(lambda: self.table.update_entity(entity, mode=UpdateMode.MERGE))
+        """ONE entity-group transaction stamps `revoked_at` on the key row and on every lease row.
+
+        It changes every one of their ETags at once, so every reservation prepared from an
+        earlier read, on the key row or on a lease (proxy/leases.py), fails its If-Match. The
+        key row's If-Match (on the version read with the leases) makes sure no lease row was
+        added or removed in between: both change the key row."""
+        for _attempt in range(60):
+            key, leases = self.key_and_lease_entities(key_id)
+            if key is None:
+                return
+            stamp = {"revoked_at": _iso(revoked_at)}
+            ops: list[Operation] = [("update", {"PartitionKey": key_id, "RowKey": KEY_ROW, **stamp},
+                                     {"mode": UpdateMode.MERGE, "etag": key.metadata["etag"],
+                                      "match_condition": MatchConditions.IfNotModified})]
+            ops += [("update", {"PartitionKey": key_id, "RowKey": e["RowKey"], **stamp}, {"mode": UpdateMode.MERGE})
+                    for e in leases]
+            try:
+                self.submit(ops)
+                return
+            except Conflict:
+                continue
+        raise SpendgateError("governance_unavailable", "The key's rows kept changing; the revoke did not apply.")
+
+    def key_and_lease_entities(self, key_id: str) -> tuple[Any, list[Any]]:
+        """The key row and every lease row of the partition, in ONE range query: "key" < "lease-…" <
+        "lease." and no other row sorts between them (idem-…, audit-… sort before "key")."""
+        flt = f"PartitionKey eq @pk and RowKey ge '{KEY_ROW}' and RowKey lt 'lease.'"
+        rows = self._guard(lambda: list(self.table.query_entities(flt, parameters={"pk": key_id})))
+        key = next((r for r in rows if r["RowKey"] == KEY_ROW), None)
+        return key, [r for r in rows if r["RowKey"].startswith(LEASE_PREFIX)]
+
+    def read_row(self, key_id: str, row_key: str) -> Any:
+        """One row of the partition as the SDK returns it (None when absent)."""
+        return self._read_row(key_id, row_key, lambda e: e)
 
     def insert_audit(self, row: AuditRow) -> None:
         self.submit([op_create_audit(row)])

@@ -22,6 +22,7 @@ from proxy import keys
 from proxy.forward import ProxyDeps
 from proxy.holds import resolve_hold
 from proxy.idempotency import lookup_conclusive, taken_over
+from proxy.leases import with_leases
 from proxy.ledger import current, headroom
 from proxy.outcome import outcome_ops
 from proxy.policy import parse_policy
@@ -239,6 +240,7 @@ class VaultService:
 
     def _view(self, r: KeyRecord, now: datetime) -> dict[str, Any]:
         day = now.date().isoformat()
+        r = with_leases(self.store, r, day)  # what the key's lease rows hold counts too (proxy/leases.py)
         c = current(r.counters, day)
         return {
             "key_id": r.key_id, "vendor": r.vendor, "label": r.label, "status": r.status(now),
