@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 
 MAX_PROPERTY_BYTES = 60 * 1024  # the provider's limit: under Table Storage's 64 KiB, UTF-16
 
@@ -41,8 +41,9 @@ class LargePayloads:
     """Uploads, reads and deletes the blobs of one task hub."""
 
     def __init__(self, connection_string: str, task_hub: str) -> None:
-        # A few quick retries: the storage SDK's default waits 15 s, then longer, per attempt.
-        retry = ExponentialRetry(initial_backoff=0.3, increment_base=2, retry_total=3)
+        # Two quick retries for a blip: the storage SDK's default waits 15 s, then longer, per attempt, and
+        # the engine already retries a failed episode with its own backoff (then fails the instance).
+        retry = LinearRetry(backoff=0.5, retry_total=2, random_jitter_range=0.25)
         service = BlobServiceClient.from_connection_string(connection_string, retry_policy=retry)
         self.container: ContainerClient = service.get_container_client(container_name(task_hub))
         self._created = False
