@@ -17,7 +17,7 @@ answer `WhichOneof` as protobuf does.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 # --- values ------------------------------------------------------------------------------
@@ -327,7 +327,3 @@ class FunctionEnvironmentReloadResponse:
     capabilities: dict[str, str] = field(default_factory=dict)
     result: StatusResult | None = None
 
-
-def field_names(message: type) -> tuple[str, ...]:
-    """The fields a message class declares (for tests and debugging)."""
-    return tuple(f.name for f in fields(message))
