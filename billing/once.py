@@ -37,7 +37,7 @@ from billing.claims import MONEY_MAY_MOVE, Identity, Owner, Verdict
 from core.errors import SpendgateError
 from proxy.client import Outcome, ProxyResult
 from proxy.keys import parse_vault_key, secret_matches
-from proxy.policy import Endpoint
+from proxy.policy import allowed_rule
 from proxy.store import KeyRecord
 
 CHARGE_PATH = "/v1/payment_intents"
@@ -79,7 +79,7 @@ def charging_key(keys: Keys, vault_key: str | None, now: datetime) -> KeyRecord 
     record = keys.read_key(parsed.key_id)
     if record is None or not secret_matches(parsed.secret, record.secret_hash) or record.status(now) != "active":
         return None
-    if not any(Endpoint.parse(e).matches("POST", CHARGE_PATH) for e in record.allowed_endpoints):
+    if allowed_rule(record.allowed_endpoints, "POST", CHARGE_PATH) is None:  # the proxy's own check
         return None
     return record
 
