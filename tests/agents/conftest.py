@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from agents.tools import BillingTools
+from devhost.fake_foundry import FakeFoundry
 from devhost.seed import create_customer, iter_objects
-from tests.agents.fake_foundry import FakeFoundry
 from tests.conftest import STRIPE_TEST_SECRET, AppStack
 
 BILLING_ENDPOINTS = ["POST /v1/payment_intents"]

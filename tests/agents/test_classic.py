@@ -13,8 +13,8 @@ from azure.ai.agents.models import RunStatus
 
 from agents.classic import agents_client, azure_function_tools, build_toolset, create_billing_agent, run_message
 from agents.tools import ToolConfigurationError, charge_stripe
+from devhost.fake_foundry import FakeCredential, FakeFoundry
 from tests.agents.conftest import AgentStack
-from tests.agents.fake_foundry import FakeCredential, FakeFoundry
 
 
 @pytest.fixture
