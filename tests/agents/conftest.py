@@ -27,6 +27,8 @@ AUDIT_ENDPOINTS = [
     "GET /v1/charges/*",
     "GET /v1/charges",
     "GET /v1/customers/*",
+    "GET /v1/payment_methods",
+    "GET /v1/invoices/*",
 ]
 
 
