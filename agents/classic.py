@@ -83,13 +83,13 @@ def cancel_active_runs(client: AgentsClient, thread_id: str, *, wait_seconds: fl
     """Cancel every run still active on the thread and wait until none is; returns their ids."""
     cancelled = []
     for run in client.runs.list(thread_id=thread_id):
-        if str(run.status) in ACTIVE:
-            if str(run.status) != "cancelling":
+        if run.status in ACTIVE:
+            if run.status != "cancelling":
                 client.runs.cancel(thread_id=thread_id, run_id=run.id)
             cancelled.append(run.id)
     deadline = time.monotonic() + wait_seconds
     for run_id in cancelled:
-        while str(client.runs.get(thread_id=thread_id, run_id=run_id).status) in ACTIVE:
+        while client.runs.get(thread_id=thread_id, run_id=run_id).status in ACTIVE:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} on {thread_id} is still active after cancelling")
             time.sleep(0.5)

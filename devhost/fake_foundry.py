@@ -250,7 +250,9 @@ class FakeFoundry:
 
     # --- azure-core (local HTTP server) ----------------------------------------------------------
     def handle_core(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        path = path.split("?", 1)[0].removeprefix("/api/projects/fake-project")
+        path, _, query = path.partition("?")
+        path = path.removeprefix("/api/projects/fake-project")
+        after = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("after")
         self.core_requests.append((method, path))
         if self.core_failures > 0:
             self.core_failures -= 1
@@ -287,7 +289,7 @@ class FakeFoundry:
                          "content": [{"type": "text", "text": {"value": str(body.get("content")), "annotations": []}}],
                          "attachments": [], "metadata": {}, "assistant_id": None, "run_id": None}
         if m := re.fullmatch(r"/threads/([^/]+)/runs", path):
-            return self._create_run(m.group(1), body) if method == "POST" else self._list_runs(m.group(1))
+            return self._create_run(m.group(1), body) if method == "POST" else self._list_runs(m.group(1), after)
         if (m := re.fullmatch(r"/threads/[^/]+/runs/([^/]+)", path)) and method == "GET":
             return 200, self._poll(self._runs[m.group(1)])
         if (m := re.fullmatch(r"/threads/[^/]+/runs/([^/]+)/cancel", path)) and method == "POST":
@@ -314,8 +316,12 @@ class FakeFoundry:
         self._active[thread_id] = run["id"]
         return 200, self._run_json(run)
 
-    def _list_runs(self, thread_id: str) -> tuple[int, dict[str, Any]]:
+    def _list_runs(self, thread_id: str, after: str | None) -> tuple[int, dict[str, Any]]:
+        """Newest first; one page, then an empty one (the SDK's pager follows `last_id` until a page is empty)."""
         runs = [self._run_json(r) for r in reversed(self._runs.values()) if r["thread_id"] == thread_id]
+        if after is not None:
+            ids = [r["id"] for r in runs]
+            runs = runs[ids.index(after) + 1 :] if after in ids else []
         return 200, {"object": "list", "data": runs, "first_id": runs[0]["id"] if runs else None,
                      "last_id": runs[-1]["id"] if runs else None, "has_more": False}
 

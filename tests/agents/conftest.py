@@ -86,6 +86,16 @@ class AgentStack:
         with httpx.Client(base_url=self.app.localstripe.url, auth=(STRIPE_TEST_SECRET, ""), timeout=30) as client:
             return create_customer(client, name=f"Agent test {uuid.uuid4().hex[:6]}")
 
+    def new_invoice(self, customer_id: str) -> str:
+        """A real invoice of the customer. localstripe makes invoices only for subscriptions (its
+        `POST /v1/invoices` answers 404 "No upcoming invoices"), and pays it with one payment intent."""
+        plan = f"plan_{uuid.uuid4().hex[:8]}"
+        with httpx.Client(base_url=self.app.localstripe.url, auth=(STRIPE_TEST_SECRET, ""), timeout=30) as client:
+            client.post("/v1/plans", data={"id": plan, "amount": 2900, "currency": "usd", "interval": "month",
+                                           "product[name]": "Pro"}).raise_for_status()
+            created = client.post("/v1/subscriptions", data={"customer": customer_id, "items[0][plan]": plan})
+            return str(created.raise_for_status().json()["latest_invoice"])
+
     def payment_intents(self, customer_id: str) -> list[dict[str, Any]]:
         """Every payment intent localstripe holds for `customer_id` (read directly, not via the proxy)."""
         return [pi for pi in iter_objects(self.app.localstripe.url, STRIPE_TEST_SECRET, "payment_intents")

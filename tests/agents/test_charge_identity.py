@@ -111,12 +111,7 @@ def test_two_billing_keys_bill_a_period_once(stack: AgentStack) -> None:
 def test_an_invoice_id_must_be_an_existing_invoice_of_the_customer(stack: AgentStack, stripe: httpx.Client) -> None:
     """Point 5: invented invoice ids (each a new identity, so a new charge) are refused with a GET."""
     customer, other = stack.new_customer(), stack.new_customer()
-    # localstripe makes invoices only for subscriptions (POST /v1/invoices answers 404 "No upcoming invoices").
-    plan = f"plan_{uuid.uuid4().hex[:8]}"
-    stripe.post("/v1/plans", data={"id": plan, "amount": 2900, "currency": "usd", "interval": "month",
-                                   "product[name]": "Pro"}).raise_for_status()
-    subscription = stripe.post("/v1/subscriptions", data={"customer": customer, "items[0][plan]": plan})
-    invoice = subscription.raise_for_status().json()["latest_invoice"]
+    invoice = stack.new_invoice(customer)
     tools = stack.tools(billing=stack.billing_key(), audit=stack.audit_key())
     paid_by_subscription = len(stack.payment_intents(customer))
 

@@ -53,7 +53,7 @@ def test_an_unreachable_proxy_is_a_retryable_error_with_the_same_key() -> None:
         "http://127.0.0.1:9/api/stripe", billing_key=VAULT_KEY, backoff_seconds=0.01, payment_method="pm_card_visa"
     ) as tools:
         first = json.loads(tools.charge_stripe("cus_1", 2900, "2026-06"))
-        second = json.loads(tools.charge_stripe("cus_1", 2900, "June 2026"))
+        second = json.loads(tools.charge_stripe("cus_1", "2900", "2026-06"))
     assert first["retryable"] is True and first["stop"] is False and "same idempotency key" in first["message"]
     assert first["idempotency_key"] == second["idempotency_key"]
 
@@ -61,12 +61,14 @@ def test_an_unreachable_proxy_is_a_retryable_error_with_the_same_key() -> None:
 @pytest.mark.integration
 def test_invoice_id_lets_a_legitimate_repeat_through(stack: AgentStack) -> None:
     customer = stack.new_customer()
+    invoice_a, invoice_b = stack.new_invoice(customer), stack.new_invoice(customer)
     tools = stack.tools(billing=stack.billing_key(), audit=stack.audit_key())
-    a = json.loads(tools.charge_stripe(customer, 2900, "2026-06", "in_A"))
-    b = json.loads(tools.charge_stripe(customer, 2900, "2026-06", "in_B"))
-    again = json.loads(tools.charge_stripe(customer, 2900, "2026-06", "in_B"))
+    a = json.loads(tools.charge_stripe(customer, 2900, "2026-06", invoice_a))
+    b = json.loads(tools.charge_stripe(customer, 2900, "2026-06", invoice_b))
+    again = json.loads(tools.charge_stripe(customer, 2900, "2026-06", invoice_b))
     assert a["charge_id"] != b["charge_id"] and again["charge_id"] == b["charge_id"] and again["replayed"] is True
-    assert sorted(pi["metadata"]["invoice_id"] for pi in stack.payment_intents(customer)) == ["in_A", "in_B"]
+    ours = [pi for pi in stack.payment_intents(customer) if pi["metadata"].get("source") == "spendgate-agent"]
+    assert sorted(pi["metadata"]["invoice_id"] for pi in ours) == sorted([invoice_a, invoice_b])
 
 
 @pytest.mark.integration
