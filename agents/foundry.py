@@ -38,7 +38,7 @@ same idempotency key.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -267,21 +267,22 @@ def _loop(
             return result
 
 
-def repair_conversation(client: OpenAI, conversation_id: str, output: str = messages.ROUND_LIMIT) -> list[str]:
+def repair_conversation(client: OpenAI, conversation_id: str, output: str | None = None) -> list[str]:
     """Answer the function calls a server-side conversation (``conversation=``) was left with.
 
-    Lists the conversation's items and adds a ``function_call_output`` (by default "stopped:
-    round limit", i.e. not run) for every call that has none, so the conversation takes new
-    turns again. Returns the call ids it answered.
+    Lists the conversation's items and adds a ``function_call_output`` (by default a
+    ``not_run`` error: "stopped: not run") for every call that has none, so the conversation
+    takes new turns again. Returns the call ids it answered.
     """
+    output = output or messages.error_output("not_run", messages.NOT_RUN)
     answered: set[str] = set()
     calls: list[str] = []
     for item in client.conversations.items.list(conversation_id):
-        data: Mapping[str, Any] = item.model_dump() if hasattr(item, "model_dump") else dict(item)
-        if data.get("type") == "function_call":
-            calls.append(str(data["call_id"]))
-        elif data.get("type") == "function_call_output":
-            answered.add(str(data["call_id"]))
+        kind, call_id = getattr(item, "type", None), str(getattr(item, "call_id", ""))
+        if kind == "function_call":
+            calls.append(call_id)
+        elif kind == "function_call_output":
+            answered.add(call_id)
     missing = [c for c in calls if c not in answered]
     if missing:
         client.conversations.items.create(

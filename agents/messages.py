@@ -29,6 +29,7 @@ they say that nothing was charged.
     not_found               false      false  no such charge
     unknown_tool            false      false  the model named a tool that does not exist
     tool_round_limit        false      false  the turn ran out of tool rounds; the call was not run
+    not_run                 false      false  `repair_conversation` answered a call an interrupted loop left
     upstream_unavailable    true       false  transient: Stripe or the proxy did not answer
     internal_error          false      false  a bug in the tool; check before charging again
 
@@ -94,6 +95,10 @@ STOP_MESSAGES: dict[str, str] = {
 ROUND_LIMIT = (
     "stopped: round limit. This call was not run because the turn used up its tool rounds; nothing was charged"
     " by it. Stop calling tools and tell the user what has been done so far."
+)
+NOT_RUN = (
+    "stopped: not run. The conversation was interrupted before this call ran, so it was not run and nothing"
+    " was charged by it. If the user still wants it, they have to ask again."
 )
 CHARGED = (
     "Charged once. This charge is complete: do not call charge_stripe again for this customer and"

@@ -91,9 +91,10 @@ def fail(status: int) -> Step:
 
 @dataclass
 class _State:
-    """What a response or conversation is waiting for: its unanswered function calls."""
+    """What a response or conversation is waiting for: its unanswered function calls (and a conversation's items)."""
 
     pending: list[str] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _error(status: int, message: str, param: str | None = "input") -> httpx2.Response:
@@ -194,6 +195,8 @@ class FakeFoundry:
             self._conversations[conversation_id] = _State()
             return httpx2.Response(200, json={"id": conversation_id, "object": "conversation",
                                               "created_at": int(time.time()), "metadata": {}})
+        if m := re.search(r"/openai/v1/conversations/([^/]+)/items$", path):
+            return self._conversation_items(m.group(1), request.method, body)
         if not path.endswith("/openai/v1/responses"):
             return httpx2.Response(404, json={"error": {"message": f"fake has no {path}"}})
         with self._lock:
@@ -214,7 +217,13 @@ class FakeFoundry:
             new_state = _State([i["call_id"] for i in output if i["type"] == "function_call"])
             self._responses[response_id] = new_state
             if body.get("conversation"):
-                self._conversations[_conversation_id(body)] = _State(list(new_state.pending))
+                conversation = self._conversations[_conversation_id(body)]
+                inputs = body.get("input")
+                given = inputs if isinstance(inputs, list) else [
+                    {"type": "message", "role": "user", "status": "completed",
+                     "content": [{"type": "input_text", "text": inputs}]}]
+                conversation.items.extend([*given, *output])
+                conversation.pending = list(new_state.pending)
         return httpx2.Response(200, json={
             "id": response_id, "object": "response", "created_at": int(time.time()), "status": "completed",
             "model": "gpt-4o", "parallel_tool_calls": True, "tool_choice": body.get("tool_choice", "auto"),
@@ -241,6 +250,28 @@ class FakeFoundry:
             if call_id not in answered:
                 return _error(400, f"No tool output found for function call {call_id}.")
         return None
+
+    def _conversation_items(self, conversation_id: str, method: str, body: dict[str, Any]) -> httpx2.Response:
+        """List a conversation's items, or add items to it (outputs only for calls it waits on)."""
+        with self._lock:
+            conversation = self._conversations.get(conversation_id)
+            if conversation is None:
+                return _error(404, f"Conversation with id '{conversation_id}' not found.", "conversation_id")
+            if method == "POST":
+                items = body.get("items") or []
+                for item in items:
+                    if item.get("type") == "function_call_output" and item.get("call_id") not in conversation.pending:
+                        return _error(400, f"No tool call found for function call output with call_id {item.get('call_id')}.")
+                for item in items:
+                    if item.get("type") == "function_call_output":
+                        conversation.pending.remove(item["call_id"])
+                        self.tool_outputs.append({**item, "name": self.calls[item["call_id"]]["name"]})
+                conversation.items.extend(items)
+                data = [{"id": self.new_id("item"), **i} for i in items]
+            else:
+                data = [{"id": i.get("id") or self.new_id("item"), **i} for i in conversation.items]
+        return httpx2.Response(200, json={"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                          "last_id": data[-1]["id"] if data else None, "has_more": False})
 
     def _accept(self, body: dict[str, Any], output: list[dict[str, Any]]) -> None:
         inputs = body.get("input")

@@ -20,6 +20,7 @@ from agents.foundry import (
     create_billing_agent,
     openai_client,
     project_client,
+    repair_conversation,
     resume,
     run_turn,
 )
@@ -292,3 +293,23 @@ def test_azure_function_tools_for_2x_point_at_the_app_queues() -> None:
         },
     }
     assert status["output_binding"]["storage_queue"]["queue_name"] == "spendgate-tool-get-charge-status-output"
+
+
+def test_repair_answers_the_calls_a_server_side_conversation_was_left_with(foundry: FakeFoundry) -> None:
+    """Issue 15 point 3: a conversation= loop that stopped at a function call refused every later turn."""
+    project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
+    oc = openai_client(project, http_client=foundry.openai_http_client())
+    conversation = oc.conversations.create().id
+    foundry.script.append(call("list_customer_charges", customer_id="cus_1"))
+    oc.responses.create(conversation=conversation, input="what did we bill?", extra_body={})  # then the loop died
+    with pytest.raises(openai.BadRequestError, match="No tool output found for function call"):
+        oc.responses.create(conversation=conversation, input="hello?", extra_body={})
+
+    [answered] = repair_conversation(oc, conversation)
+
+    repaired = foundry.last_output("list_customer_charges")
+    assert repaired["error"] == "not_run" and repaired["message"].startswith("stopped: not run")
+    assert foundry.tool_outputs[-1]["call_id"] == answered
+    foundry.script.append(say("Back again."))
+    assert oc.responses.create(conversation=conversation, input="hello?", extra_body={}).output_text == "Back again."
+    assert repair_conversation(oc, conversation) == []
