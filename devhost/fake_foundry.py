@@ -207,12 +207,14 @@ class FakeFoundry:
                 return refused
             if not self.script:
                 return _error(400, "fake model script exhausted", None)
+            stored = len(self.tool_outputs)
+            self._accept(body)  # the model sees the outputs (a step may read them with last_output)
             output = self.script.popleft()(self, body)
             if isinstance(output, int):  # failed after receiving: nothing is stored
+                del self.tool_outputs[stored:]
                 return httpx2.Response(output, json={"error": {"message": "fake failure", "type": "server_error"}})
             if body.get("tool_choice") == "none":
                 output = [i for i in output if i["type"] != "function_call"] or [self.message_item("(no tools)")]
-            self._accept(body, output)
             response_id = self.new_id("resp")
             new_state = _State([i["call_id"] for i in output if i["type"] == "function_call"])
             self._responses[response_id] = new_state
@@ -273,7 +275,7 @@ class FakeFoundry:
         return httpx2.Response(200, json={"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                                           "last_id": data[-1]["id"] if data else None, "has_more": False})
 
-    def _accept(self, body: dict[str, Any], output: list[dict[str, Any]]) -> None:
+    def _accept(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
         for item in inputs if isinstance(inputs, list) else []:
             if isinstance(item, dict) and item.get("type") == "function_call_output":
