@@ -119,3 +119,21 @@ def test_lookups_are_read_only_and_need_the_audit_key(stack: AgentStack) -> None
     refused = json.loads(billing_only.get_charge_status(charged["charge_id"]))
     assert refused["error"] == "endpoint_not_allowed" and refused["retryable"] is False
     assert len(stack.payment_intents(customer)) == 1
+
+
+def test_default_tools_are_rebuilt_only_for_their_own_settings_and_close_the_old_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15 point 9: any environment change used to rebuild them, and the old clients were never closed."""
+    from agents import tools as tools_module
+
+    monkeypatch.setattr(tools_module, "_default", None)
+    monkeypatch.setenv("SPENDGATE_PROXY_URL", "http://127.0.0.1:9/api/stripe")
+    monkeypatch.setenv("SPENDGATE_BILLING_KEY", VAULT_KEY)
+    first = tools_module.default_tools()
+    monkeypatch.setenv("SOME_OTHER_SETTING", "changed")
+    assert tools_module.default_tools() is first
+    monkeypatch.setenv("SPENDGATE_BILLING_KEY", VAULT_KEY[:-1] + "y")  # a rotated key
+    second = tools_module.default_tools()
+    assert second is not first and first._once._http.is_closed and first._lookup._http.is_closed
+    second.close()
