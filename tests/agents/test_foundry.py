@@ -24,7 +24,7 @@ from agents.foundry import (
     resume,
     run_turn,
 )
-from agents.queue_agents import azure_function_tools
+from agents.queue_agents import azure_function_tools, create_queue_agent
 from agents.schema import function_tool_schemas
 from agents.tools import BillingTools
 from devhost.fake_foundry import FakeCredential, FakeFoundry, call, fail, say
@@ -313,3 +313,15 @@ def test_repair_answers_the_calls_a_server_side_conversation_was_left_with(found
     foundry.script.append(say("Back again."))
     assert oc.responses.create(conversation=conversation, input="hello?", extra_body={}).output_text == "Back again."
     assert repair_conversation(oc, conversation) == []
+
+
+def test_a_full_agent_with_the_queue_tools(foundry: FakeFoundry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 point 8: one call creates a 2.x agent whose three tools are the app's queues (names from settings)."""
+    monkeypatch.setenv("SPENDGATE_TOOL_QUEUE_PREFIX", "billing-tools")
+    project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
+    agent = create_queue_agent(project, model="gpt-4o", queue_service_endpoint="https://acct.queue.core.windows.net")
+    tools = foundry.agent_versions[-1]["definition"]["tools"]
+    assert agent.name == "billing-agent-queues" and [t["type"] for t in tools] == ["azure_function"] * 3
+    assert [t["azure_function"]["output_binding"]["storage_queue"]["queue_name"] for t in tools] == [
+        "billing-tools-charge-stripe-output", "billing-tools-get-charge-status-output",
+        "billing-tools-list-customer-charges-output"]
