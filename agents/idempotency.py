@@ -1,18 +1,33 @@
-"""The idempotency key of an agent's charge, derived from what is being charged.
+"""A charge's identity, and the idempotency key of one attempt at it.
 
-An agent cannot carry a key across its own retries: the SDK's retry, a retried run
-and a replayed thread each call the tool afresh with nothing but the arguments. So
-the key is a hash of the *normalized* arguments — the same charge always maps to
-the same key, however the model spells it:
+An agent cannot carry a key across its own retries: the SDK's retry, a retried run and a
+replayed conversation each call the tool afresh with nothing but the arguments. So both
+are derived from the arguments, which the model may only send in one spelling (the tool
+schema's `pattern`s and `ChargeArgs.parse` refuse anything else, so "June", "06/26" and
+"2026-06" cannot become three keys):
 
->>> key = charge_idempotency_key(ChargeArgs.parse(" cus_A1 ", 2900, "June 2026"))
->>> key == charge_idempotency_key(ChargeArgs.parse("cus_A1", "2900", "2026-06"))
+- **The charge identity** (`charge_identity`): customer, amount, currency, billing period
+  (``YYYY-MM`` or ``YYYY-qN``) and invoice id (``in_…``, or none). It is written into the
+  payment intent's metadata (``metadata[charge_identity]``), and the charge route claims the
+  customer + period + invoice in the billing table (`billing.claims`) before anything is
+  sent, whichever vault key sends it: a paid identity answers "already charged: <pi id>"
+  whatever else changed (the card, the key, the agent).
+- **The attempt key** (`charge_idempotency_key`): the identity *plus the card* the attempt
+  uses. Everything the tool sends is a function of these two, so the proxy's fingerprint of
+  the request and the key always agree: a repeat never meets ``idempotency_error``. A repeat
+  with the same card is a replay (a decline is replayed, never re-sent to the card); after
+  the customer fixes the card (a new payment method), the identity, which was released by
+  the decline, is charged with a new attempt key.
+
+>>> args = ChargeArgs.parse(" cus_A1 ", "2900", "2026-06")
+>>> charge_identity(args) == charge_identity(ChargeArgs.parse("cus_A1", 2900.0, "2026-06"))
 True
->>> key.startswith("sg-agent-charge-v1-") and len(key) <= 255
+>>> charge_idempotency_key(args, "pm_1") != charge_idempotency_key(args, "pm_2")
 True
-
-A legitimately repeated identical charge (a second invoice in the same period) is
-told apart by `invoice_id`, which is part of the key when given.
+>>> ChargeArgs.parse("cus_A1", 2900, "June 2026")
+Traceback (most recent call last):
+...
+agents.idempotency.InvalidArguments: billing_period must be YYYY-MM (e.g. 2026-06) or YYYY-qN (e.g. 2026-q2), got 'June 2026'
 """
 
 from __future__ import annotations
@@ -23,60 +38,23 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-KEY_PREFIX = "sg-agent-charge-v1-"  # bump the version if the normalization changes
+IDENTITY_PREFIX = "sg-charge-v2-"  # bump the versions if what is hashed changes
+KEY_PREFIX = "sg-agent-charge-v2-"
 MAX_AMOUNT_CENTS = 99_999_999  # Stripe's maximum for USD ($999,999.99)
 MAX_TEXT_LENGTH = 100
 CURRENCY = "usd"
 
-_MONTH_NAMES = (
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-)
-_MONTHS = {n: i for i, name in enumerate(_MONTH_NAMES, start=1) for n in (name, name[:3])} | {"sept": 9}
-_YEAR_MONTH = re.compile(r"^(\d{4})[-/. ](\d{1,2})$")
-_MONTH_YEAR = re.compile(r"^(\d{1,2})[-/. ](\d{4})$")
-_NAMED_MONTH_YEAR = re.compile(r"^([a-z]+)\.?[-/ ,]*(\d{4})$")
-_YEAR_NAMED_MONTH = re.compile(r"^(\d{4})[-/ ,]*([a-z]+)\.?$")
-_QUARTER = re.compile(r"^(?:q([1-4])[-/ ]*(\d{4})|(\d{4})[-/ ]*q([1-4]))$")
-_ID = re.compile(r"^[A-Za-z0-9_\-]+$")
+# The tool schemas carry the same patterns (agents/schema.py), so a strict-mode model cannot send other forms.
+PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2]|q[1-4])$"
+INVOICE_PATTERN = r"^in_[A-Za-z0-9]{1,100}$"
+CUSTOMER_PATTERN = r"^cus_[A-Za-z0-9]{1,100}$"
+_PERIOD = re.compile(PERIOD_PATTERN)
+_INVOICE = re.compile(INVOICE_PATTERN)
+_CUSTOMER = re.compile(CUSTOMER_PATTERN)
 
 
 class InvalidArguments(ValueError):
-    """The model's arguments cannot describe a charge; the message says which and why."""
-
-
-def normalize_billing_period(value: str) -> str:
-    """Canonical spelling of a billing period: `YYYY-MM`, `YYYY-qN`, or trimmed lower-case text.
-
-    >>> [normalize_billing_period(p) for p in ("2026-06", "June 2026", "06/2026", "jun 2026", "Q2 2026", "Annual  Plan")]
-    ['2026-06', '2026-06', '2026-06', '2026-06', '2026-q2', 'annual plan']
-    """
-    text = " ".join(str(value).split()).casefold()
-    month_year: tuple[str, str] | None = None
-    if m := _YEAR_MONTH.match(text):
-        month_year = (m.group(2), m.group(1))
-    elif m := _MONTH_YEAR.match(text):
-        month_year = (m.group(1), m.group(2))
-    elif (m := _NAMED_MONTH_YEAR.match(text)) and m.group(1) in _MONTHS:
-        month_year = (str(_MONTHS[m.group(1)]), m.group(2))
-    elif (m := _YEAR_NAMED_MONTH.match(text)) and m.group(2) in _MONTHS:
-        month_year = (str(_MONTHS[m.group(2)]), m.group(1))
-    elif m := _QUARTER.match(text):
-        quarter, year = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
-        return f"{year}-q{quarter}"
-    if month_year and 1 <= int(month_year[0]) <= 12:
-        return f"{month_year[1]}-{int(month_year[0]):02d}"
-    return text
+    """The model's arguments cannot describe a charge; the message says which and the expected form."""
 
 
 def _amount(value: Any) -> int:
@@ -94,18 +72,16 @@ def _amount(value: Any) -> int:
     return value
 
 
-def _identifier(name: str, value: Any, prefix: str | None = None) -> str:
-    text = str(value).strip() if value is not None else ""
-    if not text or len(text) > MAX_TEXT_LENGTH or not _ID.match(text):
-        raise InvalidArguments(f"{name} must be a Stripe-style id (letters, digits, _ or -), got {value!r}")
-    if prefix and not text.startswith(prefix):
-        raise InvalidArguments(f"{name} must start with {prefix!r}, got {value!r}")
+def _matching(name: str, value: Any, pattern: re.Pattern[str], form: str) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not pattern.match(text):
+        raise InvalidArguments(f"{name} must be {form}, got {value!r}")
     return text
 
 
 @dataclass(frozen=True)
 class ChargeArgs:
-    """The normalized arguments of one charge: what the key, the request and the answer use."""
+    """The validated arguments of one charge: what the identity, the key, the request and the answer use."""
 
     customer_id: str
     amount_cents: int
@@ -114,25 +90,35 @@ class ChargeArgs:
 
     @classmethod
     def parse(cls, customer_id: Any, amount_cents: Any, billing_period: Any, invoice_id: Any = None) -> ChargeArgs:
-        """Validate and normalize raw tool arguments; raises `InvalidArguments`."""
-        period = normalize_billing_period(billing_period) if billing_period is not None else ""
-        if not period or len(period) > MAX_TEXT_LENGTH:
-            raise InvalidArguments(f"billing_period must be a short text such as '2026-06', got {billing_period!r}")
-        invoice = None if invoice_id in (None, "") else _identifier("invoice_id", invoice_id)
-        return cls(_identifier("customer_id", customer_id, "cus_"), _amount(amount_cents), period, invoice)
+        """Validate raw tool arguments; raises `InvalidArguments` naming the expected form."""
+        customer = _matching("customer_id", customer_id, _CUSTOMER, "a Stripe customer id like cus_123")
+        period = _matching(
+            "billing_period", billing_period, _PERIOD, "YYYY-MM (e.g. 2026-06) or YYYY-qN (e.g. 2026-q2)"
+        )
+        invoice = None
+        if invoice_id not in (None, ""):
+            invoice = _matching("invoice_id", invoice_id, _INVOICE, "a Stripe invoice id like in_1Nv… (or null)")
+        return cls(customer, _amount(amount_cents), period, invoice)
 
 
-def charge_idempotency_key(args: ChargeArgs) -> str:
-    """The idempotency key for `args`: a prefix plus the SHA-256 of their canonical JSON (83 chars)."""
-    canonical = json.dumps(
+def _digest(fields: dict[str, Any]) -> str:
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def charge_identity(args: ChargeArgs) -> str:
+    """What identifies the charge (no card, no key): written into the intent's metadata."""
+    return IDENTITY_PREFIX + _digest(
         {
             "customer": args.customer_id,
             "amount": args.amount_cents,
             "currency": CURRENCY,
             "period": args.billing_period,
             "invoice": args.invoice_id,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
+        }
+    )[:40]
+
+
+def charge_idempotency_key(args: ChargeArgs, payment_method: str) -> str:
+    """The Idempotency-Key of one attempt: the identity and the card, the only inputs of the request body."""
+    return KEY_PREFIX + _digest({"identity": charge_identity(args), "payment_method": payment_method})

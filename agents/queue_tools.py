@@ -2,7 +2,11 @@
 
 For an ``azure_function`` tool the agent service puts a message on the tool's input
 queue and waits for a reply with the same ``CorrelationId`` on its output queue. One
-queue pair per tool (`queue_names`), both on the app's own storage (`AzureWebJobsStorage`).
+queue pair per tool (`queue_names`), both on the app's own storage (`AzureWebJobsStorage`),
+named from the app setting ``SPENDGATE_TOOL_QUEUE_PREFIX`` (default ``spendgate-tool``):
+``<prefix>-charge-stripe-input`` and so on. The triggers read the same setting as a binding
+expression (``%SPENDGATE_TOOL_QUEUE_PREFIX%``), so definitions and triggers cannot disagree.
+`agents.queue_agents` defines agents that use them.
 
 Input (Microsoft's docs; older samples put the arguments beside ``CorrelationId`` —
 both are accepted)::
@@ -29,14 +33,15 @@ from typing import Any
 import azure.functions as func
 
 from agents import messages
+from core.settings import TOOL_QUEUE_PREFIX, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 _QUEUE_STEMS = {
-    "charge_stripe": "spendgate-tool-charge-stripe",
-    "get_charge_status": "spendgate-tool-get-charge-status",
-    "list_customer_charges": "spendgate-tool-list-customer-charges",
+    "charge_stripe": "charge-stripe",
+    "get_charge_status": "get-charge-status",
+    "list_customer_charges": "list-customer-charges",
 }
 
 
@@ -44,10 +49,16 @@ class MalformedToolMessage(ValueError):
     """A queue message that cannot be answered (no JSON object, no CorrelationId)."""
 
 
-def queue_names(tool_name: str) -> tuple[str, str]:
-    """(input queue, output queue) of a tool; lowercase letters, digits and hyphens only."""
-    stem = _QUEUE_STEMS[tool_name]
+def queue_names(tool_name: str, settings: Settings | None = None) -> tuple[str, str]:
+    """(input queue, output queue) of a tool under the configured prefix; lowercase letters, digits, hyphens."""
+    prefix = (settings or get_settings()).tool_queue_prefix
+    stem = f"{prefix}-{_QUEUE_STEMS[tool_name]}"
     return f"{stem}-input", f"{stem}-output"
+
+
+def _binding(tool_name: str, direction: str) -> str:
+    """The trigger's queue name: the prefix as an app-setting binding expression, resolved by the host."""
+    return f"%{TOOL_QUEUE_PREFIX}%-{_QUEUE_STEMS[tool_name]}-{direction}"
 
 
 @dataclass(frozen=True)
@@ -114,21 +125,21 @@ def _answer(tool_name: str, msg: func.QueueMessage, reply: func.Out[str]) -> Non
 
 
 @bp.function_name("agent_tool_charge_stripe")
-@bp.queue_trigger(arg_name="msg", queue_name=queue_names("charge_stripe")[0], connection=STORAGE_CONNECTION)
-@bp.queue_output(arg_name="reply", queue_name=queue_names("charge_stripe")[1], connection=STORAGE_CONNECTION)
+@bp.queue_trigger(arg_name="msg", queue_name=_binding("charge_stripe", "input"), connection=STORAGE_CONNECTION)
+@bp.queue_output(arg_name="reply", queue_name=_binding("charge_stripe", "output"), connection=STORAGE_CONNECTION)
 def agent_tool_charge_stripe(msg: func.QueueMessage, reply: func.Out[str]) -> None:
     _answer("charge_stripe", msg, reply)
 
 
 @bp.function_name("agent_tool_get_charge_status")
-@bp.queue_trigger(arg_name="msg", queue_name=queue_names("get_charge_status")[0], connection=STORAGE_CONNECTION)
-@bp.queue_output(arg_name="reply", queue_name=queue_names("get_charge_status")[1], connection=STORAGE_CONNECTION)
+@bp.queue_trigger(arg_name="msg", queue_name=_binding("get_charge_status", "input"), connection=STORAGE_CONNECTION)
+@bp.queue_output(arg_name="reply", queue_name=_binding("get_charge_status", "output"), connection=STORAGE_CONNECTION)
 def agent_tool_get_charge_status(msg: func.QueueMessage, reply: func.Out[str]) -> None:
     _answer("get_charge_status", msg, reply)
 
 
 @bp.function_name("agent_tool_list_customer_charges")
-@bp.queue_trigger(arg_name="msg", queue_name=queue_names("list_customer_charges")[0], connection=STORAGE_CONNECTION)
-@bp.queue_output(arg_name="reply", queue_name=queue_names("list_customer_charges")[1], connection=STORAGE_CONNECTION)
+@bp.queue_trigger(arg_name="msg", queue_name=_binding("list_customer_charges", "input"), connection=STORAGE_CONNECTION)
+@bp.queue_output(arg_name="reply", queue_name=_binding("list_customer_charges", "output"), connection=STORAGE_CONNECTION)
 def agent_tool_list_customer_charges(msg: func.QueueMessage, reply: func.Out[str]) -> None:
     _answer("list_customer_charges", msg, reply)

@@ -2,16 +2,17 @@
 
 Three guarantees, whichever agent framework calls them:
 
-* **Exactly once.** `charge_stripe` derives its idempotency key from the normalized
-  arguments (`agents.idempotency`), so an SDK retry, a retried run or a replayed thread
-  that repeats a charge gets the original payment back (`"replayed": true`), never a
-  second one. Retries live in one layer only — the shared `ProxyClient`, which resends
-  the same key; the Foundry clients are built with their own retries off.
-* **Once per customer and period.** The charge goes to `POST /api/billing/charges`
-  (`billing.once`), which claims the charge identity (customer, billing period,
-  `invoice_id`) in the same table the billing runs use before it forwards the form to the
-  proxy: a customer a run (or another call, whatever the amount) already billed for the
-  period answers `already_charged` with that payment's id, and nothing is charged.
+* **Exactly once.** `charge_stripe` derives the charge identity and the attempt's
+  idempotency key from the validated arguments and the card (`agents.idempotency`), so an
+  SDK retry, a retried run or a replayed conversation that repeats a charge gets the
+  original payment back ("already charged: <pi id>"), never a second one. The charge
+  itself is `agents.charge`.
+* **Once per customer and period, across keys.** The charge goes to
+  `POST /api/billing/charges` (`billing.once`), which claims the charge identity (customer,
+  billing period, `invoice_id`) in the same table the billing runs use before it forwards
+  the form to the proxy: a customer a run, another agent, another vault key (a rotation) or
+  an earlier call already billed for the period answers `already_charged` with that
+  payment's id, and nothing is charged.
 * **Least privilege.** A charge goes out with the *billing* vault key (allowlist:
   ``POST /v1/payment_intents``), a lookup with the *audit* key (GETs only). A process
   holds only the keys its role was issued; a tool whose own key is absent uses the other
@@ -37,11 +38,11 @@ from typing import Any, Optional
 import httpx
 
 from agents import messages
-from agents.idempotency import CURRENCY, ChargeArgs, InvalidArguments, charge_idempotency_key
-from billing import cards
+from agents.charge import Keys, charge, detail, key_failure, payment_summary
+from agents.idempotency import ChargeArgs, InvalidArguments
 from billing.once import charges_base_url
 from core.settings import AUDIT_KEY, BILLING_KEY, PROXY_URL, MissingSettingError, Settings, get_settings
-from proxy.client import Outcome, ProxyClient, ProxyResult
+from proxy.client import Outcome, ProxyClient
 from proxy.keys import KEY_PREFIX as VAULT_KEY_PREFIX
 
 log = logging.getLogger(__name__)
@@ -66,45 +67,6 @@ def check_vault_key(setting: str, value: str) -> str:
     if not value.startswith(VAULT_KEY_PREFIX):
         raise ToolConfigurationError(f"{setting} is not a spendgate vault key (expected {VAULT_KEY_PREFIX}…)")
     return value
-
-
-def payment_intent_params(args: ChargeArgs, payment_method: str) -> dict[str, Any]:
-    """The Stripe parameters of a charge: a confirmed, off-session payment intent.
-
-    Only normalized values go in, so a repeat spelled differently by the model sends
-    byte-identical parameters under the same key (no `idempotency_error`).
-    """
-    metadata = {"billing_period": args.billing_period, "source": "spendgate-agent"}
-    if args.invoice_id:
-        metadata["invoice_id"] = args.invoice_id
-    return {
-        "customer": args.customer_id,
-        "amount": args.amount_cents,
-        "currency": CURRENCY,
-        "payment_method": payment_method,
-        "confirm": "true",
-        "off_session": "true",
-        "metadata": metadata,
-    }
-
-
-def _payment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of a payment intent or charge a model needs, nothing more."""
-    metadata = body.get("metadata") or {}
-    summary = {
-        "charge_id": body.get("id"),
-        "object": body.get("object"),
-        "status": body.get("status"),
-        "amount_cents": body.get("amount"),
-        "currency": body.get("currency"),
-        "customer_id": body.get("customer"),
-        "billing_period": metadata.get("billing_period"),
-        "invoice_id": metadata.get("invoice_id"),
-        "created": body.get("created"),
-    }
-    if body.get("object") == "charge":
-        summary.update(payment_intent=body.get("payment_intent"), paid=body.get("paid"), refunded=body.get("refunded"))
-    return {k: v for k, v in summary.items() if v is not None}
 
 
 class BillingTools:
@@ -135,18 +97,15 @@ class BillingTools:
             raise ToolConfigurationError(f"set {BILLING_KEY} (billing agent) and/or {AUDIT_KEY} (supervisor, audit)")
         self.payment_method = payment_method
         charge_key, lookup_key = billing or audit or "", audit or billing or ""
-        self._charge = ProxyClient(
-            proxy_url, charge_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds
-        )
-        # The same key to `POST /api/billing/charges`, which claims the charge identity first.
-        self._once = ProxyClient(
-            charges_base_url(proxy_url), charge_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds
-        )
-        self._lookup = (
-            self._charge
-            if lookup_key == charge_key
-            else ProxyClient(proxy_url, lookup_key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds)
-        )
+
+        def client(base: str, key: str) -> ProxyClient:
+            return ProxyClient(base, key, http=http, max_retries=max_retries, backoff_seconds=backoff_seconds)
+
+        # The charging key goes to `POST /api/billing/charges`, which claims the charge identity first.
+        self._once = client(charges_base_url(proxy_url), charge_key)
+        self._lookup = client(proxy_url, lookup_key)
+        self._lookup_role = "audit" if audit else "billing"
+        self._keys = Keys(self._once, self._lookup, "billing" if billing else "audit", self._lookup_role)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> "BillingTools":
@@ -159,10 +118,8 @@ class BillingTools:
         return cls(proxy_url, billing_key=settings.billing_key, audit_key=settings.audit_key, **kwargs)
 
     def close(self) -> None:
-        self._charge.close()
         self._once.close()
-        if self._lookup is not self._charge:
-            self._lookup.close()
+        self._lookup.close()
 
     def __enter__(self) -> "BillingTools":
         return self
@@ -174,25 +131,14 @@ class BillingTools:
     def charge_stripe(
         self, customer_id: str, amount_cents: int, billing_period: str, invoice_id: str | None = None
     ) -> str:
-        """Charge `customer_id` once for `billing_period`; see the module-level function."""
+        """Charge `customer_id` once for `billing_period`; see the module-level function and `agents.charge`."""
         try:
             args = ChargeArgs.parse(customer_id, amount_cents, billing_period, invoice_id)
         except InvalidArguments as exc:
             return messages.error_output(
                 "invalid_arguments", f"{exc}. Nothing was charged. Ask the user for the correct value; do not guess."
             )
-        key = charge_idempotency_key(args)
-        try:
-            payment_method, refusal = self._payment_method_for(args.customer_id)
-            if refusal is not None:
-                return refusal
-            result = self._once.post("/charges", payment_intent_params(args, payment_method), idempotency_key=key)
-            return self._charge_output(result, key)
-        except Exception as exc:  # never raise into the agent framework
-            log.exception("charge_stripe failed unexpectedly (idempotency key %s)", key)
-            return messages.error_output(
-                "internal_error", messages.INTERNAL_ERROR.format(detail=type(exc).__name__), idempotency_key=key
-            )
+        return charge(self._keys, args, self.payment_method)
 
     def get_charge_status(self, charge_id: str) -> str:
         """Look up one payment (pi_…) or charge (ch_…) read-only; see the module-level function."""
@@ -204,7 +150,7 @@ class BillingTools:
             )
         path = f"/v1/payment_intents/{text}" if text.startswith("pi_") else f"/v1/charges/{text}"
         return self._read(
-            path, None, lambda body: {**_payment_summary(body), "message": _status_message(body)}, charge_id=text
+            path, None, lambda body: {**payment_summary(body), "message": _status_message(body)}, charge_id=text
         )
 
     def list_customer_charges(self, customer_id: str) -> str:
@@ -214,7 +160,7 @@ class BillingTools:
             return messages.error_output("invalid_arguments", f"customer_id must look like cus_…, got {customer_id!r}.")
 
         def shape(body: Mapping[str, Any]) -> dict[str, Any]:
-            charges = [_payment_summary(c) for c in body.get("data") or []]
+            charges = [payment_summary(c) for c in body.get("data") or []]
             return {
                 "customer_id": text,
                 "charges": charges,
@@ -242,71 +188,7 @@ class BillingTools:
         output: str = getattr(self, name)(*bound.args, **bound.kwargs)
         return output
 
-    # --- shaping answers -----------------------------------------------------------------
-    def _charge_output(self, result: ProxyResult, key: str) -> str:
-        if result.outcome is Outcome.SUCCEEDED:
-            body = {**_payment_summary(result.body), "idempotency_key": key, "replayed": result.replayed}
-            status = body.get("status")
-            if status != "succeeded":
-                body["message"] = (
-                    f"The payment exists but its status is {status!r}, so it is not paid yet. "
-                    "Do not charge again; tell the user."
-                )
-            else:
-                body["message"] = messages.ALREADY_CHARGED if result.replayed else messages.CHARGED
-            return json.dumps(body)
-        if result.code == "already_charged":
-            intent = (result.body.get("error") or {}).get("payment_intent")
-            return messages.error_output(
-                "already_charged", messages.ALREADY_BILLED, charge_id=intent, idempotency_key=key
-            )
-        if result.code == "charge_in_progress":
-            return messages.error_output(
-                "charge_in_progress", messages.CHARGE_IN_PROGRESS, retryable=True, idempotency_key=key
-            )
-        stop_code = _stop_code(result)
-        if stop_code:
-            return messages.error_output(stop_code, "", idempotency_key=key)
-        if result.outcome is Outcome.FORBIDDEN:
-            return messages.error_output(result.code or "endpoint_not_allowed", messages.NOT_ALLOWED_TO_CHARGE)
-        if result.outcome is Outcome.DECLINED:
-            return messages.error_output(result.code or "card_declined", messages.DECLINED, idempotency_key=key)
-        if result.outcome is Outcome.TRANSIENT:
-            return messages.error_output(
-                result.code or "upstream_unavailable",
-                messages.TRANSIENT_CHARGE.format(detail=_detail(result)),
-                retryable=True,
-                idempotency_key=key,
-            )
-        return messages.error_output(
-            result.code or "invalid_request", messages.REJECTED.format(detail=_detail(result)), idempotency_key=key
-        )
-
-    def _payment_method_for(self, customer_id: str) -> tuple[str, str | None]:
-        """(the customer's card, None) or ("", the error output that ends the charge)."""
-        try:
-            choice = cards.resolve(self._lookup, customer_id, self.payment_method)
-        except cards.CardLookupTransient as exc:
-            return "", messages.error_output(
-                "upstream_unavailable", messages.TRANSIENT_CHARGE.format(detail=str(exc)), retryable=True
-            )
-        except cards.CardLookupRefused as refused:
-            answer = refused.result
-            if stop_code := _stop_code(answer):  # billing is switched off either way
-                return "", messages.error_output(stop_code, "")
-            return "", messages.error_output(
-                answer.code or "lookup_refused", messages.CARD_UNREADABLE.format(detail=_detail(answer)), stop=False
-            )
-        if choice.payment_method:
-            return choice.payment_method, None
-        if choice.code is cards.CardCode.CUSTOMER_DELETED:
-            return "", messages.error_output(
-                "customer_deleted", messages.CUSTOMER_DELETED.format(customer_id=customer_id)
-            )
-        if choice.code is cards.CardCode.NO_SUCH_CUSTOMER:
-            return "", messages.error_output("no_such_customer", messages.NO_CUSTOMER.format(customer_id=customer_id))
-        return "", messages.error_output("no_payment_method", messages.NO_PAYMENT_METHOD)
-
+    # --- lookups ---------------------------------------------------------------------------
     def _read(
         self,
         path: str,
@@ -323,38 +205,28 @@ class BillingTools:
             if result.outcome is Outcome.TRANSIENT:
                 return messages.error_output(
                     result.code or "upstream_unavailable",
-                    messages.TRANSIENT_READ.format(detail=_detail(result)),
+                    messages.TRANSIENT_READ.format(detail=detail(result)),
                     retryable=True,
                 )
             if result.status == 404 and "charge_id" in context:
                 return messages.error_output("not_found", messages.NOT_FOUND.format(charge_id=context["charge_id"]))
-            # A revoked or expired *audit* key ends lookups, not billing: no STOP here.
+            # A revoked or expired lookup key ends lookups, not billing: no STOP here, but name the key.
+            if (code := key_failure(result)) and self._lookup_role == "audit":
+                state = {"vault_key_revoked": "has been revoked", "vault_key_expired": "has expired"}
+                return messages.error_output(
+                    code,
+                    messages.AUDIT_KEY_LOOKUP.format(state=state.get(code, "is not recognised")),
+                    stop=False,
+                    vault_key="audit",
+                )
             return messages.error_output(
                 result.code or "invalid_request",
-                f"The lookup was refused: {_detail(result)}. Do not retry; tell the user.",
+                f"The lookup was refused: {detail(result)}. Do not retry; tell the user.",
                 stop=False,
             )
         except Exception as exc:  # never raise into the agent framework
             log.exception("lookup %s failed unexpectedly", path)
             return messages.error_output("internal_error", f"The lookup failed unexpectedly ({type(exc).__name__}).")
-
-
-def _stop_code(result: ProxyResult) -> str | None:
-    """The STOP code for a charge refusal that ends billing (cap spent, key revoked/expired/unknown)."""
-    by_outcome = {
-        Outcome.CAP_EXCEEDED: "spend_cap_exceeded",
-        Outcome.REVOKED: "vault_key_revoked",
-        Outcome.EXPIRED: "vault_key_expired",
-    }
-    if result.outcome in by_outcome:
-        return by_outcome[result.outcome]
-    if result.code == "vault_key_invalid":
-        return "vault_key_invalid"
-    return None
-
-
-def _detail(result: ProxyResult) -> str:
-    return f"{result.code or 'HTTP ' + str(result.status)}: {result.message or 'no details'}"
 
 
 def _status_message(body: Mapping[str, Any]) -> str:
@@ -365,17 +237,31 @@ def _status_message(body: Mapping[str, Any]) -> str:
 
 
 # --- the process-wide tools behind the module-level functions ------------------------------
-_default: tuple[Settings, BillingTools] | None = None
+_default: tuple[tuple[str | None, ...], BillingTools] | None = None
 _default_lock = threading.Lock()
 
 
+def _tool_settings(settings: Settings) -> tuple[str | None, ...]:
+    """The settings the tools are built from; other app settings changing does not rebuild them."""
+    try:
+        proxy_url: str | None = settings.proxy_url
+    except MissingSettingError:
+        proxy_url = None
+    return (proxy_url, settings.billing_key, settings.audit_key)
+
+
 def default_tools() -> BillingTools:
-    """The process's tools, built from app settings on first use (and again if they change)."""
+    """The process's tools, built from app settings on first use, and rebuilt (closing the old
+    clients) only when the proxy URL or a key changes, e.g. after a key rotation."""
     global _default
     settings = get_settings()
+    wanted = _tool_settings(settings)
     with _default_lock:
-        if _default is None or _default[0] != settings:
-            _default = (settings, BillingTools.from_settings(settings))
+        if _default is None or _default[0] != wanted:
+            fresh = BillingTools.from_settings(settings)
+            if _default is not None:
+                _default[1].close()
+            _default = (wanted, fresh)
         return _default[1]
 
 
@@ -396,14 +282,14 @@ def _with_default_tools(run: Callable[[BillingTools], str]) -> str:
 def charge_stripe(customer_id: str, amount_cents: int, billing_period: str, invoice_id: Optional[str] = None) -> str:  # noqa: UP045 - the SDK maps Optional[...] to a nullable type
     """Bill a customer ONCE for a billing period; only when the current message asks to bill (never to look something up).
 
-    Repeating the same customer, amount and billing period never charges twice: it returns the
-    existing payment with "replayed": true. A customer already billed for the period (by a billing
-    run or an earlier call, whatever the amount) is not charged again: the answer is already_charged.
+    Repeating a charge never charges twice: a customer already billed for the period (by this
+    agent, another agent or key, or a billing run; whatever the amount or card) is not charged
+    again, and the answer says "already charged: <charge_id>".
 
     :param customer_id: The Stripe customer id, e.g. cus_123.
     :param amount_cents: The amount in US cents, e.g. 2900 for $29.00.
-    :param billing_period: The period being billed, e.g. 2026-06.
-    :param invoice_id: Only to bill the same customer the same amount twice in one period: the invoice id that tells the charges apart; otherwise null.
+    :param billing_period: The period being billed, exactly YYYY-MM (e.g. 2026-06) or YYYY-qN for a quarter (e.g. 2026-q2).
+    :param invoice_id: Only when the user names a Stripe invoice (an existing in_... id) to bill separately in the same period; otherwise null. Never invent one.
     :return: JSON with charge_id, status, idempotency_key and replayed, or an error object with a message to follow.
     """
     return _with_default_tools(lambda t: t.charge_stripe(customer_id, amount_cents, billing_period, invoice_id))

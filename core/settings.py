@@ -10,6 +10,7 @@ use exactly the names below (a test keeps them in step).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +30,7 @@ IDEMPOTENCY_RETENTION_DAYS = "SPENDGATE_IDEMPOTENCY_RETENTION_DAYS"
 PROXY_URL = "SPENDGATE_PROXY_URL"
 BILLING_KEY = "SPENDGATE_BILLING_KEY"
 AUDIT_KEY = "SPENDGATE_AUDIT_KEY"
+TOOL_QUEUE_PREFIX = "SPENDGATE_TOOL_QUEUE_PREFIX"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
 
 APP_SETTING_NAMES: tuple[str, ...] = (
@@ -45,6 +47,7 @@ APP_SETTING_NAMES: tuple[str, ...] = (
     PROXY_URL,
     BILLING_KEY,
     AUDIT_KEY,
+    TOOL_QUEUE_PREFIX,
 )
 
 
@@ -187,6 +190,18 @@ class Settings:
     def audit_key(self) -> str | None:
         """Read-only vault key the agent tools look charges up with (supervisor and billing agent)."""
         return self._get(AUDIT_KEY)
+
+    @property
+    def tool_queue_prefix(self) -> str:
+        """Stem of the agent tools' queue names (`<prefix>-charge-stripe-input`, …; agents/queue_tools.py).
+
+        The queue triggers name their queues through the same setting (``%SPENDGATE_TOOL_QUEUE_PREFIX%``),
+        so the agent's tool definitions and the app always agree. Lowercase letters, digits, hyphens.
+        """
+        value = self._get(TOOL_QUEUE_PREFIX, "spendgate-tool") or "spendgate-tool"
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,30}[a-z0-9]", value):
+            raise InvalidSettingError(TOOL_QUEUE_PREFIX, f"must be 3-32 lowercase letters, digits or single hyphens, got {value!r}")
+        return value
 
 
 def get_settings() -> Settings:

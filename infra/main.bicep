@@ -153,6 +153,8 @@ var appSettings = {
   // Vault keys (vk_…) the agent tools spend and look up with; issued after deployment.
   SPENDGATE_BILLING_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${billingKeySecretName}/)'
   SPENDGATE_AUDIT_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${auditKeySecretName}/)'
+  // Stem of the agent tools' queue names; the queue triggers read it as %SPENDGATE_TOOL_QUEUE_PREFIX%.
+  SPENDGATE_TOOL_QUEUE_PREFIX: 'spendgate-tool'
   // SPENDGATE_PROXY_URL is left unset on purpose: core/settings.py then builds the proxy URL from
   // WEBSITE_HOSTNAME, which the platform sets to the app's real host name. Set it only behind a
   // custom domain or a gateway.

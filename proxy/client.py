@@ -1,9 +1,12 @@
 """The one client for talking to the governance proxy (activities, agent tools, demo, benches).
 
 It never raises for an HTTP answer: every outcome becomes a `ProxyResult` whose
-`outcome` says what happened. Only transient answers (connection errors, 5xx, 409
-`idempotency_key_in_use`, 503) are retried, always with the SAME idempotency key, so
-a retry can never charge twice::
+`outcome` says what happened. Only transient answers are retried, always with the SAME
+idempotency key, so a retry can never charge twice. Transient is what the answer's
+``Stripe-Should-Retry`` header says, as stripe-python and stripe-node decide it (the proxy
+and Stripe both send it: ``true`` on a 429 from Stripe, a 409 ``charge_in_progress``…,
+``false`` on the proxy's own ``rate_limited`` 429); without the header, connection errors,
+5xx and 409 ``idempotency_key_in_use``::
 
     with ProxyClient(settings.proxy_url, vault_key) as proxy:
         result = proxy.post("/v1/payment_intents",
@@ -84,13 +87,18 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-def classify(status: int, body: Mapping[str, Any]) -> tuple[Outcome, str | None, str | None]:
-    """Map an HTTP answer to an outcome, its error code and message."""
+def classify(
+    status: int, body: Mapping[str, Any], should_retry: str | None = None
+) -> tuple[Outcome, str | None, str | None]:
+    """Map an HTTP answer (and its ``Stripe-Should-Retry`` header, if any) to an outcome, code and message."""
     err = body.get("error") if isinstance(body.get("error"), Mapping) else {}
     code, message = err.get("code"), err.get("message")  # type: ignore[union-attr]
     if 200 <= status < 300:
         return Outcome.SUCCEEDED, None, None
-    if status >= 500 or status == 503 or (status == 409 and code == "idempotency_key_in_use"):
+    hint = (should_retry or "").strip().lower()
+    if hint == "true":  # the server says a retry with the same key is safe and may succeed
+        return Outcome.TRANSIENT, code, message
+    if hint != "false" and (status >= 500 or (status == 409 and code == "idempotency_key_in_use")):
         return Outcome.TRANSIENT, code, message
     if status == 402:
         return (Outcome.CAP_EXCEEDED if code == "spend_cap_exceeded" else Outcome.DECLINED), code, message
@@ -159,7 +167,7 @@ class ProxyClient:
             body = {}
         if not isinstance(body, dict):
             body = {"data": body}
-        outcome, code, message = classify(resp.status_code, body)
+        outcome, code, message = classify(resp.status_code, body, resp.headers.get("Stripe-Should-Retry"))
         replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
         return ProxyResult(outcome, resp.status_code, body, code, message, key, replayed)
 

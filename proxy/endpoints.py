@@ -75,6 +75,7 @@ TABLE: tuple[Rule, ...] = (
     *_reads("charges", "charge"),
     *_reads("refunds", "refund", search=False),
     *_reads("customers", "customer"),
+    *_reads("invoices", "invoice"),  # agents check an invoice_id exists before it names a charge (agents/charge.py)
     Rule("GET", "/v1/customers/*/payment_methods", READ, "payment_method", is_list=True),
     Rule("GET", "/v1/payment_methods", READ, "payment_method", is_list=True),  # ?customer=: the card resolution
     Rule("GET", "/v1/payment_methods/*", READ, "payment_method"),

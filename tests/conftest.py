@@ -79,6 +79,7 @@ def app_settings(azurite: Service, localstripe: Service, **overrides: str) -> di
         "STRIPE_API_BASE": localstripe.url,
         "STRIPE_SECRET_KEY": STRIPE_TEST_SECRET,
         "SPENDGATE_TABLE_PREFIX": "sg" + uuid.uuid4().hex[:10],
+        "SPENDGATE_TOOL_QUEUE_PREFIX": "spendgate-tool",  # the queue triggers' %SPENDGATE_TOOL_QUEUE_PREFIX%
         "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
         "PYTHON_THREADPOOL_THREAD_COUNT": "64",  # as main.bicep sets it (why: there)
         "DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY": "32",  # as function.bicep's perInstanceConcurrency

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from agents.tools import BillingTools
+from devhost.fake_foundry import FakeFoundry
 from devhost.seed import create_customer, iter_objects
-from tests.agents.fake_foundry import FakeFoundry
 from tests.conftest import STRIPE_TEST_SECRET, AppStack
 
 BILLING_ENDPOINTS = ["POST /v1/payment_intents"]
@@ -27,6 +27,8 @@ AUDIT_ENDPOINTS = [
     "GET /v1/charges/*",
     "GET /v1/charges",
     "GET /v1/customers/*",
+    "GET /v1/payment_methods",
+    "GET /v1/invoices/*",
 ]
 
 
@@ -83,6 +85,16 @@ class AgentStack:
     def new_customer(self) -> str:
         with httpx.Client(base_url=self.app.localstripe.url, auth=(STRIPE_TEST_SECRET, ""), timeout=30) as client:
             return create_customer(client, name=f"Agent test {uuid.uuid4().hex[:6]}")
+
+    def new_invoice(self, customer_id: str) -> str:
+        """A real invoice of the customer. localstripe makes invoices only for subscriptions (its
+        `POST /v1/invoices` answers 404 "No upcoming invoices"), and pays it with one payment intent."""
+        plan = f"plan_{uuid.uuid4().hex[:8]}"
+        with httpx.Client(base_url=self.app.localstripe.url, auth=(STRIPE_TEST_SECRET, ""), timeout=30) as client:
+            client.post("/v1/plans", data={"id": plan, "amount": 2900, "currency": "usd", "interval": "month",
+                                           "product[name]": "Pro"}).raise_for_status()
+            created = client.post("/v1/subscriptions", data={"customer": customer_id, "items[0][plan]": plan})
+            return str(created.raise_for_status().json()["latest_invoice"])
 
     def payment_intents(self, customer_id: str) -> list[dict[str, Any]]:
         """Every payment intent localstripe holds for `customer_id` (read directly, not via the proxy)."""

@@ -10,11 +10,13 @@ import json
 
 import pytest
 from azure.ai.agents.models import RunStatus
+from azure.core.exceptions import HttpResponseError
 
-from agents.classic import agents_client, azure_function_tools, build_toolset, create_billing_agent, run_message
+from agents.classic import agents_client, build_toolset, create_billing_agent, run_message
+from agents.queue_agents import AzureFunctionTools, queue_toolset
 from agents.tools import ToolConfigurationError, charge_stripe
+from devhost.fake_foundry import FakeCredential, FakeFoundry
 from tests.agents.conftest import AgentStack
-from tests.agents.fake_foundry import FakeCredential, FakeFoundry
 
 
 @pytest.fixture
@@ -84,9 +86,18 @@ def test_the_tools_refuse_to_start_without_any_key(monkeypatch: pytest.MonkeyPat
         build_toolset()
 
 
+def test_one_toolset_holds_all_three_queue_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 point 8: ToolSet.add refuses a second AzureFunctionTool; AzureFunctionTools holds the three."""
+    monkeypatch.setenv("SPENDGATE_TOOL_QUEUE_PREFIX", "billing-tools")
+    toolset = queue_toolset("https://acct.queue.core.windows.net")
+    assert [type(t) for t in toolset._tools] == [AzureFunctionTools]
+    names = [d.as_dict()["azure_function"]["input_binding"]["storage_queue"]["queue_name"] for d in toolset.definitions]
+    assert names == ["billing-tools-charge-stripe-input", "billing-tools-get-charge-status-input",
+                     "billing-tools-list-customer-charges-input"]  # queue names come from the setting
+
+
 def test_azure_function_tool_definitions_point_at_the_app_queues() -> None:
-    tools = azure_function_tools("https://acct.queue.core.windows.net")
-    definitions = [d.as_dict() for t in tools for d in t.definitions]
+    definitions = [d.as_dict() for d in queue_toolset("https://acct.queue.core.windows.net").definitions]
     charge = next(
         d["azure_function"] for d in definitions if d["azure_function"]["function"]["name"] == "charge_stripe"
     )
@@ -96,3 +107,53 @@ def test_azure_function_tool_definitions_point_at_the_app_queues() -> None:
     }
     assert charge["output_binding"]["storage_queue"]["queue_name"] == "spendgate-tool-charge-stripe-output"
     assert charge["function"]["parameters"]["additionalProperties"] is False
+    assert charge["function"]["parameters"]["properties"]["billing_period"]["pattern"].startswith("^[0-9]{4}-")
+
+
+@pytest.mark.integration
+def test_a_failed_poll_is_retried_and_submit_tool_outputs_carries_every_call(
+    configured: AgentStack, foundry: FakeFoundry
+) -> None:
+    """Issue 15 point 3 (classic): one 503 on a status poll no longer ends the run (transport retries on)."""
+    customer = configured.new_customer()
+    client = agents_client(foundry.endpoint, FakeCredential(), retry_backoff_factor=0.01, **foundry.azure_core_kwargs)
+    agent = create_billing_agent(client, model="gpt-4o", toolset=build_toolset())
+    thread = client.threads.create()
+    args = {"customer_id": customer, "amount_cents": 2900, "billing_period": "2026-06"}
+    # Two parallel calls in one requires_action: the fake refuses a submit that lacks either id.
+    foundry.classic_runs.append([[("charge_stripe", args), ("list_customer_charges", {"customer_id": customer})]])
+    foundry.core_fail_on.append(("GET", r"/threads/[^/]+/runs/[^/]+", 503))
+
+    run = run_message(client, agent.id, thread.id, f"Charge {customer} $29 for 2026-06", polling_interval=0)
+
+    assert run.status == RunStatus.COMPLETED and foundry.rejected == []
+    assert foundry.last_output("charge_stripe")["status"] == "succeeded"
+    assert len(configured.payment_intents(customer)) == 1
+
+
+@pytest.mark.integration
+def test_a_run_left_active_is_cancelled_so_the_message_can_be_retried(
+    configured: AgentStack, foundry: FakeFoundry
+) -> None:
+    """Issue 15 point 3 (classic): it used to answer 400 "Can't add messages to … while a run … is active"."""
+    customer = configured.new_customer()
+    client = agents_client(foundry.endpoint, FakeCredential(), retry_backoff_factor=0.01, **foundry.azure_core_kwargs)
+    agent = create_billing_agent(client, model="gpt-4o", toolset=build_toolset())
+    thread = client.threads.create()
+    args = {"customer_id": customer, "amount_cents": 2900, "billing_period": "2026-06"}
+    foundry.classic_runs.append([[("charge_stripe", args)]])
+    # Polls fail past the SDK's retries, and the cancel right after fails too: the run stays active.
+    foundry.core_fail_on.extend([("GET", r"/threads/[^/]+/runs/[^/]+", 503)] * 10)
+    foundry.core_fail_on.extend([("POST", r"/threads/[^/]+/runs/[^/]+/cancel", 503)] * 10)
+    with pytest.raises(HttpResponseError):
+        run_message(client, agent.id, thread.id, f"Charge {customer} $29 for 2026-06", polling_interval=0)
+    assert any(path.endswith("/cancel") for _, path in foundry.core_requests)
+    foundry.core_fail_on.clear()  # the service is back
+
+    foundry.classic_runs.append([[("charge_stripe", args)]])
+    run = run_message(client, agent.id, thread.id, f"Charge {customer} $29 for 2026-06", polling_interval=0)
+
+    assert run.status == RunStatus.COMPLETED
+    assert any("while a run" in r for r in foundry.rejected) is False
+    assert foundry.last_output("charge_stripe")["status"] == "succeeded"
+    assert len(configured.payment_intents(customer)) == 1

@@ -12,23 +12,25 @@ from typing import Any
 
 import openai
 import pytest
-from azure.core.exceptions import HttpResponseError
 
 from agents.foundry import (
     BILLING_AGENT_INSTRUCTIONS,
     SUPERVISOR_AGENT_INSTRUCTIONS,
-    azure_function_tools,
+    Conversation,
     create_billing_agent,
-    function_tool_schemas,
     openai_client,
     project_client,
+    repair_conversation,
+    resume,
     run_turn,
 )
+from agents.queue_agents import azure_function_tools, create_queue_agent
+from agents.schema import function_tool_schemas
 from agents.tools import BillingTools
+from devhost.fake_foundry import FakeCredential, FakeFoundry, call, fail, say
 from tests.agents.conftest import AgentStack
-from tests.agents.fake_foundry import FakeCredential, FakeFoundry, call, fail, say
 
-JUNE = {"billing_period": "June 2026", "amount_cents": 2900}
+JUNE = {"billing_period": "2026-06", "amount_cents": 2900}
 FOLLOW_UP = "The customer says the June invoice hasn't arrived — can you look into it?"
 
 
@@ -45,10 +47,13 @@ class Session:
             instructions=SUPERVISOR_AGENT_INSTRUCTIONS if supervisor else BILLING_AGENT_INSTRUCTIONS,
         )
         self.openai = openai_client(self.project, http_client=foundry.openai_http_client())
-        self.conversation = self.openai.conversations.create().id
+        self.conversation = Conversation()
 
-    def turn(self, text: str) -> Any:
-        return run_turn(self.openai, self.agent, self.conversation, text, self.tools)
+    def turn(self, text: str, **kwargs: Any) -> Any:
+        return run_turn(self.openai, self.agent, self.conversation, text, self.tools, **kwargs)
+
+
+VAULT_KEY = "vk_0123456789abcdef0123_" + "x" * 48
 
 
 def charge_args(customer: str, **overrides: Any) -> dict[str, Any]:
@@ -64,6 +69,8 @@ def test_function_tools_have_strict_schemas_from_the_sphinx_docstrings() -> None
     assert charge["required"] == ["customer_id", "amount_cents", "billing_period", "invoice_id"]
     assert charge["properties"]["amount_cents"]["type"] == "integer"
     assert charge["properties"]["invoice_id"]["type"] == ["string", "null"]
+    assert charge["properties"]["billing_period"]["pattern"] == r"^[0-9]{4}-(0[1-9]|1[0-2]|q[1-4])$"  # point 5
+    assert charge["properties"]["invoice_id"]["pattern"] == r"^in_[A-Za-z0-9]{1,100}$"
     assert "US cents" in charge["properties"]["amount_cents"]["description"]
     assert "read-only" in schemas["get_charge_status"]["description"]
     assert "ONCE" in schemas["charge_stripe"]["description"]
@@ -80,17 +87,16 @@ def test_create_billing_agent_posts_a_prompt_agent_with_strict_function_tools(fo
     assert all(t["type"] == "function" and t["strict"] is True for t in definition["tools"])
 
 
-def test_both_client_retry_layers_are_off(foundry: FakeFoundry) -> None:
+def test_the_sdk_transport_retries_stay_on(foundry: FakeFoundry) -> None:
+    """Issue 15 point 4: a 503 from the model endpoint or the project API is retried by the SDKs."""
     project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
     oc = openai_client(project, http_client=foundry.openai_http_client())
-    foundry.script.append(fail(503))
-    with pytest.raises(openai.APIStatusError):
-        oc.responses.create(input="hi", extra_body={})
-    assert len(foundry.responses_requests) == 1  # the OpenAI client did not retry
+    foundry.script.extend([fail(503), say("hello")])
+    assert oc.responses.create(input="hi", extra_body={}).output_text == "hello"
+    assert len(foundry.responses_requests) == 2  # the OpenAI client retried once
     foundry.core_failures = 1
-    with pytest.raises(HttpResponseError):
-        create_billing_agent(project, model="gpt-4o")
-    assert foundry.core_requests == [("POST", "/agents/billing-agent/versions")]  # nor did azure-core
+    create_billing_agent(project, model="gpt-4o")
+    assert foundry.core_requests == [("POST", "/agents/billing-agent/versions")] * 2  # and so did azure-core
 
 
 # --- integration: the double-charge scenarios ------------------------------------------------
@@ -112,24 +118,41 @@ def test_lost_response_the_same_function_call_twice_charges_once(stack: AgentSta
 
 
 @pytest.mark.integration
-def test_retried_run_resubmitting_identical_arguments_charges_once(stack: AgentStack, foundry: FakeFoundry) -> None:
+def test_a_failed_output_post_is_resubmitted_with_the_same_outputs(stack: AgentStack, foundry: FakeFoundry) -> None:
+    """Issue 15 point 3: the outputs POST fails (past the SDK's retries); the conversation is not left broken."""
     customer = stack.new_customer()
     session = Session(foundry, stack.tools(billing=stack.billing_key(), audit=stack.audit_key()))
     args = charge_args(customer)
-    # The tool runs, then posting its output fails: the turn fails after the charge was made.
-    foundry.script.extend([call("charge_stripe", **args), fail(500)])
+    # The tool runs, then posting its output fails three times (one try + the SDK's two retries).
+    foundry.script.extend([call("charge_stripe", **args), fail(500), fail(500), fail(500)])
     with pytest.raises(openai.InternalServerError):
         session.turn(f"Charge {customer} $29 for June 2026")
-    # The application retries the whole turn; the model re-submits the same arguments
-    # (spelled differently this time).
-    foundry.script.extend([call("charge_stripe", **charge_args(customer, billing_period="2026-06")), say("Done.")])
-    turn = session.turn(f"Charge {customer} $29 for June 2026")
+    [owed] = session.conversation.pending
+    assert owed.output is not None and json.loads(owed.output)["status"] == "succeeded"
+    assert foundry.tool_outputs == []  # nothing was stored by the failed requests
+    # The next turn first re-sends the same output (the tool does not run again), then the new message.
+    foundry.script.extend([say("Charged $29 for June."), say("It went through.")])
+    turn = session.turn("Did it go through?")
 
-    first, second = foundry.outputs_for("charge_stripe")
-    assert first["replayed"] is False and second["replayed"] is True and first["charge_id"] == second["charge_id"]
-    assert turn.answer == "Done."
-    assert len(foundry.responses_requests) == 4  # no client-side retry hid in between
+    [stored] = foundry.outputs_for("charge_stripe")
+    assert stored == json.loads(owed.output) and turn.answer == "It went through."
+    assert foundry.rejected == [] and session.conversation.pending == []
     assert len(stack.payment_intents(customer)) == 1
+
+
+@pytest.mark.integration
+def test_resume_answers_what_an_interrupted_turn_owes(stack: AgentStack, foundry: FakeFoundry) -> None:
+    customer = stack.new_customer()
+    session = Session(foundry, stack.tools(billing=stack.billing_key(), audit=stack.audit_key()))
+    foundry.script.extend([call("list_customer_charges", customer_id=customer), fail(503), fail(503), fail(503)])
+    with pytest.raises(openai.APIStatusError):
+        session.turn("What did we bill?")
+    state = Conversation.from_json(session.conversation.to_json())  # e.g. kept in a session store
+    foundry.script.append(say("Nothing yet."))
+    turn = resume(session.openai, session.agent, state, session.tools)
+    assert turn is not None and turn.answer == "Nothing yet." and state.pending == []
+    assert len(foundry.outputs_for("list_customer_charges")) == 1 and foundry.rejected == []
+    assert resume(session.openai, session.agent, state, session.tools) is None
 
 
 @pytest.mark.integration
@@ -224,14 +247,38 @@ def test_spent_cap_tells_the_model_to_stop_and_nothing_more_reaches_stripe(
 
 
 @pytest.mark.integration
-def test_round_limit_ends_a_runaway_turn(stack: AgentStack, foundry: FakeFoundry) -> None:
+def test_round_limit_answers_every_call_and_the_conversation_goes_on(stack: AgentStack, foundry: FakeFoundry) -> None:
+    """Issue 15 point 3: calls past the limit get "stopped: round limit"; the next turn is accepted."""
     customer = stack.new_customer()
-    tools = stack.tools(billing=stack.billing_key(), audit=stack.audit_key())
-    session = Session(foundry, tools)
-    foundry.script.extend([call("list_customer_charges", customer_id=customer)] * 3 + [say("Giving up.")])
-    turn = run_turn(session.openai, session.agent, session.conversation, "look", tools, max_tool_rounds=2)
-    assert turn.hit_round_limit and turn.rounds == 2 and turn.answer == "Giving up."
-    assert json.loads(turn.tool_calls[-1].output)["error"] == "tool_round_limit"
+    session = Session(foundry, stack.tools(billing=stack.billing_key(), audit=stack.audit_key()))
+    look = call("list_customer_charges", customer_id=customer)
+    # A runaway model: it keeps calling tools, even after the limit (tool_choice="none" makes the service answer in words).
+    foundry.script.extend([look, look, look, look])
+    turn = session.turn("look", max_tool_rounds=2)
+    assert turn.hit_round_limit and turn.rounds == 2 and turn.answer == "(no tools)"
+    limited = json.loads(turn.tool_calls[-1].output)
+    assert limited["error"] == "tool_round_limit" and limited["message"].startswith("stopped: round limit")
+    assert foundry.responses_requests[-1]["tool_choice"] == "none"
+    foundry.script.append(say("Here is what I found."))
+    assert session.turn("and?").answer == "Here is what I found."
+    assert foundry.rejected == [] and session.conversation.pending == []
+    assert len(foundry.outputs_for("list_customer_charges")) == 3  # two ran, the third was answered unrun
+
+
+def test_turns_and_outputs_are_chained_with_previous_response_id(foundry: FakeFoundry) -> None:
+    """Issue 15 point 3: as Microsoft's function-tool sample does; no server-side conversation is used."""
+    with BillingTools("http://127.0.0.1:9/api/stripe", billing_key=VAULT_KEY) as tools:
+        session = Session(foundry, tools)
+        foundry.script.extend([call("charge_stripe", customer_id="cus_1", amount_cents=1, billing_period="June",
+                                    invoice_id=None), say("That period is not valid."), say("ok")])
+        session.turn("bill cus_1 1 cent for June")
+        session.turn("thanks")
+    first, second, third = foundry.responses_requests
+    assert "previous_response_id" not in first and "conversation" not in first
+    assert second["previous_response_id"] and second["input"][0]["type"] == "function_call_output"
+    assert third["previous_response_id"] not in (None, second["previous_response_id"])  # the turn chains on
+    assert session.conversation.previous_response_id not in (second["previous_response_id"], third["previous_response_id"])
+    assert json.loads(second["input"][0]["output"])["error"] == "invalid_arguments"
 
 
 def test_azure_function_tools_for_2x_point_at_the_app_queues() -> None:
@@ -246,3 +293,35 @@ def test_azure_function_tools_for_2x_point_at_the_app_queues() -> None:
         },
     }
     assert status["output_binding"]["storage_queue"]["queue_name"] == "spendgate-tool-get-charge-status-output"
+
+
+def test_repair_answers_the_calls_a_server_side_conversation_was_left_with(foundry: FakeFoundry) -> None:
+    """Issue 15 point 3: a conversation= loop that stopped at a function call refused every later turn."""
+    project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
+    oc = openai_client(project, http_client=foundry.openai_http_client())
+    conversation = oc.conversations.create().id
+    foundry.script.append(call("list_customer_charges", customer_id="cus_1"))
+    oc.responses.create(conversation=conversation, input="what did we bill?", extra_body={})  # then the loop died
+    with pytest.raises(openai.BadRequestError, match="No tool output found for function call"):
+        oc.responses.create(conversation=conversation, input="hello?", extra_body={})
+
+    [answered] = repair_conversation(oc, conversation)
+
+    repaired = foundry.last_output("list_customer_charges")
+    assert repaired["error"] == "not_run" and repaired["message"].startswith("stopped: not run")
+    assert foundry.tool_outputs[-1]["call_id"] == answered
+    foundry.script.append(say("Back again."))
+    assert oc.responses.create(conversation=conversation, input="hello?", extra_body={}).output_text == "Back again."
+    assert repair_conversation(oc, conversation) == []
+
+
+def test_a_full_agent_with_the_queue_tools(foundry: FakeFoundry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 point 8: one call creates a 2.x agent whose three tools are the app's queues (names from settings)."""
+    monkeypatch.setenv("SPENDGATE_TOOL_QUEUE_PREFIX", "billing-tools")
+    project = project_client(foundry.endpoint, FakeCredential(), **foundry.azure_core_kwargs)
+    agent = create_queue_agent(project, model="gpt-4o", queue_service_endpoint="https://acct.queue.core.windows.net")
+    tools = foundry.agent_versions[-1]["definition"]["tools"]
+    assert agent.name == "billing-agent-queues" and [t["type"] for t in tools] == ["azure_function"] * 3
+    assert [t["azure_function"]["output_binding"]["storage_queue"]["queue_name"] for t in tools] == [
+        "billing-tools-charge-stripe-output", "billing-tools-get-charge-status-output",
+        "billing-tools-list-customer-charges-output"]

@@ -53,7 +53,7 @@ def test_an_unreachable_proxy_is_a_retryable_error_with_the_same_key() -> None:
         "http://127.0.0.1:9/api/stripe", billing_key=VAULT_KEY, backoff_seconds=0.01, payment_method="pm_card_visa"
     ) as tools:
         first = json.loads(tools.charge_stripe("cus_1", 2900, "2026-06"))
-        second = json.loads(tools.charge_stripe("cus_1", 2900, "June 2026"))
+        second = json.loads(tools.charge_stripe("cus_1", "2900", "2026-06"))
     assert first["retryable"] is True and first["stop"] is False and "same idempotency key" in first["message"]
     assert first["idempotency_key"] == second["idempotency_key"]
 
@@ -61,12 +61,14 @@ def test_an_unreachable_proxy_is_a_retryable_error_with_the_same_key() -> None:
 @pytest.mark.integration
 def test_invoice_id_lets_a_legitimate_repeat_through(stack: AgentStack) -> None:
     customer = stack.new_customer()
+    invoice_a, invoice_b = stack.new_invoice(customer), stack.new_invoice(customer)
     tools = stack.tools(billing=stack.billing_key(), audit=stack.audit_key())
-    a = json.loads(tools.charge_stripe(customer, 2900, "2026-06", "in_A"))
-    b = json.loads(tools.charge_stripe(customer, 2900, "2026-06", "in_B"))
-    again = json.loads(tools.charge_stripe(customer, 2900, "2026-06", "in_B"))
+    a = json.loads(tools.charge_stripe(customer, 2900, "2026-06", invoice_a))
+    b = json.loads(tools.charge_stripe(customer, 2900, "2026-06", invoice_b))
+    again = json.loads(tools.charge_stripe(customer, 2900, "2026-06", invoice_b))
     assert a["charge_id"] != b["charge_id"] and again["charge_id"] == b["charge_id"] and again["replayed"] is True
-    assert sorted(pi["metadata"]["invoice_id"] for pi in stack.payment_intents(customer)) == ["in_A", "in_B"]
+    ours = [pi for pi in stack.payment_intents(customer) if pi["metadata"].get("source") == "spendgate-agent"]
+    assert sorted(pi["metadata"]["invoice_id"] for pi in ours) == sorted([invoice_a, invoice_b])
 
 
 @pytest.mark.integration
@@ -117,3 +119,21 @@ def test_lookups_are_read_only_and_need_the_audit_key(stack: AgentStack) -> None
     refused = json.loads(billing_only.get_charge_status(charged["charge_id"]))
     assert refused["error"] == "endpoint_not_allowed" and refused["retryable"] is False
     assert len(stack.payment_intents(customer)) == 1
+
+
+def test_default_tools_are_rebuilt_only_for_their_own_settings_and_close_the_old_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15 point 9: any environment change used to rebuild them, and the old clients were never closed."""
+    from agents import tools as tools_module
+
+    monkeypatch.setattr(tools_module, "_default", None)
+    monkeypatch.setenv("SPENDGATE_PROXY_URL", "http://127.0.0.1:9/api/stripe")
+    monkeypatch.setenv("SPENDGATE_BILLING_KEY", VAULT_KEY)
+    first = tools_module.default_tools()
+    monkeypatch.setenv("SOME_OTHER_SETTING", "changed")
+    assert tools_module.default_tools() is first
+    monkeypatch.setenv("SPENDGATE_BILLING_KEY", VAULT_KEY[:-1] + "y")  # a rotated key
+    second = tools_module.default_tools()
+    assert second is not first and first._once._http.is_closed and first._lookup._http.is_closed
+    second.close()

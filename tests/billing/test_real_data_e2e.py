@@ -83,7 +83,7 @@ def agent_tools(stack: AppStack, base: str | None = None) -> BillingTools:
     label = unique_plan("agent19")
     billing = issue_key(stack, base, f"{label}/billing", ["POST /v1/payment_intents"], 500)
     audit = issue_key(stack, base, f"{label}/audit", ["GET /v1/customers/*", "GET /v1/payment_methods",
-                                                      "GET /v1/payment_intents/*"], 0.01)
+                                                      "GET /v1/payment_intents/*", "GET /v1/invoices/*"], 0.01)
     return BillingTools(f"{base}/api/stripe", billing_key=billing["vault_key"],
                         audit_key=audit["vault_key"], backoff_seconds=0.05)
 
@@ -171,12 +171,18 @@ def test_2_a_second_run_or_an_agent_bills_nobody_already_billed_for_the_period(a
 
     with agent_tools(app_stack) as tools:
         again = json.loads(tools.charge_stripe(customers[0], 2900, "2026-09"))
-        other_amount = json.loads(tools.charge_stripe(customers[0], 3100, "September 2026"))
+        other_amount = json.loads(tools.charge_stripe(customers[0], 3100, "2026-09"))
         assert again["error"] == other_amount["error"] == "already_charged"
         assert again["charge_id"] == other_amount["charge_id"] == first[customers[0]]["object_id"]
         assert len(intents(app_stack, customers[0])) == 1
-        # A deliberate second charge names its own purpose (invoice id).
-        extra = json.loads(tools.charge_stripe(customers[0], 3100, "2026-09", "inv-extra-1"))
+        # A deliberate second charge names its own purpose: an invoice of the customer that exists
+        # (agents check it; localstripe makes invoices only for subscriptions).
+        with stripe(app_stack) as client:
+            client.post("/v1/plans", data={"id": f"{plan}-extra", "amount": 3100, "currency": "usd",
+                                           "interval": "month", "product[name]": "Extra"}).raise_for_status()
+            sub = client.post("/v1/subscriptions", data={"customer": customers[0], "items[0][plan]": f"{plan}-extra"})
+            invoice = sub.raise_for_status().json()["latest_invoice"]
+        extra = json.loads(tools.charge_stripe(customers[0], 3100, "2026-09", invoice))
         assert extra["status"] == "succeeded"
         # An agent first, then a run: the run bills nobody twice either.
         agent_first = json.loads(tools.charge_stripe(customers[1], 2900, "2026-10"))

@@ -59,3 +59,27 @@ def test_gives_up_as_transient() -> None:
     r = _client([err(502, "upstream_unavailable")] * 3, seen).get("/v1/charges", {"limit": 3})
     assert r.outcome is Outcome.TRANSIENT and r.retryable and len(seen) == 3
     assert seen[0].url.query == b"limit=3"
+
+
+def test_stripe_should_retry_decides_what_is_transient() -> None:
+    """Issue 15 point 7: the header wins over the status, as in stripe-python (BRIEF.md)."""
+    retry = {"Stripe-Should-Retry": "true"}
+    cases = [
+        # A 429 from Stripe and a 409 the server calls retryable: retried with the same key, then TRANSIENT.
+        (httpx.Response(429, json={"error": {"type": "rate_limit_error", "code": "rate_limit"}}, headers=retry), 3),
+        (httpx.Response(409, json={"error": {"code": "charge_in_progress"}}, headers=retry), 3),
+    ]
+    for answer, attempts in cases:
+        seen: list[httpx.Request] = []
+        r = _client([answer] * attempts, seen).post("/v1/payment_intents", {"amount": 1}, idempotency_key="k")
+        assert r.outcome is Outcome.TRANSIENT and r.retryable and len(seen) == attempts
+        assert {q.headers["Idempotency-Key"] for q in seen} == {"k"}
+    # `false` makes even a 5xx final (never retried), e.g. a stored answer the proxy replays.
+    seen = []
+    final = httpx.Response(500, json={"error": {"code": "api_error"}}, headers={"Stripe-Should-Retry": "false"})
+    r = _client([final], seen).post("/v1/payment_intents", {"amount": 1}, idempotency_key="k")
+    assert r.outcome is Outcome.INVALID and not r.retryable and len(seen) == 1
+    # The proxy's own rate limit says false: not retried.
+    seen = []
+    limited = httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers={"Stripe-Should-Retry": "false"})
+    assert _client([limited], seen).get("/v1/charges").outcome is Outcome.INVALID and len(seen) == 1
