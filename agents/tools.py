@@ -239,6 +239,10 @@ def _status_message(body: Mapping[str, Any]) -> str:
 # --- the process-wide tools behind the module-level functions ------------------------------
 _default: tuple[tuple[str | None, ...], BillingTools] | None = None
 _default_lock = threading.Lock()
+# Calls in flight per tools object (by id), and tools replaced while calls were in flight: they
+# are closed when their last call returns, so a rotation never cuts a charge off mid-request.
+_in_flight: dict[int, int] = {}
+_retired: dict[int, BillingTools] = {}
 
 
 def _tool_settings(settings: Settings) -> tuple[str | None, ...]:
@@ -250,28 +254,49 @@ def _tool_settings(settings: Settings) -> tuple[str | None, ...]:
     return (proxy_url, settings.billing_key, settings.audit_key)
 
 
-def default_tools() -> BillingTools:
-    """The process's tools, built from app settings on first use, and rebuilt (closing the old
-    clients) only when the proxy URL or a key changes, e.g. after a key rotation."""
+def _current_locked() -> BillingTools:
     global _default
     settings = get_settings()
     wanted = _tool_settings(settings)
+    if _default is None or _default[0] != wanted:
+        fresh = BillingTools.from_settings(settings)
+        if _default is not None:
+            old = _default[1]
+            if _in_flight.get(id(old)):
+                _retired[id(old)] = old  # closed by the last call still using it
+            else:
+                old.close()
+        _default = (wanted, fresh)
+    return _default[1]
+
+
+def default_tools() -> BillingTools:
+    """The process's tools, built from app settings on first use, and rebuilt only when the
+    proxy URL or a key changes (a key rotation); the old clients are closed once idle."""
     with _default_lock:
-        if _default is None or _default[0] != wanted:
-            fresh = BillingTools.from_settings(settings)
-            if _default is not None:
-                _default[1].close()
-            _default = (wanted, fresh)
-        return _default[1]
+        return _current_locked()
 
 
 def _with_default_tools(run: Callable[[BillingTools], str]) -> str:
     try:
-        tools = default_tools()
+        with _default_lock:
+            tools = _current_locked()
+            _in_flight[id(tools)] = _in_flight.get(id(tools), 0) + 1
     except Exception as exc:  # ToolConfigurationError, a malformed setting…: answer, never raise
         log.error("agent tools are not configured: %s", exc)
         return messages.error_output("configuration_error", str(exc))
-    return run(tools)
+    try:
+        return run(tools)
+    finally:
+        with _default_lock:
+            left = _in_flight[id(tools)] - 1
+            if left:
+                _in_flight[id(tools)] = left
+            else:
+                del _in_flight[id(tools)]
+                retired = _retired.pop(id(tools), None)
+                if retired is not None:
+                    retired.close()
 
 
 # --- module-level functions for azure-ai-agents (FunctionTool reads their signature + docstring) ---

@@ -136,4 +136,15 @@ def test_default_tools_are_rebuilt_only_for_their_own_settings_and_close_the_old
     monkeypatch.setenv("SPENDGATE_BILLING_KEY", VAULT_KEY[:-1] + "y")  # a rotated key
     second = tools_module.default_tools()
     assert second is not first and first._once._http.is_closed and first._lookup._http.is_closed
-    second.close()
+    # A rotation while a call is in flight closes the old clients only when that call returns.
+    seen: list[bool] = []
+
+    def rotate_mid_call(tools: object) -> str:
+        monkeypatch.setenv("SPENDGATE_BILLING_KEY", VAULT_KEY[:-1] + "z")
+        assert tools_module.default_tools() is not second
+        seen.append(second._once._http.is_closed)
+        return "done"
+
+    assert tools_module._with_default_tools(rotate_mid_call) == "done"
+    assert seen == [False] and second._once._http.is_closed and second._lookup._http.is_closed
+    tools_module.default_tools().close()
