@@ -38,14 +38,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.data.tables import EdmType, EntityProperty, UpdateMode
-
 from core.errors import SpendgateError
+from proxy.lease_rows import (
+    LEASE_UNITS,
+    Lease,
+    first_leases,
+    folded,
+    lease_from_entity,
+    op_write_lease,
+    partition_counters,
+    read_partition,
+    room_of,
+    with_leases,
+)
 from proxy.ledger import (
     _MOVES,
     MAX_BATCH_OPS,
@@ -61,121 +70,15 @@ from proxy.ledger import (
 from proxy.store import LEASE_PREFIX, Conflict, Counters, KeyRecord, LedgerStore, Operation, op_update_counters
 
 log = logging.getLogger("spendgate.leases")
-MAX_LEASES = 64  # lease rows per key: a revoke (key row + every lease) and a day's rollover must fit one transaction
-LEASE_UNITS = 8  # a lease starts with room for at least this many reservations of the first amount
 LEASE_TTL = timedelta(seconds=30)  # another instance may claim a lease this long after its owner's last write
 IDLE_RETURN_SECONDS = 5.0  # a lease unused this long is handed back
 MAX_VICTIMS = 6  # leases one transaction may take headroom from
 LEDGER_OPS = MAX_VICTIMS + 2  # key row + victims + own lease, before the batch's own ops
 BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with it
 SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One lease row: `grant` cents of the key's cap for `day`, and what was done with them."""
-
-    key_id: str
-    slot: str  # RowKey: lease-<nn>
-    day: str
-    grant: int = 0
-    spent: int = 0
-    pending: int = 0
-    owner: str = ""
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    etag: str | None = None
-
-    @property
-    def room(self) -> int:
-        return self.grant - self.spent - self.pending
-
-    def claimable(self, owner: str, now: datetime) -> bool:
-        return self.owner in ("", owner) or self.expires_at is None or self.expires_at <= now
-
-    def moved(self, action: str, amount: int) -> Lease:
-        if action == "reserve":
-            return replace(self, pending=self.pending + amount)
-        if action == "settle":
-            return replace(self, pending=self.pending - amount, spent=self.spent + amount)
-        return replace(self, pending=self.pending - amount)
-
-
-def _i64(v: int) -> EntityProperty:
-    return EntityProperty(int(v), EdmType.INT64)
-
-
-def _iso(t: datetime | None) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else ""
-
-
-def _dt(v: Any) -> datetime | None:
-    return datetime.fromisoformat(str(v).replace("Z", "+00:00")).astimezone(UTC) if v else None
-
-
-def _int(v: Any) -> int:
-    return int(v.value) if isinstance(v, EntityProperty) else int(v or 0)
-
-
-def lease_from_entity(e: Any) -> Lease:
-    return Lease(e["PartitionKey"], e["RowKey"], e.get("day", ""), _int(e.get("grant")), _int(e.get("spent")),
-                 _int(e.get("pending")), e.get("owner", ""), _dt(e.get("expires_at")), _dt(e.get("revoked_at")),
-                 e.metadata.get("etag") if hasattr(e, "metadata") else None)
-
-
-def lease_entity(lease: Lease) -> dict[str, Any]:
-    return {"PartitionKey": lease.key_id, "RowKey": lease.slot, "kind": "lease", "day": lease.day,
-            "grant": _i64(lease.grant), "spent": _i64(lease.spent), "pending": _i64(lease.pending),
-            "owner": lease.owner, "expires_at": _iso(lease.expires_at), "revoked_at": _iso(lease.revoked_at)}
-
-
-def op_write_lease(lease: Lease) -> Operation:
-    """Create a new lease row, or replace one with If-Match on the version it was computed from."""
-    if lease.etag is None:
-        return ("create", lease_entity(lease))
-    return ("update", lease_entity(lease),
-            {"mode": UpdateMode.REPLACE, "etag": lease.etag, "match_condition": MatchConditions.IfNotModified})
-
-
-def folded(c: Counters, lease: Lease) -> Counters:
-    """The key counters with `lease` given back: its grant returns, its spent and pending join the key's."""
-    c = replace(c, total_leased=c.total_leased - lease.grant, total_spent=c.total_spent + lease.spent,
-                total_pending=c.total_pending + lease.pending)
-    if lease.day == c.window_day:
-        c = replace(c, window_leased=c.window_leased - lease.grant, window_spent=c.window_spent + lease.spent,
-                    window_pending=c.window_pending + lease.pending)
-    return c
-
-
-def read_partition(store: LedgerStore, key_id: str) -> tuple[KeyRecord | None, list[Lease]]:
-    """The key row and every lease row (one query)."""
-    from proxy.store import key_from_entity
-
-    key, leases = store.key_and_lease_entities(key_id)
-    return (key_from_entity(key) if key is not None else None), [lease_from_entity(e) for e in leases]
-
-
-def partition_counters(store: LedgerStore, key_id: str, day: str, key: KeyRecord | None = None) -> Counters:
-    """The key's counters as of `day` with every lease folded in: what was really spent and is pending.
-
-    Reads nothing more than `key` when the key row (as given) has no leases."""
-    if key is None or key.counters.leases:
-        key, leases = read_partition(store, key_id)
-    else:
-        leases = []
-    if key is None:
-        return Counters(window_day=day)
-    c = current(key.counters, day)
-    for lease in leases:
-        c = folded(c, lease)
-    return c
-
-
-def with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyRecord:
-    """`key` with the partition's counters (for describe/list/spend: leases hold part of the truth)."""
-    if not key.counters.leases:
-        return key
-    return replace(key, counters=partition_counters(store, key.key_id, day, key))
+PROBES = 3  # point reads of lease slots an instance without a lease tries before it reads the whole partition
+TAKE_READS = 2  # point reads per attempt to take room that find a lease with nothing to take
+FULL_READ_SECONDS = 1.0  # room seen row by row is trusted this long before the whole partition is read again
 
 
 class _LeaseLane(_Lane):
@@ -187,6 +90,7 @@ class _LeaseLane(_Lane):
         self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
         self.others_stale = False  # taking room from one of them failed: read them all before trying again
         self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
+        self.read_at = 0.0  # when the whole partition was last read (monotonic)
         self.last_used = time.monotonic()
         self.key_id = ""
 
@@ -304,7 +208,7 @@ class LeaseLedger(GroupLedger):
             self._roll_over(lane, day)
             return
         if reserves and (lease is None or lease.day != day):
-            self._adopt(lane, day, now)
+            self._adopt(lane, key, day, now)
             if lane.lease is None or lane.lease.day != day:
                 return
             lease = lane.lease
@@ -346,6 +250,9 @@ class LeaseLedger(GroupLedger):
                     admitted.append(intent)
                     room -= intent.amount
         if short and not admitted and not moves and not gained:
+            if self._others_hold(lane, day) >= short[0].amount and time.monotonic() - lane.read_at < FULL_READ_SECONDS:
+                self._wait(lane)  # the room is with owners using it (as just read, row by row): let them
+                return
             self._pool(lane, pending, short, day, now)
             return
         if mine is not None:
@@ -410,16 +317,19 @@ class LeaseLedger(GroupLedger):
         # unowned leases first, in random order (instances looking at once pick different ones),
         # then the roomiest owned ones
         candidates.sort(key=lambda v: (0, random.random()) if v.claimable(self.owner, now) else (1, -v.room))
+        wasted = 0
         for v in candidates:
-            if gained >= need or len(victims) >= MAX_VICTIMS:
-                break
+            if gained >= need or len(victims) >= MAX_VICTIMS or wasted >= TAKE_READS:
+                break  # (too many reads of rows with nothing to take: the rest next round, after a pause)
             if len(lane.others) > 1:  # others may have written it since we read them all: a point read first
                 row = self.store.read_row(lane.key_id, v.slot)
                 if row is None:
                     lane.others.pop(v.slot, None)
+                    wasted += 1
                     continue
                 v = lane.others[v.slot] = lease_from_entity(row)
                 if not self._eligible(v, need - gained, now):
+                    wasted += 1
                     continue
             take = v.room if v.claimable(self.owner, now) else min(v.room, max(need - gained, v.room // 2))
             victims.append(replace(v, grant=v.grant - take))
@@ -485,6 +395,7 @@ class LeaseLedger(GroupLedger):
 
     def _learn(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease]) -> None:
         lane.known = key
+        lane.read_at = time.monotonic()
         lane.others_stale = False
         ours = lane.lease.slot if lane.lease is not None else None
         lane.lease = None
@@ -498,13 +409,7 @@ class LeaseLedger(GroupLedger):
     # --- lease rows: creation, adoption, the new day, the pool ---------------------------
     def _create_leases(self, lane: _LeaseLane, key: KeyRecord, day: str, amount: int) -> None:
         """Spread the key row's headroom over S new lease rows (one transaction, If-Match on the key row)."""
-        room = headroom(key, day)
-        slots = max(1, min(MAX_LEASES, room // max(1, amount * LEASE_UNITS)))
-        share = room // slots
-        counters = replace(current(key.counters, day), leases=slots)
-        counters = replace(counters, window_leased=counters.window_leased + share * slots,
-                           total_leased=counters.total_leased + share * slots)
-        leases = [Lease(key.key_id, f"{LEASE_PREFIX}{n:02d}", day, share) for n in range(slots)]
+        counters, leases = first_leases(key, day, amount * LEASE_UNITS)
         try:
             self.store.submit([op_update_counters(key, counters), *[op_write_lease(x) for x in leases]])
             self.key_commits += 1
@@ -512,13 +417,47 @@ class LeaseLedger(GroupLedger):
             pass  # another instance did it first, or our row was stale
         self._refresh(lane)
 
-    def _adopt(self, lane: _LeaseLane, day: str, now: datetime) -> None:
-        """Pick a lease for `day` (from the leases as last read, else as read now)."""
-        if not any(x.day == day for x in lane.others.values()):
+    def _adopt(self, lane: _LeaseLane, key: KeyRecord, day: str, now: datetime) -> None:
+        """Pick a lease for `day`: a free one this instance knows of; else probe a few slots with point
+        reads (a fresh instance knows only the key row, which says how many lease rows exist);
+        else the partition as read now."""
+        if not self._known_free(lane, day, now):
+            if self._probe(lane, key, day, now):
+                return
             self._refresh(lane)
             if lane.lease is not None and lane.lease.day == day:
                 return
         self._adopt_from(lane, day, now)
+
+    def _known_free(self, lane: _LeaseLane, day: str, now: datetime) -> bool:
+        return any(x.day == day and x.room > 0 and x.revoked_at is None and x.claimable(self.owner, now)
+                   for x in lane.others.values())
+
+    def _probe(self, lane: _LeaseLane, key: KeyRecord, day: str, now: datetime) -> bool:
+        """Claim a free lease found by point reads of up to `PROBES` slots, from a random one on (so
+        instances starting together spread over the slots); what is read is remembered."""
+        slots = key.counters.leases
+        if not slots or key.counters.window_day != day:
+            return False
+        first = random.randrange(slots)
+        for n in range(min(PROBES, slots)):
+            slot = f"{LEASE_PREFIX}{(first + n) % slots:02d}"
+            if slot in lane.others:
+                continue
+            row = self.store.read_row(lane.key_id, slot)
+            if row is None:
+                continue
+            lease = lease_from_entity(row)
+            if lease.day == day and lease.room > 0 and lease.revoked_at is None and lease.claimable(self.owner, now):
+                lane.lease = replace(lease, owner=self.owner)  # claimed by our first write to it (If-Match)
+                return True
+            lane.others[slot] = lease
+        return False
+
+    @staticmethod
+    def _others_hold(lane: _LeaseLane, day: str) -> int:
+        """Room the other leases hold on `day`, as this instance last read each of them."""
+        return sum(max(0, x.room) for x in lane.others.values() if x.day == day and x.revoked_at is None)
 
     def _roll_over(self, lane: _LeaseLane, day: str) -> None:
         """A new UTC day: fold every lease into the key row and grant the new day's headroom (one transaction)."""
@@ -549,10 +488,10 @@ class LeaseLedger(GroupLedger):
         self.partition_reads += 1
         if key is None:
             raise Conflict("the key is gone")
-        room = self._room_of(key, leases, day)
+        room = room_of(key, leases, day)
         if short[0].amount > room:  # a refusal needs a consistent read: collect again until two agree
             key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
-            room = self._room_of(key, leases, day)
+            room = room_of(key, leases, day)
             if not consistent:
                 self._learn(lane, key, leases)
                 self._wait(lane)
@@ -591,14 +530,6 @@ class LeaseLedger(GroupLedger):
         pick = random.choice(roomy) if roomy else max(free or todays, key=lambda x: x.room)
         lane.lease = replace(pick, owner=self.owner) if free else pick
         lane.others.pop(pick.slot, None)
-
-    @staticmethod
-    def _room_of(key: KeyRecord, leases: list[Lease], day: str) -> int:
-        """Headroom of the whole partition on `day`: the key row's plus every lease's."""
-        total = current(key.counters, day)
-        for lease in leases:
-            total = folded(total, lease)
-        return headroom(replace(key, counters=total), day)
 
     def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
         """The partition, and whether the read is consistent: two identical collects in a row (same
