@@ -146,6 +146,7 @@ def worker(spec: dict[str, Any]) -> None:
     commits = getattr(ledger, "commits", 0)
     extra: dict[str, Any] = {name: getattr(ledger, name, 0) for name in ("key_commits", "partition_reads", "conflicts")}
     extra.update({f"{n}_calls": len(v) for n, v in timings.items()})
+    extra.update({f"reads_{why}": n for why, n in getattr(ledger, "reads_by", {}).items()})
     if os.environ.get("SCALEOUT_PROFILE"):
         extra.update({f"{n}_ms": f"{len(v)}x{1000 * sum(v) / len(v):.0f}" for n, v in timings.items() if v})
     if ledger is not None and hasattr(ledger, "close"):
@@ -248,9 +249,10 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str, server_
     ends = sorted(ended - start for r in reports for _, ended in r["admitted"])
     quantiles = "/".join(f"{ends[min(len(ends) - 1, int(q * len(ends)))]:.2f}" for q in (0.1, 0.5, 0.9, 1.0)) \
         if ends else "-"
-    sums = {name: sum(r["ledger"].get(name, 0) for r in reports) for name in (
-        "key_commits", "partition_reads", "conflicts", "submit_calls", "read_key_calls",
-        "key_and_lease_entities_calls", "read_row_calls")}
+    names = ["key_commits", "partition_reads", "conflicts", "submit_calls", "read_key_calls",
+             "key_and_lease_entities_calls", "read_row_calls"]
+    names += sorted({n for r in reports for n in r["ledger"] if n.startswith("reads_")})
+    sums = {name: sum(r["ledger"].get(name, 0) for r in reports) for name in names}
     timing = {n: v for n, v in reports[0]["ledger"].items() if n.endswith("_ms")}  # one worker's, when profiled
     detail = f"admitted by s (10/50/90/100%): {quantiles}; {cpu_per(reports, len(starts))}; " + ", ".join(f"{k}={v}" for k, v in
                                                                          {**sums, **timing}.items())

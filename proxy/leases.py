@@ -78,7 +78,8 @@ BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with i
 SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
 PROBES = 3  # point reads of lease slots an instance without a lease tries before it reads the whole partition
 TAKE_READS = 2  # point reads per attempt to take room that find a lease with nothing to take
-FULL_READ_SECONDS = 1.0  # room seen row by row is trusted this long before the whole partition is read again
+RECHECK_SECONDS = 1.0  # an owned lease read short of room is not read again for this long
+FULL_READ_SECONDS = 5.0  # room seen row by row is trusted this long before the whole partition is read again
 
 
 class _LeaseLane(_Lane):
@@ -91,6 +92,7 @@ class _LeaseLane(_Lane):
         self.others_stale = False  # taking room from one of them failed: read them all before trying again
         self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
         self.read_at = 0.0  # when the whole partition was last read (monotonic)
+        self.seen: dict[str, datetime] = {}  # when each other lease was last read
         self.last_used = time.monotonic()
         self.key_id = ""
 
@@ -111,6 +113,7 @@ class LeaseLedger(GroupLedger):
         self.idle_return = idle_return
         self.key_commits = 0  # transactions that wrote the key row (for benchmarks)
         self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
+        self.reads_by: dict[str, int] = {}  # the same, by why they were made
         self.conflicts = 0  # transactions that lost a race (for benchmarks)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -313,7 +316,8 @@ class LeaseLedger(GroupLedger):
                                total_leased=counters.total_leased + took)
             gained, key_took = took, True
         candidates = [] if lane.others_stale else [v for v in lane.others.values()
-                      if v.slot != mine.slot and v.day == day and self._eligible(v, need, now)]
+                      if v.slot != mine.slot and v.day == day and self._eligible(v, need, now)
+                      and not self._seen_busy(lane, v, need, now)]
         # unowned leases first, in random order (instances looking at once pick different ones),
         # then the roomiest owned ones
         candidates.sort(key=lambda v: (0, random.random()) if v.claimable(self.owner, now) else (1, -v.room))
@@ -328,6 +332,7 @@ class LeaseLedger(GroupLedger):
                     wasted += 1
                     continue
                 v = lane.others[v.slot] = lease_from_entity(row)
+                lane.seen[v.slot] = now
                 if not self._eligible(v, need - gained, now):
                     wasted += 1
                     continue
@@ -347,6 +352,15 @@ class LeaseLedger(GroupLedger):
         last_write = (victim.expires_at or now) - self.ttl
         return now - last_write > timedelta(seconds=BUSY_SECONDS)
 
+    def _seen_busy(self, lane: _LeaseLane, victim: Lease, need: int, now: datetime) -> bool:
+        """Was `victim` short of room and its owner busy with it (wrote it just before) when we read
+        it, so recently that reading it again would most likely show the same?"""
+        seen = lane.seen.get(victim.slot)
+        if seen is None or victim.claimable(self.owner, now) or victim.room >= 4 * need:
+            return False
+        last_write = (victim.expires_at or seen) - self.ttl
+        return now - seen < timedelta(seconds=RECHECK_SECONDS) and seen - last_write < timedelta(seconds=BUSY_SECONDS)
+
     def _after_conflict(self, lane: _LeaseLane, pending: list[_Intent], exc: Conflict, n_ledger: int,
                         owners: list[_Intent], key_dirty: bool, victims: list[Lease], lease_written: bool) -> None:
         if exc.index is not None and exc.index >= n_ledger and exc.index - n_ledger < len(owners):
@@ -365,7 +379,7 @@ class LeaseLedger(GroupLedger):
                 lane.others_stale = True
             return
         before = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
-        self._refresh(lane)
+        self._refresh(lane, "conflict")
         after = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
         if exc.index is None and before == after and not victims:
             for intent in pending:  # storage did not say which op failed, and our rows did not change
@@ -384,16 +398,22 @@ class LeaseLedger(GroupLedger):
             lane.lease = replace(lease, owner=self.owner)
         else:  # someone else claimed it first: the next round picks another
             lane.others[lease.slot] = lease
+            lane.seen[lease.slot] = self.clock()
 
-    def _refresh(self, lane: _LeaseLane) -> None:
+    def _refresh(self, lane: _LeaseLane, why: str) -> None:
         """Re-read the partition: the key row, our lease (if still ours) and the others."""
         key, leases = read_partition(self.store, lane.key_id)
-        self.partition_reads += 1
+        self._count_read(why)
         if key is None:
             raise Conflict("the key is gone")
         self._learn(lane, key, leases)
 
+    def _count_read(self, why: str) -> None:
+        self.partition_reads += 1
+        self.reads_by[why] = self.reads_by.get(why, 0) + 1
+
     def _learn(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease]) -> None:
+        seen = self.clock()
         lane.known = key
         lane.read_at = time.monotonic()
         lane.others_stale = False
@@ -405,6 +425,7 @@ class LeaseLedger(GroupLedger):
                 lane.lease = lease
             else:
                 lane.others[lease.slot] = lease
+                lane.seen[lease.slot] = seen
 
     # --- lease rows: creation, adoption, the new day, the pool ---------------------------
     def _create_leases(self, lane: _LeaseLane, key: KeyRecord, day: str, amount: int) -> None:
@@ -415,7 +436,7 @@ class LeaseLedger(GroupLedger):
             self.key_commits += 1
         except Conflict:
             pass  # another instance did it first, or our row was stale
-        self._refresh(lane)
+        self._refresh(lane, "create")
 
     def _adopt(self, lane: _LeaseLane, key: KeyRecord, day: str, now: datetime) -> None:
         """Pick a lease for `day`: a free one this instance knows of; else probe a few slots with point
@@ -424,7 +445,7 @@ class LeaseLedger(GroupLedger):
         if not self._known_free(lane, day, now):
             if self._probe(lane, key, day, now):
                 return
-            self._refresh(lane)
+            self._refresh(lane, "adopt")
             if lane.lease is not None and lane.lease.day == day:
                 return
         self._adopt_from(lane, day, now)
@@ -452,6 +473,7 @@ class LeaseLedger(GroupLedger):
                 lane.lease = replace(lease, owner=self.owner)  # claimed by our first write to it (If-Match)
                 return True
             lane.others[slot] = lease
+            lane.seen[slot] = now
         return False
 
     @staticmethod
@@ -480,12 +502,12 @@ class LeaseLedger(GroupLedger):
             self.key_commits += 1
         except Conflict:
             pass
-        self._refresh(lane)
+        self._refresh(lane, "rollover")
 
     def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:
         """No room within reach: read the partition consistently; refuse what the whole of it cannot hold."""
         key, leases = read_partition(self.store, lane.key_id)
-        self.partition_reads += 1
+        self._count_read("pool")
         if key is None:
             raise Conflict("the key is gone")
         room = room_of(key, leases, day)
@@ -539,7 +561,7 @@ class LeaseLedger(GroupLedger):
         last: tuple[Any, ...] | None = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
         for _ in range(SNAPSHOT_TRIES):
             key, leases = read_partition(self.store, key_id)
-            self.partition_reads += 1
+            self._count_read("snapshot")
             if key is None:
                 raise Conflict("the key is gone")
             sig = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
