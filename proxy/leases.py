@@ -76,6 +76,7 @@ MAX_VICTIMS = 6  # leases one transaction may take headroom from
 LEDGER_OPS = MAX_VICTIMS + 2  # key row + victims + own lease, before the batch's own ops
 BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with it
 SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
+LANES = 2  # lanes (and leases) per key in one process: commits in flight at once
 PROBES = 3  # point reads of lease slots an instance without a lease tries before it reads the whole partition
 TAKE_READS = 2  # point reads per attempt to take room that find a lease with nothing to take
 RECHECK_SECONDS = 1.0  # an owned lease read short of room is not read again for this long
@@ -85,8 +86,9 @@ FULL_READ_SECONDS = 5.0  # room seen row by row is trusted this long before the 
 class _LeaseLane(_Lane):
     """A key's lane in this process: its queue, the key row and the leases as last seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
         super().__init__()
+        self.owner = owner  # written on the lease this lane claims
         self.lease: Lease | None = None  # the lease this process reserves against
         self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
         self.others_stale = False  # taking room from one of them failed: read them all before trying again
@@ -106,10 +108,11 @@ class LeaseLedger(GroupLedger):
 
     def __init__(self, store: LedgerStore, *, clock: Callable[[], datetime] = _utcnow, owner: str | None = None,
                  ttl: timedelta = LEASE_TTL, idle_return: float = IDLE_RETURN_SECONDS, max_rounds: int = 24,
-                 reaper: bool = True) -> None:
+                 reaper: bool = True, lanes: int = LANES) -> None:
         super().__init__(store, clock=clock, max_rounds=max_rounds, max_ops=MAX_BATCH_OPS - LEDGER_OPS)
-        self.owner = owner or uuid.uuid4().hex[:16]
+        self.owner = owner or uuid.uuid4().hex[:16]  # its lanes' leases carry it (the second lane's: owner.1)
         self.ttl = ttl
+        self.lanes = lanes
         self.idle_return = idle_return
         self.key_commits = 0  # transactions that wrote the key row (for benchmarks)
         self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
@@ -128,8 +131,24 @@ class LeaseLedger(GroupLedger):
         atexit.register(ledger.close)
         return ledger
 
-    def _new_lane(self) -> _Lane:
-        return _LeaseLane()
+    def _lane(self, key_id: str) -> _Lane:
+        """The key's first lane with no commit in flight, else the one with the shortest queue.
+
+        Up to `self.lanes` lanes per key, each group-committing on a lease of its own, so a process
+        with several callers keeps that many transactions in flight: with one lane, two callers
+        take turns on one lease row (batches of one, half the requests in flight of two callers
+        writing rows of their own). A second lane opens only while the first has a commit in flight."""
+        with self._lanes_lock:
+            busy: list[_Lane] = []
+            for n in range(self.lanes):
+                name = key_id if n == 0 else f"{key_id}#{n}"
+                lane = self._lanes.get(name)
+                if lane is None:
+                    lane = self._lanes[name] = _LeaseLane(self.owner if n == 0 else f"{self.owner}.{n}")
+                if not lane.leading:  # (read without its lock: only a hint, any lane is correct)
+                    return lane
+                busy.append(lane)
+            return min(busy, key=lambda x: len(x.queue))
 
     # --- giving leases back -------------------------------------------------------------
     def close(self) -> None:
@@ -150,7 +169,7 @@ class LeaseLedger(GroupLedger):
             lane.leading = True
         try:
             lease = lane.lease
-            if lease is not None and lease.owner == self.owner:
+            if lease is not None and lease.owner == lane.owner:
                 self.store.submit([op_write_lease(replace(lease, owner="", expires_at=None))])
             lane.lease = None
         except (Conflict, SpendgateError):
@@ -268,8 +287,8 @@ class LeaseLedger(GroupLedger):
         lease_written = mine is not None and (admitted or mine != lease)
         if lease_written:
             assert mine is not None
-            if mine.claimable(self.owner, now):  # ours (or free to take): extend it
-                mine = replace(mine, owner=self.owner, expires_at=now + self.ttl)
+            if mine.claimable(lane.owner, now):  # ours (or free to take): extend it
+                mine = replace(mine, owner=lane.owner, expires_at=now + self.ttl)
             # else shared with its live owner: written with If-Match, its owner and expiry left alone
             ops.append(op_write_lease(mine))
         n_ledger = len(ops)
@@ -316,11 +335,11 @@ class LeaseLedger(GroupLedger):
                                total_leased=counters.total_leased + took)
             gained, key_took = took, True
         candidates = [] if lane.others_stale else [v for v in lane.others.values()
-                      if v.slot != mine.slot and v.day == day and self._eligible(v, need, now)
+                      if v.slot != mine.slot and v.day == day and self._eligible(lane, v, need, now)
                       and not self._seen_busy(lane, v, need, now)]
         # unowned leases first, in random order (instances looking at once pick different ones),
         # then the roomiest owned ones
-        candidates.sort(key=lambda v: (0, random.random()) if v.claimable(self.owner, now) else (1, -v.room))
+        candidates.sort(key=lambda v: (0, random.random()) if v.claimable(lane.owner, now) else (1, -v.room))
         wasted = 0
         for v in candidates:
             if gained >= need or len(victims) >= MAX_VICTIMS or wasted >= TAKE_READS:
@@ -333,21 +352,23 @@ class LeaseLedger(GroupLedger):
                     continue
                 v = lane.others[v.slot] = lease_from_entity(row)
                 lane.seen[v.slot] = now
-                if not self._eligible(v, need - gained, now):
+                if not self._eligible(lane, v, need - gained, now):
                     wasted += 1
                     continue
-            take = v.room if v.claimable(self.owner, now) else min(v.room, max(need - gained, v.room // 2))
+            take = v.room if v.claimable(lane.owner, now) else min(v.room, max(need - gained, v.room // 2))
             victims.append(replace(v, grant=v.grant - take))
             gained += take
         return counters, gained, victims, key_took
 
-    def _eligible(self, victim: Lease, need: int, now: datetime) -> bool:
-        """May we take room from `victim`? Free or expired leases, idle owners' and roomy ones, yes. An
-        owner busy with its last few reservations is left alone: taking from it would mostly lose the
-        race to its own next write, and it is about to use that room anyway."""
+    def _eligible(self, lane: _LeaseLane, victim: Lease, need: int, now: datetime) -> bool:
+        """May we take room from `victim`? Free or expired leases, idle owners' and roomy ones, yes; and
+        a fragment (less than we need: its owner is likely short too, and the last cents of a cap are
+        such fragments, one per lease). An owner busy with its last few reservations is left alone:
+        taking from it would mostly lose the race to its own next write, and it is about to use that
+        room anyway."""
         if victim.room <= 0 or victim.revoked_at is not None:
             return False
-        if victim.claimable(self.owner, now) or victim.room >= 4 * need:
+        if victim.claimable(lane.owner, now) or victim.room >= 4 * need or victim.room < need:
             return True
         last_write = (victim.expires_at or now) - self.ttl
         return now - last_write > timedelta(seconds=BUSY_SECONDS)
@@ -356,7 +377,7 @@ class LeaseLedger(GroupLedger):
         """Was `victim` short of room and its owner busy with it (wrote it just before) when we read
         it, so recently that reading it again would most likely show the same?"""
         seen = lane.seen.get(victim.slot)
-        if seen is None or victim.claimable(self.owner, now) or victim.room >= 4 * need:
+        if seen is None or victim.claimable(lane.owner, now) or not need <= victim.room < 4 * need:
             return False
         last_write = (victim.expires_at or seen) - self.ttl
         return now - seen < timedelta(seconds=RECHECK_SECONDS) and seen - last_write < timedelta(seconds=BUSY_SECONDS)
@@ -394,8 +415,8 @@ class LeaseLedger(GroupLedger):
         lane.lease = None
         if lease is None:
             return
-        if lease.claimable(self.owner, self.clock()):
-            lane.lease = replace(lease, owner=self.owner)
+        if lease.claimable(lane.owner, self.clock()):
+            lane.lease = replace(lease, owner=lane.owner)
         else:  # someone else claimed it first: the next round picks another
             lane.others[lease.slot] = lease
             lane.seen[lease.slot] = self.clock()
@@ -421,7 +442,7 @@ class LeaseLedger(GroupLedger):
         lane.lease = None
         lane.others = {}
         for lease in leases:
-            if lease.slot == ours and lease.owner == self.owner:
+            if lease.slot == ours and lease.owner == lane.owner:
                 lane.lease = lease
             else:
                 lane.others[lease.slot] = lease
@@ -451,7 +472,7 @@ class LeaseLedger(GroupLedger):
         self._adopt_from(lane, day, now)
 
     def _known_free(self, lane: _LeaseLane, day: str, now: datetime) -> bool:
-        return any(x.day == day and x.room > 0 and x.revoked_at is None and x.claimable(self.owner, now)
+        return any(x.day == day and x.room > 0 and x.revoked_at is None and x.claimable(lane.owner, now)
                    for x in lane.others.values())
 
     def _probe(self, lane: _LeaseLane, key: KeyRecord, day: str, now: datetime) -> bool:
@@ -469,8 +490,8 @@ class LeaseLedger(GroupLedger):
             if row is None:
                 continue
             lease = lease_from_entity(row)
-            if lease.day == day and lease.room > 0 and lease.revoked_at is None and lease.claimable(self.owner, now):
-                lane.lease = replace(lease, owner=self.owner)  # claimed by our first write to it (If-Match)
+            if lease.day == day and lease.room > 0 and lease.revoked_at is None and lease.claimable(lane.owner, now):
+                lane.lease = replace(lease, owner=lane.owner)  # claimed by our first write to it (If-Match)
                 return True
             lane.others[slot] = lease
             lane.seen[slot] = now
@@ -521,8 +542,8 @@ class LeaseLedger(GroupLedger):
         self._learn(lane, key, leases)
         if lane.lease is None:
             self._adopt_from(lane, day, now)
-        need = short[0].amount
-        if short[0].amount <= room and not any(self._eligible(x, need, now) for x in lane.others.values()
+        need = max(1, short[0].amount - (lane.lease.room if lane.lease is not None else 0))  # what it lacks
+        if short[0].amount <= room and not any(self._eligible(lane, x, need, now) for x in lane.others.values()
                                                if x.day == day) and headroom(key, day) < need:
             self._wait(lane)  # the room is with owners using it: let them, then look again
         for intent in short:
@@ -547,10 +568,10 @@ class LeaseLedger(GroupLedger):
         todays = [x for x in lane.others.values() if x.day == day]
         if not todays:
             return
-        free = [x for x in todays if x.claimable(self.owner, now)]
+        free = [x for x in todays if x.claimable(lane.owner, now)]
         roomy = [x for x in free if x.room > 0]
         pick = random.choice(roomy) if roomy else max(free or todays, key=lambda x: x.room)
-        lane.lease = replace(pick, owner=self.owner) if free else pick
+        lane.lease = replace(pick, owner=lane.owner) if free else pick
         lane.others.pop(pick.slot, None)
 
     def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
