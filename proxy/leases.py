@@ -76,11 +76,11 @@ MAX_VICTIMS = 6  # leases one transaction may take headroom from
 LEDGER_OPS = MAX_VICTIMS + 2  # key row + victims + own lease, before the batch's own ops
 BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with it
 SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
-LANES = 2  # lanes (and leases) per key in one process: commits in flight at once
 PROBES = 3  # point reads of lease slots an instance without a lease tries before it reads the whole partition
 TAKE_READS = 2  # point reads per attempt to take room that find a lease with nothing to take
-RECHECK_SECONDS = 1.0  # an owned lease read short of room is not read again for this long
-FULL_READ_SECONDS = 5.0  # room seen row by row is trusted this long before the whole partition is read again
+READ_SPACING = 0.03  # seconds between a dry lane's reads of the partition, per instance owning a lease (the
+READ_GAP_MIN, READ_GAP_MAX = 0.1, 1.5  # fleet's reads stay ~30/s however many instances wait), within these
+RECHECK_SECONDS = 1.0  # an owned lease read short of room is not read again for this long (nor trusted longer)
 
 
 class _LeaseLane(_Lane):
@@ -93,8 +93,9 @@ class _LeaseLane(_Lane):
         self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
         self.others_stale = False  # taking room from one of them failed: read them all before trying again
         self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
-        self.read_at = 0.0  # when the whole partition was last read (monotonic)
         self.seen: dict[str, datetime] = {}  # when each other lease was last read
+        self.read_gap = 0.0  # seconds between reads of the whole partition while nothing is within reach
+        self.read_at = 0.0  # when the whole partition was last read (monotonic)
         self.last_used = time.monotonic()
         self.key_id = ""
 
@@ -108,11 +109,10 @@ class LeaseLedger(GroupLedger):
 
     def __init__(self, store: LedgerStore, *, clock: Callable[[], datetime] = _utcnow, owner: str | None = None,
                  ttl: timedelta = LEASE_TTL, idle_return: float = IDLE_RETURN_SECONDS, max_rounds: int = 24,
-                 reaper: bool = True, lanes: int = LANES) -> None:
+                 reaper: bool = True) -> None:
         super().__init__(store, clock=clock, max_rounds=max_rounds, max_ops=MAX_BATCH_OPS - LEDGER_OPS)
-        self.owner = owner or uuid.uuid4().hex[:16]  # its lanes' leases carry it (the second lane's: owner.1)
+        self.owner = owner or uuid.uuid4().hex[:16]  # written on the leases this instance claims
         self.ttl = ttl
-        self.lanes = lanes
         self.idle_return = idle_return
         self.key_commits = 0  # transactions that wrote the key row (for benchmarks)
         self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
@@ -131,24 +131,8 @@ class LeaseLedger(GroupLedger):
         atexit.register(ledger.close)
         return ledger
 
-    def _lane(self, key_id: str) -> _Lane:
-        """The key's first lane with no commit in flight, else the one with the shortest queue.
-
-        Up to `self.lanes` lanes per key, each group-committing on a lease of its own, so a process
-        with several callers keeps that many transactions in flight: with one lane, two callers
-        take turns on one lease row (batches of one, half the requests in flight of two callers
-        writing rows of their own). A second lane opens only while the first has a commit in flight."""
-        with self._lanes_lock:
-            busy: list[_Lane] = []
-            for n in range(self.lanes):
-                name = key_id if n == 0 else f"{key_id}#{n}"
-                lane = self._lanes.get(name)
-                if lane is None:
-                    lane = self._lanes[name] = _LeaseLane(self.owner if n == 0 else f"{self.owner}.{n}")
-                if not lane.leading:  # (read without its lock: only a hint, any lane is correct)
-                    return lane
-                busy.append(lane)
-            return min(busy, key=lambda x: len(x.queue))
+    def _new_lane(self) -> _Lane:
+        return _LeaseLane(self.owner)
 
     # --- giving leases back -------------------------------------------------------------
     def close(self) -> None:
@@ -272,8 +256,8 @@ class LeaseLedger(GroupLedger):
                     admitted.append(intent)
                     room -= intent.amount
         if short and not admitted and not moves and not gained:
-            if self._others_hold(lane, day) >= short[0].amount and time.monotonic() - lane.read_at < FULL_READ_SECONDS:
-                self._wait(lane)  # the room is with owners using it (as just read, row by row): let them
+            if time.monotonic() - lane.read_at < lane.read_gap:
+                self._wait(lane)  # the room is with owners using it (as last read): let them, reading little
                 return
             self._pool(lane, pending, short, day, now)
             return
@@ -339,7 +323,9 @@ class LeaseLedger(GroupLedger):
                       and not self._seen_busy(lane, v, need, now)]
         # unowned leases first, in random order (instances looking at once pick different ones),
         # then the roomiest owned ones
-        candidates.sort(key=lambda v: (0, random.random()) if v.claimable(lane.owner, now) else (1, -v.room))
+        # (owned ones by room with some randomness: takers that read the partition at once spread out)
+        candidates.sort(key=lambda v: (0, random.random()) if v.claimable(lane.owner, now)
+                        else (1, -v.room * random.uniform(0.5, 1.0)))
         wasted = 0
         for v in candidates:
             if gained >= need or len(victims) >= MAX_VICTIMS or wasted >= TAKE_READS:
@@ -358,7 +344,16 @@ class LeaseLedger(GroupLedger):
             take = v.room if v.claimable(lane.owner, now) else min(v.room, max(need - gained, v.room // 2))
             victims.append(replace(v, grant=v.grant - take))
             gained += take
+        if gained < need:  # not enough yet: keep only what free and idle leases give (safe progress), never
+            kept = [v for v in victims if self._idle(lane, lane.others[v.slot], now)]  # live owners' fragments:
+            gained -= sum(lane.others[v.slot].grant - v.grant for v in victims if v not in kept)  # two short
+            victims = kept  # instances would pass them back and forth
         return counters, gained, victims, key_took
+
+    def _idle(self, lane: _LeaseLane, victim: Lease, now: datetime) -> bool:
+        """Free, expired, or not written by its owner for `BUSY_SECONDS`."""
+        last_write = (victim.expires_at or now) - self.ttl
+        return victim.claimable(lane.owner, now) or now - last_write > timedelta(seconds=BUSY_SECONDS)
 
     def _eligible(self, lane: _LeaseLane, victim: Lease, need: int, now: datetime) -> bool:
         """May we take room from `victim`? Free or expired leases, idle owners' and roomy ones, yes; and
@@ -435,8 +430,10 @@ class LeaseLedger(GroupLedger):
 
     def _learn(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease]) -> None:
         seen = self.clock()
-        lane.known = key
         lane.read_at = time.monotonic()
+        owners = sum(1 for x in leases if not x.claimable("", seen))
+        lane.read_gap = min(READ_GAP_MAX, max(READ_GAP_MIN, READ_SPACING * owners))
+        lane.known = key
         lane.others_stale = False
         ours = lane.lease.slot if lane.lease is not None else None
         lane.lease = None
@@ -497,10 +494,6 @@ class LeaseLedger(GroupLedger):
             lane.seen[slot] = now
         return False
 
-    @staticmethod
-    def _others_hold(lane: _LeaseLane, day: str) -> int:
-        """Room the other leases hold on `day`, as this instance last read each of them."""
-        return sum(max(0, x.room) for x in lane.others.values() if x.day == day and x.revoked_at is None)
 
     def _roll_over(self, lane: _LeaseLane, day: str) -> None:
         """A new UTC day: fold every lease into the key row and grant the new day's headroom (one transaction)."""
