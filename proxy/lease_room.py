@@ -99,13 +99,10 @@ class RoomSearch:
             take = v.room if v.claimable(lane.owner, now) else min(v.room, max(need - gained, v.room // 2))
             victims.append(replace(v, grant=v.grant - take))
             gained += take
-        if gained < need:  # not enough yet: keep what free and idle leases give (safe progress), and live
-            # owners' fragments only from a lease later in slot order than ours: short instances taking
-            # each other's fragments in both directions would pass them back and forth forever, one way
-            # they pile up on the first slots and are used
-            kept = [v for v in victims if v.slot > mine.slot or self._idle(lane, lane.others[v.slot], now)]
-            gained -= sum(lane.others[v.slot].grant - v.grant for v in victims if v not in kept)
-            victims = kept
+        if gained < need:  # not enough yet: keep only what free and idle leases give (safe progress), never
+            kept = [v for v in victims if self._idle(lane, lane.others[v.slot], now)]  # live owners' fragments:
+            gained -= sum(lane.others[v.slot].grant - v.grant for v in victims if v not in kept)  # two short
+            victims = kept  # instances would pass them back and forth
         return counters, gained, victims, key_took
 
     def _idle(self, lane: _LeaseLane, victim: Lease, now: datetime) -> bool:
@@ -121,7 +118,7 @@ class RoomSearch:
         room anyway."""
         if victim.room <= 0 or victim.revoked_at is not None:
             return False
-        if victim.claimable(lane.owner, now) or victim.room >= 4 * need or victim.room <= need:
+        if victim.claimable(lane.owner, now) or victim.room >= 4 * need or victim.room < need:
             return True
         last_write = (victim.expires_at or now) - self.ttl
         return now - last_write > timedelta(seconds=BUSY_SECONDS)
@@ -130,7 +127,7 @@ class RoomSearch:
         """Was `victim` short of room and its owner busy with it (wrote it just before) when we read
         it, so recently that reading it again would most likely show the same?"""
         seen = lane.seen.get(victim.slot)
-        if seen is None or victim.claimable(lane.owner, now) or not need < victim.room < 4 * need:
+        if seen is None or victim.claimable(lane.owner, now) or not need <= victim.room < 4 * need:
             return False
         last_write = (victim.expires_at or seen) - self.ttl
         return now - seen < timedelta(seconds=RECHECK_SECONDS) and seen - last_write < timedelta(seconds=BUSY_SECONDS)
