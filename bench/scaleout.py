@@ -21,8 +21,11 @@ room at the refusal), or when room for one more reservation is left at the end.
 
 Ends with machine-readable lines: ``scaleout_vs_raw=`` (ledger at 32 × 1 ÷ raw at 32 × 1),
 ``scaleout_ratio=`` (ledger 32 × 1 ÷ ledger 1 × 32), ``overspend_cents=`` and
-``false_refusals=`` (all layouts). With ``SCALEOUT_PROFILE=1`` each row also shows one worker's
-storage calls (count × mean ms).
+``false_refusals=`` (all layouts). Each layout's line also shows the storage calls of all its
+workers (transactions, point reads, partition reads and why the ledger made them) and the CPU
+seconds per admission of the workers and of Azurite, for the ledger and for raw: on a shared
+machine whose speed drifts, CPU per admission says where the time went when rates cannot. With
+``SCALEOUT_PROFILE=1`` it also shows one worker's mean time per storage call.
 """
 
 from __future__ import annotations
