@@ -6,6 +6,7 @@ import statistics
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from proxy.lease_rows import insert_key_with_leases
 from proxy.store import IdemRecord, KeyRecord, LedgerStore, Operation, op_create_idem
 
 
@@ -13,14 +14,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_key(store: LedgerStore, daily_cap_cents: int, *, label: str = "bench") -> KeyRecord:
-    """Insert a fresh active key row with the given daily cap (no total cap)."""
+def new_key(store: LedgerStore, daily_cap_cents: int, *, label: str = "bench", leases: bool = False) -> KeyRecord:
+    """Insert a fresh active key row with the given daily cap (no total cap); with `leases`, together
+    with its lease rows, as the vault issues keys (proxy/lease_rows.py), else bare (as keys issued
+    before leases existed, and as `GroupLedger` expects them)."""
     now = utcnow()
     key = KeyRecord(
         key_id="kbench" + uuid.uuid4().hex[:16], vendor="stripe", label=label, secret_hash="-",
         daily_cap_cents=daily_cap_cents, total_cap_cents=None, allowed_endpoints=("POST /v1/payment_intents",),
         expires_at=now + timedelta(hours=2), created_at=now,
     )
+    if leases:
+        return insert_key_with_leases(store, key, now.date().isoformat())
     return store.insert_key(key)
 
 

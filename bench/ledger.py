@@ -133,7 +133,7 @@ def naive_trial(table: TableClient, n: int, k: int) -> Trial:
 
 def spendgate_trial(store: LedgerStore, n: int, k: int, *, with_read: bool, kind: str = "proxy") -> Trial:
     day = utcnow().date().isoformat()
-    key = new_key(store, k * AMOUNT)
+    key = new_key(store, k * AMOUNT, leases=kind != "group")  # as the vault issues keys for the proxy's ledger
     ledger = GroupLedger(store) if kind == "group" else LeaseLedger(store, reaper=False)
     tally = Tally()
 

@@ -21,8 +21,11 @@ room at the refusal), or when room for one more reservation is left at the end.
 
 Ends with machine-readable lines: ``scaleout_vs_raw=`` (ledger at 32 × 1 ÷ raw at 32 × 1),
 ``scaleout_ratio=`` (ledger 32 × 1 ÷ ledger 1 × 32), ``overspend_cents=`` and
-``false_refusals=`` (all layouts). With ``SCALEOUT_PROFILE=1`` each row also shows one worker's
-storage calls (count × mean ms).
+``false_refusals=`` (all layouts). Each layout's line also shows the storage calls of all its
+workers (transactions, point reads, partition reads and why the ledger made them) and the CPU
+seconds per admission of the workers and of Azurite, for the ledger and for raw: on a shared
+machine whose speed drifts, CPU per admission says where the time went when rates cannot. With
+``SCALEOUT_PROFILE=1`` it also shows one worker's mean time per storage call.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.common import new_key, reserve_ops, utcnow
+from bench.stack import cpu_seconds
 from core.errors import SpendgateError
 from core.settings import Settings
 from core.storage import table_service_from_connection_string
@@ -74,7 +78,7 @@ def worker(spec: dict[str, Any]) -> None:
     store = LedgerStore(tables, settings)
     mode, callers = spec["mode"], spec["callers"]
     timings: dict[str, list[float]] = {}
-    if os.environ.get("SCALEOUT_PROFILE"):  # time every storage call the ledger makes
+    if mode == "ledger":  # count (and time) every storage call the ledger makes
         for name in ("submit", "read_key", "key_and_lease_entities", "read_row"):
             setattr(store, name, _timed(getattr(store, name), timings.setdefault(name, [])))
     ledger: Any = None
@@ -93,6 +97,7 @@ def worker(spec: dict[str, Any]) -> None:
     print("ready", flush=True)
     sys.stdin.readline()  # the start signal
     t0 = time.time()
+    cpu0 = time.process_time()
     day = utcnow().date().isoformat()
 
     def reserve_until_refused(i: int) -> None:
@@ -140,12 +145,17 @@ def worker(spec: dict[str, Any]) -> None:
         t.start()
     for t in threads:
         t.join()
+    cpu = time.process_time() - cpu0
     commits = getattr(ledger, "commits", 0)
     extra: dict[str, Any] = {name: getattr(ledger, name, 0) for name in ("key_commits", "partition_reads", "conflicts")}
-    extra.update({f"{n}_ms": f"{len(v)}x{1000 * sum(v) / len(v):.0f}" for n, v in timings.items() if v})
+    extra.update({f"{n}_calls": len(v) for n, v in timings.items()})
+    extra.update({f"reads_{why}": n for why, n in getattr(ledger, "reads_by", {}).items()})
+    if os.environ.get("SCALEOUT_PROFILE"):
+        extra.update({f"{n}_ms": f"{len(v)}x{1000 * sum(v) / len(v):.0f}" for n, v in timings.items() if v})
     if ledger is not None and hasattr(ledger, "close"):
         ledger.close()  # an instance that stops gives its lease back
-    print(json.dumps({"admitted": admitted, "refusals": refusals, "commits": commits, "ledger": extra, **stats}),
+    print(json.dumps({"admitted": admitted, "refusals": refusals, "commits": commits, "ledger": extra, "cpu": cpu,
+                      **stats}),
           flush=True)
 
 
@@ -172,8 +182,10 @@ class Trial:
         return self.admitted / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_workers(specs: list[dict[str, Any]], timeout: float) -> tuple[float, list[dict[str, Any]]]:
-    """Start every worker, release them together once all are ready; (start time, their reports)."""
+def run_workers(specs: list[dict[str, Any]], timeout: float, server_pid: int) -> tuple[float, list[dict[str, Any]]]:
+    """Start every worker, release them together once all are ready; (start time, their reports).
+
+    Each report gains `server_cpu`: the storage server's CPU seconds over the trial (shared by all)."""
     procs = [subprocess.Popen([sys.executable, "-m", "bench.scaleout", "--worker", json.dumps(s)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for s in specs]
     try:
@@ -183,6 +195,7 @@ def run_workers(specs: list[dict[str, Any]], timeout: float) -> tuple[float, lis
             if line.strip() != "ready":
                 raise RuntimeError(f"worker did not start: {line!r}")
         start = time.time()
+        server0 = cpu_seconds(server_pid)
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -191,6 +204,9 @@ def run_workers(specs: list[dict[str, Any]], timeout: float) -> tuple[float, lis
         for p in procs:
             out, _ = p.communicate(timeout=timeout)
             reports.append(json.loads(out.strip().splitlines()[-1]))
+        server = cpu_seconds(server_pid) - server0
+        for r in reports:
+            r["server_cpu"] = server
         return start, reports
     finally:
         for p in procs:
@@ -199,7 +215,15 @@ def run_workers(specs: list[dict[str, Any]], timeout: float) -> tuple[float, lis
                 p.wait()
 
 
-def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str) -> Trial:
+def cpu_per(reports: list[dict[str, Any]], admitted: int) -> str:
+    """Client and server CPU per admission (ms): where a trial's time went on a CPU-bound machine."""
+    if not reports or not admitted:
+        return "cpu -"
+    clients = sum(r.get("cpu", 0.0) for r in reports)
+    return f"cpu/admission client {1000 * clients / admitted:.2f} ms, azurite {1000 * reports[0]['server_cpu'] / admitted:.2f} ms"
+
+
+def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str, server_pid: int) -> Trial:
     from proxy.leases import partition_counters
     from proxy.store import LedgerStore
 
@@ -211,10 +235,10 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str) -> Tria
     tables = table_service_from_connection_string(conn)
     store = LedgerStore(tables, settings_for(conn, prefix))
     cap = k * AMOUNT
-    key = new_key(store, cap)
+    key = new_key(store, cap, leases=kind == "proxy")  # keys come from the vault with their lease rows
     specs = [{"mode": "ledger", "conn": conn, "key_id": key.key_id, "callers": callers, "ledger": kind,
               "tag": f"{tag}-{p}", "prefix": prefix} for p in range(procs)]
-    start, reports = run_workers(specs, WORKER_DEADLINE + 60)
+    start, reports = run_workers(specs, WORKER_DEADLINE + 60, server_pid)
     starts = [began for r in reports for began, _ in r["admitted"]]
     last_end = max((ended for r in reports for _, ended in r["admitted"]), default=start)
     refusals = [t for r in reports for t in r["refusals"]]
@@ -228,10 +252,12 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str) -> Tria
     ends = sorted(ended - start for r in reports for _, ended in r["admitted"])
     quantiles = "/".join(f"{ends[min(len(ends) - 1, int(q * len(ends)))]:.2f}" for q in (0.1, 0.5, 0.9, 1.0)) \
         if ends else "-"
-    sums = {name: sum(r["ledger"].get(name, 0) for r in reports) for name in ("key_commits", "partition_reads",
-                                                                             "conflicts")}
+    names = ["key_commits", "partition_reads", "conflicts", "submit_calls", "read_key_calls",
+             "key_and_lease_entities_calls", "read_row_calls"]
+    names += sorted({n for r in reports for n in r["ledger"] if n.startswith("reads_")})
+    sums = {name: sum(r["ledger"].get(name, 0) for r in reports) for name in names}
     timing = {n: v for n, v in reports[0]["ledger"].items() if n.endswith("_ms")}  # one worker's, when profiled
-    detail = f"admitted by s (10/50/90/100%): {quantiles}; " + ", ".join(f"{k}={v}" for k, v in
+    detail = f"admitted by s (10/50/90/100%): {quantiles}; {cpu_per(reports, len(starts))}; " + ", ".join(f"{k}={v}" for k, v in
                                                                          {**sums, **timing}.items())
     return Trial("ledger", procs, callers, len(starts), last_end - start, len(refusals),
                  sum(r["conflicts"] for r in reports), sum(r["commits"] for r in reports),
@@ -239,13 +265,13 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str) -> Tria
                  sum(r["timed_out"] for r in reports), sum(r["errors"] for r in reports), detail)
 
 
-def raw_trial(conn: str, procs: int, callers: int, seconds: float) -> Trial:
+def raw_trial(conn: str, procs: int, callers: int, seconds: float, server_pid: int) -> Trial:
     tag = "raw" + uuid.uuid4().hex[:8]
     specs = [{"mode": "raw", "conn": conn, "callers": callers, "seconds": seconds, "tag": f"{tag}{p}", "prefix": "bench"}
              for p in range(procs)]
-    start, reports = run_workers(specs, seconds + 60)
+    start, reports = run_workers(specs, seconds + 60, server_pid)
     ends = [ended for r in reports for _, ended in r["admitted"]]
-    return Trial("raw", procs, callers, len(ends), max(ends, default=start) - start)
+    return Trial("raw", procs, callers, len(ends), max(ends, default=start) - start, detail=cpu_per(reports, len(ends)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conn = azurite.extra["connection_string"]
         for procs, callers in layouts:
-            led = ledger_trial(conn, procs, callers, args.reservations, args.ledger)
-            raw = raw_trial(conn, procs, callers, args.raw_seconds)
+            led = ledger_trial(conn, procs, callers, args.reservations, args.ledger, azurite.proc.pid)
+            raw = raw_trial(conn, procs, callers, args.raw_seconds, azurite.proc.pid)
             trials += [led, raw]
-            print(f"  measured {procs:>2} x {callers:<2} ledger {led.rate:7.1f}/s  raw {raw.rate:7.1f}/s  ({led.detail})",
-                  flush=True)
+            print(f"  measured {procs:>2} x {callers:<2} ledger {led.rate:7.1f}/s  raw {raw.rate:7.1f}/s  ({led.detail}; "
+                  f"raw: {raw.detail})", flush=True)
     finally:
         azurite.stop()
     return report(trials, args.ledger)

@@ -23,7 +23,8 @@ from azure.data.tables import TableServiceClient
 
 from core.settings import Settings
 from proxy.known_keys import KnownKeys, shared_known_keys
-from proxy.ledger import Ledger, TableLedger, shared_group_ledger
+from proxy.leases import LeaseLedger
+from proxy.ledger import Ledger, shared_group_ledger
 from proxy.noise import NoiseGate
 from proxy.store import KeyRecord, LedgerStore, per_ledger_table
 
@@ -47,8 +48,8 @@ class ProxyDeps:
     noise: NoiseGate | None = None  # None: unauthenticated requests are neither limited nor sampled
 
     def __post_init__(self) -> None:
-        if self.ledger is None:
-            self.ledger = TableLedger(self.store)
+        if self.ledger is None:  # a ledger of its own that knows the key's lease rows (issued with the key)
+            self.ledger = LeaseLedger(self.store, reaper=False)
 
     @classmethod
     def build(cls, tables: TableServiceClient, stripe_http: httpx.Client, settings: Settings) -> ProxyDeps:

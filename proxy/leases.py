@@ -5,15 +5,17 @@ row's If-Match, which collapses when a fan-out spreads over many instances (docs
 "The cap across many instances"). Here each instance reserves against its own *lease row* in
 the key's partition, which no other instance writes in the steady state:
 
-- The first reservation that finds no lease rows moves the key's headroom into S lease rows
-  (`lease-00` … ; S ≤ `MAX_LEASES`) in ONE If-Match transaction on the key row: the key row
-  counts what it granted (`window_leased`, `total_leased`, `leases`).
-- An instance *claims* an unowned lease (or one whose owner let it expire) and then commits
-  its group-committed batches with If-Match on that row: the reservation and its idempotency
-  record create in one transaction, exactly as on the key row, one round trip.
+- The vault issues a key with its lease rows (`lease-00` … ; S ≤ `MAX_LEASES`; one transaction,
+  proxy/lease_rows.py). A key issued without them gets them from its first reservation: ONE
+  If-Match transaction on the key row moves its headroom into S lease rows. Either way the key
+  row counts what it granted (`window_leased`, `total_leased`, `leases`).
+- An instance *claims* an unowned lease (or one whose owner let it expire; found by point reads
+  of a few slots, proxy/lease_room.py) and then commits its group-committed batches with
+  If-Match on that row: the reservation and its idempotency record create in one transaction,
+  exactly as on the key row, one round trip.
 - A lease that runs short takes headroom from other leases in the same transaction as the
-  reservation: all of an unowned one's, half of an owned one's (so leases shrink as the cap
-  runs low). Moving headroom between leases leaves the key row alone.
+  reservation (which ones: proxy/lease_room.py), so leases shrink as the cap runs low. Moving
+  headroom between leases leaves the key row alone.
 - Settles and releases land on the instance's own lease (pending is fungible: the partition's
   sum is what counts, see `proxy.ledger.settled`), on the key row otherwise.
 - A lease unused for `IDLE_RETURN_SECONDS`, or held by a process that stops (`close`), is
@@ -33,19 +35,26 @@ from __future__ import annotations
 
 import atexit
 import logging
-import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from azure.core import MatchConditions
-from azure.data.tables import EdmType, EntityProperty, UpdateMode
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from core.errors import SpendgateError
+from proxy.lease_room import MAX_VICTIMS, RoomSearch, _LeaseLane
+from proxy.lease_rows import (
+    LEASE_UNITS,
+    Lease,
+    first_leases,
+    folded,
+    lease_from_entity,
+    op_write_lease,
+    partition_counters,
+    read_partition,
+    with_leases,
+)
 from proxy.ledger import (
     _MOVES,
     MAX_BATCH_OPS,
@@ -54,144 +63,18 @@ from proxy.ledger import (
     _Intent,
     _Lane,
     _utcnow,
-    cap_exceeded,
     current,
     headroom,
 )
-from proxy.store import LEASE_PREFIX, Conflict, Counters, KeyRecord, LedgerStore, Operation, op_update_counters
+from proxy.store import Conflict, KeyRecord, LedgerStore, Operation, op_update_counters
 
 log = logging.getLogger("spendgate.leases")
-MAX_LEASES = 64  # lease rows per key: a revoke (key row + every lease) and a day's rollover must fit one transaction
-LEASE_UNITS = 8  # a lease starts with room for at least this many reservations of the first amount
 LEASE_TTL = timedelta(seconds=30)  # another instance may claim a lease this long after its owner's last write
 IDLE_RETURN_SECONDS = 5.0  # a lease unused this long is handed back
-MAX_VICTIMS = 6  # leases one transaction may take headroom from
 LEDGER_OPS = MAX_VICTIMS + 2  # key row + victims + own lease, before the batch's own ops
-BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with it
-SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
 
 
-@dataclass(frozen=True)
-class Lease:
-    """One lease row: `grant` cents of the key's cap for `day`, and what was done with them."""
-
-    key_id: str
-    slot: str  # RowKey: lease-<nn>
-    day: str
-    grant: int = 0
-    spent: int = 0
-    pending: int = 0
-    owner: str = ""
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    etag: str | None = None
-
-    @property
-    def room(self) -> int:
-        return self.grant - self.spent - self.pending
-
-    def claimable(self, owner: str, now: datetime) -> bool:
-        return self.owner in ("", owner) or self.expires_at is None or self.expires_at <= now
-
-    def moved(self, action: str, amount: int) -> Lease:
-        if action == "reserve":
-            return replace(self, pending=self.pending + amount)
-        if action == "settle":
-            return replace(self, pending=self.pending - amount, spent=self.spent + amount)
-        return replace(self, pending=self.pending - amount)
-
-
-def _i64(v: int) -> EntityProperty:
-    return EntityProperty(int(v), EdmType.INT64)
-
-
-def _iso(t: datetime | None) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else ""
-
-
-def _dt(v: Any) -> datetime | None:
-    return datetime.fromisoformat(str(v).replace("Z", "+00:00")).astimezone(UTC) if v else None
-
-
-def _int(v: Any) -> int:
-    return int(v.value) if isinstance(v, EntityProperty) else int(v or 0)
-
-
-def lease_from_entity(e: Any) -> Lease:
-    return Lease(e["PartitionKey"], e["RowKey"], e.get("day", ""), _int(e.get("grant")), _int(e.get("spent")),
-                 _int(e.get("pending")), e.get("owner", ""), _dt(e.get("expires_at")), _dt(e.get("revoked_at")),
-                 e.metadata.get("etag") if hasattr(e, "metadata") else None)
-
-
-def lease_entity(lease: Lease) -> dict[str, Any]:
-    return {"PartitionKey": lease.key_id, "RowKey": lease.slot, "kind": "lease", "day": lease.day,
-            "grant": _i64(lease.grant), "spent": _i64(lease.spent), "pending": _i64(lease.pending),
-            "owner": lease.owner, "expires_at": _iso(lease.expires_at), "revoked_at": _iso(lease.revoked_at)}
-
-
-def op_write_lease(lease: Lease) -> Operation:
-    """Create a new lease row, or replace one with If-Match on the version it was computed from."""
-    if lease.etag is None:
-        return ("create", lease_entity(lease))
-    return ("update", lease_entity(lease),
-            {"mode": UpdateMode.REPLACE, "etag": lease.etag, "match_condition": MatchConditions.IfNotModified})
-
-
-def folded(c: Counters, lease: Lease) -> Counters:
-    """The key counters with `lease` given back: its grant returns, its spent and pending join the key's."""
-    c = replace(c, total_leased=c.total_leased - lease.grant, total_spent=c.total_spent + lease.spent,
-                total_pending=c.total_pending + lease.pending)
-    if lease.day == c.window_day:
-        c = replace(c, window_leased=c.window_leased - lease.grant, window_spent=c.window_spent + lease.spent,
-                    window_pending=c.window_pending + lease.pending)
-    return c
-
-
-def read_partition(store: LedgerStore, key_id: str) -> tuple[KeyRecord | None, list[Lease]]:
-    """The key row and every lease row (one query)."""
-    from proxy.store import key_from_entity
-
-    key, leases = store.key_and_lease_entities(key_id)
-    return (key_from_entity(key) if key is not None else None), [lease_from_entity(e) for e in leases]
-
-
-def partition_counters(store: LedgerStore, key_id: str, day: str, key: KeyRecord | None = None) -> Counters:
-    """The key's counters as of `day` with every lease folded in: what was really spent and is pending.
-
-    Reads nothing more than `key` when the key row (as given) has no leases."""
-    if key is None or key.counters.leases:
-        key, leases = read_partition(store, key_id)
-    else:
-        leases = []
-    if key is None:
-        return Counters(window_day=day)
-    c = current(key.counters, day)
-    for lease in leases:
-        c = folded(c, lease)
-    return c
-
-
-def with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyRecord:
-    """`key` with the partition's counters (for describe/list/spend: leases hold part of the truth)."""
-    if not key.counters.leases:
-        return key
-    return replace(key, counters=partition_counters(store, key.key_id, day, key))
-
-
-class _LeaseLane(_Lane):
-    """A key's lane in this process: its queue, the key row and the leases as last seen."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lease: Lease | None = None  # the lease this process reserves against
-        self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
-        self.others_stale = False  # taking room from one of them failed: read them all before trying again
-        self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
-        self.last_used = time.monotonic()
-        self.key_id = ""
-
-
-class LeaseLedger(GroupLedger):
+class LeaseLedger(RoomSearch, GroupLedger):
     """Group commit per key on this instance's own lease row instead of the shared key row.
 
     Same interface and the same promises as `GroupLedger` (see docs/ledger.md); the callers'
@@ -202,11 +85,12 @@ class LeaseLedger(GroupLedger):
                  ttl: timedelta = LEASE_TTL, idle_return: float = IDLE_RETURN_SECONDS, max_rounds: int = 24,
                  reaper: bool = True) -> None:
         super().__init__(store, clock=clock, max_rounds=max_rounds, max_ops=MAX_BATCH_OPS - LEDGER_OPS)
-        self.owner = owner or uuid.uuid4().hex[:16]
+        self.owner = owner or uuid.uuid4().hex[:16]  # written on the leases this instance claims
         self.ttl = ttl
         self.idle_return = idle_return
         self.key_commits = 0  # transactions that wrote the key row (for benchmarks)
         self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
+        self.reads_by: dict[str, int] = {}  # the same, by why they were made
         self.conflicts = 0  # transactions that lost a race (for benchmarks)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -222,7 +106,7 @@ class LeaseLedger(GroupLedger):
         return ledger
 
     def _new_lane(self) -> _Lane:
-        return _LeaseLane()
+        return _LeaseLane(self.owner)
 
     # --- giving leases back -------------------------------------------------------------
     def close(self) -> None:
@@ -243,7 +127,7 @@ class LeaseLedger(GroupLedger):
             lane.leading = True
         try:
             lease = lane.lease
-            if lease is not None and lease.owner == self.owner:
+            if lease is not None and lease.owner == lane.owner:
                 self.store.submit([op_write_lease(replace(lease, owner="", expires_at=None))])
             lane.lease = None
         except (Conflict, SpendgateError):
@@ -304,7 +188,7 @@ class LeaseLedger(GroupLedger):
             self._roll_over(lane, day)
             return
         if reserves and (lease is None or lease.day != day):
-            self._adopt(lane, day, now)
+            self._adopt(lane, key, day, now)
             if lane.lease is None or lane.lease.day != day:
                 return
             lease = lane.lease
@@ -346,6 +230,9 @@ class LeaseLedger(GroupLedger):
                     admitted.append(intent)
                     room -= intent.amount
         if short and not admitted and not moves and not gained:
+            if time.monotonic() - lane.read_at < lane.read_gap:
+                self._wait(lane)  # the room is with owners using it (as last read): let them, reading little
+                return
             self._pool(lane, pending, short, day, now)
             return
         if mine is not None:
@@ -358,8 +245,8 @@ class LeaseLedger(GroupLedger):
         lease_written = mine is not None and (admitted or mine != lease)
         if lease_written:
             assert mine is not None
-            if mine.claimable(self.owner, now):  # ours (or free to take): extend it
-                mine = replace(mine, owner=self.owner, expires_at=now + self.ttl)
+            if mine.claimable(lane.owner, now):  # ours (or free to take): extend it
+                mine = replace(mine, owner=lane.owner, expires_at=now + self.ttl)
             # else shared with its live owner: written with If-Match, its owner and expiry left alone
             ops.append(op_write_lease(mine))
         n_ledger = len(ops)
@@ -394,49 +281,6 @@ class LeaseLedger(GroupLedger):
             intent.finish([head, *etags[pos:pos + n]])
             pos += n
 
-    def _take_room(self, lane: _LeaseLane, key: KeyRecord, counters: Counters, mine: Lease, day: str, need: int,
-              now: datetime) -> tuple[Counters, int, list[Lease], bool]:
-        """Headroom for `need` more cents: first what the key row still holds, then other leases'
-        (all of an unowned one's, half of an owned one's, at least what is needed)."""
-        gained, victims, key_took = 0, [], False
-        key_room = headroom(replace(key, counters=counters), day)
-        if key_room > 0:
-            took = min(key_room, max(need, key_room // max(1, key.counters.leases)))
-            counters = replace(current(counters, day), window_leased=current(counters, day).window_leased + took,
-                               total_leased=counters.total_leased + took)
-            gained, key_took = took, True
-        candidates = [] if lane.others_stale else [v for v in lane.others.values()
-                      if v.slot != mine.slot and v.day == day and self._eligible(v, need, now)]
-        # unowned leases first, in random order (instances looking at once pick different ones),
-        # then the roomiest owned ones
-        candidates.sort(key=lambda v: (0, random.random()) if v.claimable(self.owner, now) else (1, -v.room))
-        for v in candidates:
-            if gained >= need or len(victims) >= MAX_VICTIMS:
-                break
-            if len(lane.others) > 1:  # others may have written it since we read them all: a point read first
-                row = self.store.read_row(lane.key_id, v.slot)
-                if row is None:
-                    lane.others.pop(v.slot, None)
-                    continue
-                v = lane.others[v.slot] = lease_from_entity(row)
-                if not self._eligible(v, need - gained, now):
-                    continue
-            take = v.room if v.claimable(self.owner, now) else min(v.room, max(need - gained, v.room // 2))
-            victims.append(replace(v, grant=v.grant - take))
-            gained += take
-        return counters, gained, victims, key_took
-
-    def _eligible(self, victim: Lease, need: int, now: datetime) -> bool:
-        """May we take room from `victim`? Free or expired leases, idle owners' and roomy ones, yes. An
-        owner busy with its last few reservations is left alone: taking from it would mostly lose the
-        race to its own next write, and it is about to use that room anyway."""
-        if victim.room <= 0 or victim.revoked_at is not None:
-            return False
-        if victim.claimable(self.owner, now) or victim.room >= 4 * need:
-            return True
-        last_write = (victim.expires_at or now) - self.ttl
-        return now - last_write > timedelta(seconds=BUSY_SECONDS)
-
     def _after_conflict(self, lane: _LeaseLane, pending: list[_Intent], exc: Conflict, n_ledger: int,
                         owners: list[_Intent], key_dirty: bool, victims: list[Lease], lease_written: bool) -> None:
         if exc.index is not None and exc.index >= n_ledger and exc.index - n_ledger < len(owners):
@@ -455,7 +299,7 @@ class LeaseLedger(GroupLedger):
                 lane.others_stale = True
             return
         before = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
-        self._refresh(lane)
+        self._refresh(lane, "conflict")
         after = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
         if exc.index is None and before == after and not victims:
             for intent in pending:  # storage did not say which op failed, and our rows did not change
@@ -470,55 +314,21 @@ class LeaseLedger(GroupLedger):
         lane.lease = None
         if lease is None:
             return
-        if lease.claimable(self.owner, self.clock()):
-            lane.lease = replace(lease, owner=self.owner)
+        if lease.claimable(lane.owner, self.clock()):
+            lane.lease = replace(lease, owner=lane.owner)
         else:  # someone else claimed it first: the next round picks another
             lane.others[lease.slot] = lease
+            lane.seen[lease.slot] = self.clock()
 
-    def _refresh(self, lane: _LeaseLane) -> None:
-        """Re-read the partition: the key row, our lease (if still ours) and the others."""
-        key, leases = read_partition(self.store, lane.key_id)
-        self.partition_reads += 1
-        if key is None:
-            raise Conflict("the key is gone")
-        self._learn(lane, key, leases)
-
-    def _learn(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease]) -> None:
-        lane.known = key
-        lane.others_stale = False
-        ours = lane.lease.slot if lane.lease is not None else None
-        lane.lease = None
-        lane.others = {}
-        for lease in leases:
-            if lease.slot == ours and lease.owner == self.owner:
-                lane.lease = lease
-            else:
-                lane.others[lease.slot] = lease
-
-    # --- lease rows: creation, adoption, the new day, the pool ---------------------------
     def _create_leases(self, lane: _LeaseLane, key: KeyRecord, day: str, amount: int) -> None:
         """Spread the key row's headroom over S new lease rows (one transaction, If-Match on the key row)."""
-        room = headroom(key, day)
-        slots = max(1, min(MAX_LEASES, room // max(1, amount * LEASE_UNITS)))
-        share = room // slots
-        counters = replace(current(key.counters, day), leases=slots)
-        counters = replace(counters, window_leased=counters.window_leased + share * slots,
-                           total_leased=counters.total_leased + share * slots)
-        leases = [Lease(key.key_id, f"{LEASE_PREFIX}{n:02d}", day, share) for n in range(slots)]
+        counters, leases = first_leases(key, day, amount * LEASE_UNITS)
         try:
             self.store.submit([op_update_counters(key, counters), *[op_write_lease(x) for x in leases]])
             self.key_commits += 1
         except Conflict:
             pass  # another instance did it first, or our row was stale
-        self._refresh(lane)
-
-    def _adopt(self, lane: _LeaseLane, day: str, now: datetime) -> None:
-        """Pick a lease for `day` (from the leases as last read, else as read now)."""
-        if not any(x.day == day for x in lane.others.values()):
-            self._refresh(lane)
-            if lane.lease is not None and lane.lease.day == day:
-                return
-        self._adopt_from(lane, day, now)
+        self._refresh(lane, "create")
 
     def _roll_over(self, lane: _LeaseLane, day: str) -> None:
         """A new UTC day: fold every lease into the key row and grant the new day's headroom (one transaction)."""
@@ -541,81 +351,6 @@ class LeaseLedger(GroupLedger):
             self.key_commits += 1
         except Conflict:
             pass
-        self._refresh(lane)
-
-    def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:
-        """No room within reach: read the partition consistently; refuse what the whole of it cannot hold."""
-        key, leases = read_partition(self.store, lane.key_id)
-        self.partition_reads += 1
-        if key is None:
-            raise Conflict("the key is gone")
-        room = self._room_of(key, leases, day)
-        if short[0].amount > room:  # a refusal needs a consistent read: collect again until two agree
-            key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
-            room = self._room_of(key, leases, day)
-            if not consistent:
-                self._learn(lane, key, leases)
-                self._wait(lane)
-                return  # the rows kept changing: the next round tries again with what was read last
-        self._learn(lane, key, leases)
-        if lane.lease is None:
-            self._adopt_from(lane, day, now)
-        need = short[0].amount
-        if short[0].amount <= room and not any(self._eligible(x, need, now) for x in lane.others.values()
-                                               if x.day == day) and headroom(key, day) < need:
-            self._wait(lane)  # the room is with owners using it: let them, then look again
-        for intent in short:
-            # Each is judged against the whole room on its own: the others in the batch have not
-            # committed, and a refusal must mean "there was no room for this one" (they race for it
-            # in the next round; whoever loses sees the room gone in a read of its own).
-            if intent.amount > room:
-                pending.remove(intent)
-                intent.finish(error=cap_exceeded(intent.amount, room))
-
-    @staticmethod
-    def _wait(lane: _LeaseLane) -> None:
-        """Back off before reading the partition again (50 ms doubling to 400 ms, jittered): the
-        instances still holding room are using it, and every read slows everyone's storage."""
-        lane.backoff = min(0.4, max(0.05, lane.backoff * 2))
-        time.sleep(random.uniform(lane.backoff / 2, lane.backoff))
-
-    def _adopt_from(self, lane: _LeaseLane, day: str, now: datetime) -> None:
-        """Claim an unowned (or expired) lease, at random among those with room so that instances
-        starting together pick different ones; with none free, share the roomiest (it is written
-        with If-Match like our own; claiming only changes who may hand it back)."""
-        todays = [x for x in lane.others.values() if x.day == day]
-        if not todays:
-            return
-        free = [x for x in todays if x.claimable(self.owner, now)]
-        roomy = [x for x in free if x.room > 0]
-        pick = random.choice(roomy) if roomy else max(free or todays, key=lambda x: x.room)
-        lane.lease = replace(pick, owner=self.owner) if free else pick
-        lane.others.pop(pick.slot, None)
-
-    @staticmethod
-    def _room_of(key: KeyRecord, leases: list[Lease], day: str) -> int:
-        """Headroom of the whole partition on `day`: the key row's plus every lease's."""
-        total = current(key.counters, day)
-        for lease in leases:
-            total = folded(total, lease)
-        return headroom(replace(key, counters=total), day)
-
-    def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
-        """The partition, and whether the read is consistent: two identical collects in a row (same
-        ETags) mean every row held what was read at one instant between them (a double collect;
-        lease rows are only added or removed together with a key row change)."""
-        key, leases = first
-        last: tuple[Any, ...] | None = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
-        for _ in range(SNAPSHOT_TRIES):
-            key, leases = read_partition(self.store, key_id)
-            self.partition_reads += 1
-            if key is None:
-                raise Conflict("the key is gone")
-            sig = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
-            if sig == last:
-                return key, leases, True
-            last = sig
-        return key, leases, False
-
+        self._refresh(lane, "rollover")
 
 __all__ = ["Lease", "LeaseLedger", "folded", "partition_counters", "read_partition", "with_leases"]

@@ -9,7 +9,7 @@ about one key lives in one partition and can change in one entity-group transact
     idem-<sha256(idem key)>       one idempotency record (in_flight / ambiguous / completed)
     audit-<inverted ms>-<req id>  one audit row per request (newest sorts first)
     lease-<nn>                    a headroom lease: a slice of the cap one instance reserves
-                                  against (its fields: proxy/leases.py, docs/ledger.md)
+                                  against (its fields: proxy/lease_rows.py, docs/ledger.md)
 
 Requests whose vault key could not be authenticated are audited, by sample
 (proxy/noise.py), in the partition ``_unauthenticated``. A completed record's answer is

@@ -22,7 +22,7 @@ from proxy import keys
 from proxy.forward import ProxyDeps
 from proxy.holds import resolve_hold
 from proxy.idempotency import lookup_conclusive, taken_over
-from proxy.leases import with_leases
+from proxy.lease_rows import insert_key_with_leases, with_leases
 from proxy.ledger import current, headroom
 from proxy.outcome import outcome_ops
 from proxy.policy import parse_policy
@@ -84,7 +84,9 @@ class VaultService:
             allowed_endpoints=tuple(policy.endpoint_strings()), expires_at=policy.expires_at, created_at=now,
             metadata=policy.metadata, auto_idempotency=policy.auto_idempotency,
         )
-        self.store.insert_key(record)
+        # Issued with its lease rows, so instances that start a fan-out together only claim one each
+        # (docs/ledger.md, "The cap across many instances").
+        insert_key_with_leases(self.store, record, now.date().isoformat())
         return {**self._view(record, now), "vault_key": keys.format_vault_key(key_id, secret)}
 
     def describe(self, key_id: str) -> dict[str, Any]:

@@ -131,10 +131,15 @@ def false_refusals(reports: list[dict[str, Any]]) -> int:
     return sum(1 for r in reports for t in r["refusals"] if t < last_admission_began)
 
 
-def test_spent_pending_and_leased_stay_within_the_cap_at_every_commit(table: Table, workers: list[Workers]) -> None:
+ISSUED = pytest.mark.parametrize("issued", [True, False], ids=["issued-with-leases", "leases-on-first-use"])
+
+
+@ISSUED
+def test_spent_pending_and_leased_stay_within_the_cap_at_every_commit(table: Table, workers: list[Workers],
+                                                                      issued: bool) -> None:
     """8 instances × 4 callers race a cap of 300 reservations; a reader samples the partition meanwhile."""
     day = utcnow().date().isoformat()
-    key = new_key(table.store, 300 * AMOUNT)
+    key = new_key(table.store, 300 * AMOUNT, leases=issued)
     w = start(workers, [table.spec(key, mode="race", callers=4) for _ in range(8)])
     violations: list[str] = []
     samples = [0]
@@ -164,9 +169,11 @@ def test_spent_pending_and_leased_stay_within_the_cap_at_every_commit(table: Tab
     assert sorted(r.idempotency_key for r in records) == sorted(admitted)
 
 
-def test_32_processes_racing_for_the_last_cents_never_overspend(table: Table, workers: list[Workers]) -> None:
+@ISSUED
+def test_32_processes_racing_for_the_last_cents_never_overspend(table: Table, workers: list[Workers],
+                                                                issued: bool) -> None:
     day = utcnow().date().isoformat()
-    key = new_key(table.store, 100_000)
+    key = new_key(table.store, 100_000, leases=issued)
     first = LeaseLedger(table.store, reaper=False)  # spend all but 1,000 cents from another instance first
     first.reserve(key, 99_000, day, reserve_ops(key.key_id, "most", 99_000, day))
     first.close()
@@ -200,9 +207,11 @@ def test_no_refusal_while_the_partition_has_room(table: Table) -> None:
     assert partition_counters(table.store, key.key_id, day).window_pending == 64_000
 
 
-def test_a_returned_revoke_stops_the_next_reservation_in_every_process(table: Table, workers: list[Workers]) -> None:
+@ISSUED
+def test_a_returned_revoke_stops_the_next_reservation_in_every_process(table: Table, workers: list[Workers],
+                                                                       issued: bool) -> None:
     day = utcnow().date().isoformat()
-    key = new_key(table.store, 100 * AMOUNT)
+    key = new_key(table.store, 100 * AMOUNT, leases=issued)
     w = start(workers, [table.spec(key, mode="hold", count=2) for _ in range(4)])
     w.send("go")
     assert all(r["outcomes"] == ["admitted", "admitted"] for r in w.read())  # each holds a lease now
@@ -320,3 +329,38 @@ def test_conflict_for_a_stale_row_is_not_a_refusal(table: Table) -> None:
         assert fresh is not None
         b.reserve(fresh, 49 * AMOUNT, day, reserve_ops(key.key_id, "rest", 49 * AMOUNT, day))
     assert partition_counters(table.store, key.key_id, day).window_pending == 50 * AMOUNT
+
+
+def test_an_issued_key_has_its_leases_and_an_instance_claims_one_with_point_reads(table: Table) -> None:
+    """Leases made with the key (as the vault issues it): the first reservation of an instance
+    claims one by a point read and commits, with no read of the partition and no key row write."""
+    day = utcnow().date().isoformat()
+    key = new_key(table.store, 64_000, leases=True)
+    row, leases = read_partition(table.store, key.key_id)
+    assert row is not None and row.counters.leases == len(leases) == 64
+    assert sum(x.grant for x in leases) == row.counters.window_leased == 64_000 and not any(x.owner for x in leases)
+    store = table.new_store()
+    ledger = LeaseLedger(store, reaper=False)
+    calls: Counter[str] = Counter()
+    for name in ("submit", "read_key", "read_row", "key_and_lease_entities"):
+        real = getattr(store, name)
+        setattr(store, name, lambda *a, _real=real, _name=name, **kw: (calls.update([_name]), _real(*a, **kw))[1])
+    ledger.reserve(key, AMOUNT, day, reserve_ops(key.key_id, "first", AMOUNT, day))
+    assert calls == {"read_row": 1, "submit": 1}
+    row, leases = read_partition(table.store, key.key_id)
+    assert row is not None and row.etag == key.etag  # the key row was not written
+    assert [x.owner for x in leases if x.owner] == [ledger.owner]
+    assert partition_counters(table.store, key.key_id, day).window_pending == AMOUNT
+
+
+def test_the_vault_issues_a_key_with_its_lease_rows(table: Table) -> None:
+    from proxy.vault import VaultService
+
+    vault = VaultService(table_service_from_connection_string(table.conn), table.store_settings)
+    issued = vault.issue({"vendor": "stripe", "label": "leases", "daily_usd_cap": 25, "expires_in": "2h",
+                          "allowed_endpoints": ["POST /v1/payment_intents"]})
+    row, leases = read_partition(table.store, issued["key_id"])
+    assert row is not None and len(leases) == row.counters.leases == 2  # $25 in leases of at least $10
+    assert [x.grant for x in leases] == [1_250, 1_250] and row.counters.window_leased == 2_500
+    described = vault.describe(issued["key_id"])
+    assert (described["spent_cents"], described["pending_cents"], described["remaining_cents"]) == (0, 0, 2_500)

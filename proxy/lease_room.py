@@ -1,0 +1,268 @@
+"""Where an instance finds room for a reservation: its lease, other leases, or a refusal.
+
+The search half of `LeaseLedger` (proxy/leases.py commits). An instance without a lease claims
+one: a free lease it knows of, else one of a few slots probed with point reads (the key row
+says how many lease rows exist), else one seen in a read of the whole partition. A lease that
+runs short takes room from others in the same transaction as the reservation: all of a free
+(or expired) one's, half of a roomy one's, a fragment (less than the taker needs) of any, and
+nothing from an owner busy with its last few reservations; each with a point read first,
+and at most `TAKE_READS` reads per attempt that find nothing to take. With nothing within
+reach, a short instance waits, reading the whole partition at most every `READ_SPACING`
+seconds per instance owning a lease (a fleet of waiting instances reads it ~30 times a second,
+however many there are); a refusal comes only from a consistent read of the partition
+(`_snapshot`). Why each rule: docs/ledger.md, "Candidates measured for many instances".
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from proxy.lease_rows import Lease, lease_from_entity, read_partition, room_of
+from proxy.ledger import _Intent, _Lane, cap_exceeded, current, headroom
+from proxy.store import LEASE_PREFIX, Conflict, Counters, KeyRecord, LedgerStore
+
+MAX_VICTIMS = 6  # leases one transaction may take headroom from
+BUSY_SECONDS = 0.5  # an owner that wrote its lease this recently is busy with it
+SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for this round
+PROBES = 3  # point reads of lease slots an instance without a lease tries before it reads the whole partition
+TAKE_READS = 2  # point reads per attempt to take room that find a lease with nothing to take
+READ_SPACING = 0.03  # seconds between a dry lane's reads of the partition, per instance owning a lease (the
+READ_GAP_MIN, READ_GAP_MAX = 0.1, 1.5  # fleet's reads stay ~30/s however many instances wait), within these
+RECHECK_SECONDS = 1.0  # an owned lease read short of room is not read again for this long (nor trusted longer)
+
+
+class _LeaseLane(_Lane):
+    """A key's lane in this process: its queue, the key row and the leases as last seen."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__()
+        self.owner = owner  # written on the lease this lane claims
+        self.lease: Lease | None = None  # the lease this process reserves against
+        self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
+        self.others_stale = False  # taking room from one of them failed: read them all before trying again
+        self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
+        self.seen: dict[str, datetime] = {}  # when each other lease was last read
+        self.read_gap = 0.0  # seconds between reads of the whole partition while nothing is within reach
+        self.read_at = 0.0  # when the whole partition was last read (monotonic)
+        self.last_used = time.monotonic()
+        self.key_id = ""
+
+
+class RoomSearch:
+    """Claiming a lease, taking room from others, refusing: the parts of `LeaseLedger` that read."""
+
+    store: LedgerStore
+    clock: Callable[[], datetime]
+    ttl: timedelta
+    partition_reads: int
+    reads_by: dict[str, int]
+
+    def _take_room(self, lane: _LeaseLane, key: KeyRecord, counters: Counters, mine: Lease, day: str, need: int,
+              now: datetime) -> tuple[Counters, int, list[Lease], bool]:
+        """Headroom for `need` more cents: first what the key row still holds, then other leases'
+        (all of an unowned one's, half of an owned one's, at least what is needed)."""
+        gained, victims, key_took = 0, [], False
+        key_room = headroom(replace(key, counters=counters), day)
+        if key_room > 0:
+            took = min(key_room, max(need, key_room // max(1, key.counters.leases)))
+            counters = replace(current(counters, day), window_leased=current(counters, day).window_leased + took,
+                               total_leased=counters.total_leased + took)
+            gained, key_took = took, True
+        candidates = [] if lane.others_stale else [v for v in lane.others.values()
+                      if v.slot != mine.slot and v.day == day and self._eligible(lane, v, need, now)
+                      and not self._seen_busy(lane, v, need, now)]
+        # unowned leases first, in random order (instances looking at once pick different ones),
+        # then the roomiest owned ones
+        # (owned ones by room with some randomness: takers that read the partition at once spread out)
+        candidates.sort(key=lambda v: (0, random.random()) if v.claimable(lane.owner, now)
+                        else (1, -v.room * random.uniform(0.5, 1.0)))
+        wasted = 0
+        for v in candidates:
+            if gained >= need or len(victims) >= MAX_VICTIMS or wasted >= TAKE_READS:
+                break  # (too many reads of rows with nothing to take: the rest next round, after a pause)
+            if len(lane.others) > 1:  # others may have written it since we read them all: a point read first
+                row = self.store.read_row(lane.key_id, v.slot)
+                if row is None:
+                    lane.others.pop(v.slot, None)
+                    wasted += 1
+                    continue
+                v = lane.others[v.slot] = lease_from_entity(row)
+                lane.seen[v.slot] = now
+                if not self._eligible(lane, v, need - gained, now):
+                    wasted += 1
+                    continue
+            take = v.room if v.claimable(lane.owner, now) else min(v.room, max(need - gained, v.room // 2))
+            victims.append(replace(v, grant=v.grant - take))
+            gained += take
+        if gained < need:  # not enough yet: keep only what free and idle leases give (safe progress), never
+            kept = [v for v in victims if self._idle(lane, lane.others[v.slot], now)]  # live owners' fragments:
+            gained -= sum(lane.others[v.slot].grant - v.grant for v in victims if v not in kept)  # two short
+            victims = kept  # instances would pass them back and forth
+        return counters, gained, victims, key_took
+
+    def _idle(self, lane: _LeaseLane, victim: Lease, now: datetime) -> bool:
+        """Free, expired, or not written by its owner for `BUSY_SECONDS`."""
+        last_write = (victim.expires_at or now) - self.ttl
+        return victim.claimable(lane.owner, now) or now - last_write > timedelta(seconds=BUSY_SECONDS)
+
+    def _eligible(self, lane: _LeaseLane, victim: Lease, need: int, now: datetime) -> bool:
+        """May we take room from `victim`? Free or expired leases, idle owners' and roomy ones, yes; and
+        a fragment (less than we need: its owner is likely short too, and the last cents of a cap are
+        such fragments, one per lease). An owner busy with its last few reservations is left alone:
+        taking from it would mostly lose the race to its own next write, and it is about to use that
+        room anyway."""
+        if victim.room <= 0 or victim.revoked_at is not None:
+            return False
+        if victim.claimable(lane.owner, now) or victim.room >= 4 * need or victim.room < need:
+            return True
+        last_write = (victim.expires_at or now) - self.ttl
+        return now - last_write > timedelta(seconds=BUSY_SECONDS)
+
+    def _seen_busy(self, lane: _LeaseLane, victim: Lease, need: int, now: datetime) -> bool:
+        """Was `victim` short of room and its owner busy with it (wrote it just before) when we read
+        it, so recently that reading it again would most likely show the same?"""
+        seen = lane.seen.get(victim.slot)
+        if seen is None or victim.claimable(lane.owner, now) or not need <= victim.room < 4 * need:
+            return False
+        last_write = (victim.expires_at or seen) - self.ttl
+        return now - seen < timedelta(seconds=RECHECK_SECONDS) and seen - last_write < timedelta(seconds=BUSY_SECONDS)
+
+    def _refresh(self, lane: _LeaseLane, why: str) -> None:
+        """Re-read the partition: the key row, our lease (if still ours) and the others."""
+        key, leases = read_partition(self.store, lane.key_id)
+        self._count_read(why)
+        if key is None:
+            raise Conflict("the key is gone")
+        self._learn(lane, key, leases)
+
+    def _count_read(self, why: str) -> None:
+        self.partition_reads += 1
+        self.reads_by[why] = self.reads_by.get(why, 0) + 1
+
+    def _learn(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease]) -> None:
+        seen = self.clock()
+        lane.read_at = time.monotonic()
+        owners = sum(1 for x in leases if not x.claimable("", seen))
+        lane.read_gap = min(READ_GAP_MAX, max(READ_GAP_MIN, READ_SPACING * owners))
+        lane.known = key
+        lane.others_stale = False
+        ours = lane.lease.slot if lane.lease is not None else None
+        lane.lease = None
+        lane.others = {}
+        for lease in leases:
+            if lease.slot == ours and lease.owner == lane.owner:
+                lane.lease = lease
+            else:
+                lane.others[lease.slot] = lease
+                lane.seen[lease.slot] = seen
+
+    # --- lease rows: creation, adoption, the new day, the pool ---------------------------
+
+    def _adopt(self, lane: _LeaseLane, key: KeyRecord, day: str, now: datetime) -> None:
+        """Pick a lease for `day`: a free one this instance knows of; else probe a few slots with point
+        reads (a fresh instance knows only the key row, which says how many lease rows exist);
+        else the partition as read now."""
+        if not self._known_free(lane, day, now):
+            if self._probe(lane, key, day, now):
+                return
+            self._refresh(lane, "adopt")
+            if lane.lease is not None and lane.lease.day == day:
+                return
+        self._adopt_from(lane, day, now)
+
+    def _known_free(self, lane: _LeaseLane, day: str, now: datetime) -> bool:
+        return any(x.day == day and x.room > 0 and x.revoked_at is None and x.claimable(lane.owner, now)
+                   for x in lane.others.values())
+
+    def _probe(self, lane: _LeaseLane, key: KeyRecord, day: str, now: datetime) -> bool:
+        """Claim a free lease found by point reads of up to `PROBES` slots, from a random one on (so
+        instances starting together spread over the slots); what is read is remembered."""
+        slots = key.counters.leases
+        if not slots or key.counters.window_day != day:
+            return False
+        first = random.randrange(slots)
+        for n in range(min(PROBES, slots)):
+            slot = f"{LEASE_PREFIX}{(first + n) % slots:02d}"
+            if slot in lane.others:
+                continue
+            row = self.store.read_row(lane.key_id, slot)
+            if row is None:
+                continue
+            lease = lease_from_entity(row)
+            if lease.day == day and lease.room > 0 and lease.revoked_at is None and lease.claimable(lane.owner, now):
+                lane.lease = replace(lease, owner=lane.owner)  # claimed by our first write to it (If-Match)
+                return True
+            lane.others[slot] = lease
+            lane.seen[slot] = now
+        return False
+
+    def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:
+        """No room within reach: read the partition consistently; refuse what the whole of it cannot hold."""
+        key, leases = read_partition(self.store, lane.key_id)
+        self._count_read("pool")
+        if key is None:
+            raise Conflict("the key is gone")
+        room = room_of(key, leases, day)
+        if short[0].amount > room:  # a refusal needs a consistent read: collect again until two agree
+            key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
+            room = room_of(key, leases, day)
+            if not consistent:
+                self._learn(lane, key, leases)
+                self._wait(lane)
+                return  # the rows kept changing: the next round tries again with what was read last
+        self._learn(lane, key, leases)
+        if lane.lease is None:
+            self._adopt_from(lane, day, now)
+        need = max(1, short[0].amount - (lane.lease.room if lane.lease is not None else 0))  # what it lacks
+        if short[0].amount <= room and not any(self._eligible(lane, x, need, now) for x in lane.others.values()
+                                               if x.day == day) and headroom(key, day) < need:
+            self._wait(lane)  # the room is with owners using it: let them, then look again
+        for intent in short:
+            # Each is judged against the whole room on its own: the others in the batch have not
+            # committed, and a refusal must mean "there was no room for this one" (they race for it
+            # in the next round; whoever loses sees the room gone in a read of its own).
+            if intent.amount > room:
+                pending.remove(intent)
+                intent.finish(error=cap_exceeded(intent.amount, room))
+
+    @staticmethod
+    def _wait(lane: _LeaseLane) -> None:
+        """Back off before reading the partition again (50 ms doubling to 400 ms, jittered): the
+        instances still holding room are using it, and every read slows everyone's storage."""
+        lane.backoff = min(0.4, max(0.05, lane.backoff * 2))
+        time.sleep(random.uniform(lane.backoff / 2, lane.backoff))
+
+    def _adopt_from(self, lane: _LeaseLane, day: str, now: datetime) -> None:
+        """Claim an unowned (or expired) lease, at random among those with room so that instances
+        starting together pick different ones; with none free, share the roomiest (it is written
+        with If-Match like our own; claiming only changes who may hand it back)."""
+        todays = [x for x in lane.others.values() if x.day == day]
+        if not todays:
+            return
+        free = [x for x in todays if x.claimable(lane.owner, now)]
+        roomy = [x for x in free if x.room > 0]
+        pick = random.choice(roomy) if roomy else max(free or todays, key=lambda x: x.room)
+        lane.lease = replace(pick, owner=lane.owner) if free else pick
+        lane.others.pop(pick.slot, None)
+
+    def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
+        """The partition, and whether the read is consistent: two identical collects in a row (same
+        ETags) mean every row held what was read at one instant between them (a double collect;
+        lease rows are only added or removed together with a key row change)."""
+        key, leases = first
+        last: tuple[Any, ...] | None = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
+        for _ in range(SNAPSHOT_TRIES):
+            key, leases = read_partition(self.store, key_id)
+            self._count_read("snapshot")
+            if key is None:
+                raise Conflict("the key is gone")
+            sig = (key.etag, tuple(sorted((x.slot, x.etag) for x in leases)))
+            if sig == last:
+                return key, leases, True
+            last = sig
+        return key, leases, False
