@@ -10,8 +10,11 @@ use exactly the names below (a test keeps them in step).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import ClassVar
 
@@ -29,6 +32,10 @@ IDEMPOTENCY_RETENTION_DAYS = "SPENDGATE_IDEMPOTENCY_RETENTION_DAYS"
 PROXY_URL = "SPENDGATE_PROXY_URL"
 BILLING_KEY = "SPENDGATE_BILLING_KEY"
 AUDIT_KEY = "SPENDGATE_AUDIT_KEY"
+APPROVAL_THRESHOLD_USD = "SPENDGATE_APPROVAL_THRESHOLD_USD"
+APPROVAL_TIMEOUT = "SPENDGATE_APPROVAL_TIMEOUT"
+ALERT_WEBHOOK_URL = "SPENDGATE_ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_SECRET = "SPENDGATE_ALERT_WEBHOOK_SECRET"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
 
 APP_SETTING_NAMES: tuple[str, ...] = (
@@ -45,6 +52,10 @@ APP_SETTING_NAMES: tuple[str, ...] = (
     PROXY_URL,
     BILLING_KEY,
     AUDIT_KEY,
+    APPROVAL_THRESHOLD_USD,
+    APPROVAL_TIMEOUT,
+    ALERT_WEBHOOK_URL,
+    ALERT_WEBHOOK_SECRET,
 )
 
 
@@ -187,6 +198,41 @@ class Settings:
     def audit_key(self) -> str | None:
         """Read-only vault key the agent tools look charges up with (supervisor and billing agent)."""
         return self._get(AUDIT_KEY)
+
+    # --- approvals and alerts (docs/approvals.md) ------------------------------------
+    @property
+    def approval_threshold_cents(self) -> int | None:
+        """Billing runs with a budget at or above this many cents wait for a person; None: only on request."""
+        raw = self._get(APPROVAL_THRESHOLD_USD)
+        if raw is None:
+            return None
+        try:
+            dollars = Decimal(raw)
+        except InvalidOperation:
+            raise InvalidSettingError(APPROVAL_THRESHOLD_USD, f"must be a number of US dollars, got {raw!r}") from None
+        if not dollars.is_finite() or dollars < 0:
+            raise InvalidSettingError(APPROVAL_THRESHOLD_USD, f"must be 0 or more US dollars, got {raw!r}")
+        return int(dollars * 100)
+
+    @property
+    def approval_timeout(self) -> timedelta:
+        """How long a billing run or an agent charge waits for a person (`90s`, `30m`, `24h`, `7d`; default 24h)."""
+        raw = self._get(APPROVAL_TIMEOUT, "24h") or "24h"
+        m = re.fullmatch(r"\s*(\d{1,6})\s*([smhd])\s*", raw)
+        if not m or int(m.group(1)) == 0:
+            raise InvalidSettingError(APPROVAL_TIMEOUT, f"must be a duration like 90s, 30m, 24h or 7d, got {raw!r}")
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return timedelta(**{unit: int(m.group(1))})
+
+    @property
+    def alert_webhook_url(self) -> str | None:
+        """Where spend alerts are POSTed (signed); None: alerts go to the queue only."""
+        return self._get(ALERT_WEBHOOK_URL)
+
+    @property
+    def alert_webhook_secret(self) -> str:
+        """The HMAC-SHA256 key that signs alert webhooks (required once a webhook URL is set)."""
+        return self._require(ALERT_WEBHOOK_SECRET, f"the key that signs POSTs to {ALERT_WEBHOOK_URL}")
 
 
 def get_settings() -> Settings:

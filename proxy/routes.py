@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
+from alerts import notify
 from core.errors import SpendgateError
 from core.runtime import runtime
 from proxy.forward import ProxyDeps, handle_proxy_request, new_request_id
@@ -75,7 +76,7 @@ def vault_describe_key(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="api/vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
 def vault_revoke_key(req: func.HttpRequest) -> func.HttpResponse:
-    return _admin(lambda v: v.revoke(req.route_params["key_id"]))
+    return _admin(lambda v: v.revoke(req.route_params["key_id"], on_revoked=notify.key_revoked))
 
 
 @bp.route(route="api/vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)
