@@ -32,11 +32,12 @@ from typing import Any, Protocol
 from billing.payloads import ApprovalDecision, RunRequest
 from billing.plan import charge_label
 from core.errors import SpendgateError
+from proxy.approvals import decider
 from proxy.policy import parse_duration
 
-PRINCIPAL_HEADER = "x-ms-client-principal-name"  # set by App Service Authentication (Easy Auth)
+__all__ = ["NotPending", "approval_of", "decide_run", "decider", "with_approval_window"]
+
 _FINISHED = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
-MAX_REASON = 500
 
 
 class Decisions(Protocol):
@@ -86,29 +87,6 @@ def with_approval_window(run: RunRequest, threshold_cents: int | None, timeout: 
     if run.approval_timeout is not None:
         window = min(window, parse_duration(run.approval_timeout))
     return replace(run, approval_expires_at=_iso(now + window))
-
-
-def decider(headers: Mapping[str, str], body: Any) -> tuple[str, str | None]:
-    """(who, why) of an approve / reject: the Easy Auth principal, else the body's `approver`.
-
-    On Azure, App Service Authentication sets `X-MS-CLIENT-PRINCIPAL-NAME` and drops any copy a
-    client sent; without it enabled the header is as caller-supplied as `approver` (both are
-    recorded as given, behind the function key)."""
-    if body is not None and not isinstance(body, Mapping):
-        raise SpendgateError("body_invalid", "the body must be a JSON object: {\"approver\", \"reason\"}")
-    body = body or {}
-    unknown = sorted(set(body) - {"approver", "reason"})
-    if unknown:
-        raise SpendgateError("policy_invalid", f"unknown field {unknown[0]!r}", param=unknown[0])
-    who = {k.lower(): v for k, v in headers.items()}.get(PRINCIPAL_HEADER) or body.get("approver")
-    if not isinstance(who, str) or not who.strip() or len(who) > 200 or not who.isprintable():
-        raise SpendgateError("policy_invalid", "say who decides: sign in (Easy Auth) or send approver (1-200 "
-                             "printable characters)", param="approver")
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable()):
-        raise SpendgateError("policy_invalid", f"reason must be printable text of at most {MAX_REASON} characters",
-                             param="reason")
-    return who.strip(), reason
 
 
 def _status_name(status: Any) -> str | None:

@@ -35,7 +35,7 @@ _DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _FIELDS = {
     "vendor", "label", "daily_usd_cap", "total_usd_cap", "allowed_endpoints",
-    "expires_in", "expires_at", "metadata", "auto_idempotency",
+    "expires_in", "expires_at", "metadata", "auto_idempotency", "approval_above_usd",
 }
 
 
@@ -94,6 +94,7 @@ class KeyPolicy:
     expires_at: datetime
     metadata: dict[str, str] = field(default_factory=dict)
     auto_idempotency: bool = True
+    approval_above_cents: int | None = None  # charges above this wait for a person (proxy/approvals.py)
 
     def allows(self, method: str, path: str) -> bool:
         return allowed_rule(self.endpoint_strings(), method, path) is not None
@@ -228,4 +229,6 @@ def parse_policy(request: Mapping[str, Any], now: datetime) -> KeyPolicy:
         expires_at=_expiry(request, now),
         metadata=_metadata(request.get("metadata")),
         auto_idempotency=auto,
+        approval_above_cents=None if request.get("approval_above_usd") is None
+        else usd_to_cents(request["approval_above_usd"], "approval_above_usd"),
     )

@@ -83,6 +83,7 @@ class VaultService:
             daily_cap_cents=policy.daily_cap_cents, total_cap_cents=policy.total_cap_cents,
             allowed_endpoints=tuple(policy.endpoint_strings()), expires_at=policy.expires_at, created_at=now,
             metadata=policy.metadata, auto_idempotency=policy.auto_idempotency,
+            approval_above_cents=policy.approval_above_cents,
         )
         self.store.insert_key(record)
         return {**self._view(record, now), "vault_key": keys.format_vault_key(key_id, secret)}
@@ -254,7 +255,7 @@ class VaultService:
             "cap_cents": r.daily_cap_cents, "daily_cap_cents": r.daily_cap_cents, "total_cap_cents": r.total_cap_cents,
             "window_day": day, "spent_cents": c.window_spent, "pending_cents": c.window_pending,
             "remaining_cents": headroom(r, day), "total_spent_cents": c.total_spent,
-            "total_pending_cents": c.total_pending,
+            "total_pending_cents": c.total_pending, "approval_above_cents": r.approval_above_cents,
         }
 
 
