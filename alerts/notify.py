@@ -7,6 +7,7 @@ each never raises (`AlertOutbox.publish`), so an alert can never undo or delay w
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from alerts.model import Alert, now_iso
 from alerts.outbox import AlertOutbox, queue_service
@@ -14,6 +15,9 @@ from core.runtime import runtime
 
 _outbox: tuple[object, AlertOutbox] | None = None
 _lock = threading.Lock()
+# Threshold alerts are decided by the ledger's leader inside a batch of charges: it hands them to
+# this pool so that recording and queueing them never holds up the charges waiting in that batch.
+_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alerts")
 
 
 def outbox() -> AlertOutbox:
@@ -56,3 +60,17 @@ def run_stopped_by_cap(instance_id: str, key_id: str | None, spent_cents: int, c
 def key_revoked(key_id: str, label: str) -> None:
     outbox().publish(Alert("key_revoked", f"vault key {key_id} ({label}) was revoked", now_iso(), key_id=key_id,
                            label=label))
+
+
+def threshold_crossed(key_id: str, label: str, window: str, cap_cents: int, used_cents: int,
+                      percents: list[int]) -> None:
+    """The ledger committed these thresholds as fired (proxy/alert_bands.py); publish them off its thread."""
+    def publish() -> None:
+        for p in percents:
+            outbox().publish(Alert(
+                "spend_threshold", f"vault key {key_id} ({label}) reached {p} % of its "
+                f"{'lifetime' if window == 'lifetime' else 'daily'} cap of {_usd(cap_cents)} "
+                f"({_usd(used_cents)} spent or reserved, window {window})", now_iso(), key_id=key_id, label=label,
+                threshold_percent=p, window=window, cap_cents=cap_cents, spent_cents=used_cents,
+            ), row_key=f"threshold-{window}-{p:03d}")
+    _background.submit(publish)

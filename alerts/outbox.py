@@ -1,6 +1,6 @@
 """Publishing alerts: a row in `<prefix>alerts`, a message on `spendgate-alerts`, and the webhook's queue.
 
-    table <prefix>alerts   PartitionKey  the key id, or `run-<instance id>` for a run's alerts
+    table <prefix>alerts   PartitionKey  `run-<instance id>` for a run's alerts, else the key id
                            RowKey        `<10^14 − epoch ms>-<alert id>` (newest first), or for a spend
                                          threshold `threshold-<window>-<percent>` (one per threshold and window)
                            alert         the alert's JSON (alerts/model.py)
@@ -51,7 +51,7 @@ def queue_service(settings: Settings) -> QueueServiceClient:
 
 
 def subject_of(alert: Alert) -> str:
-    return alert.key_id or (f"run-{alert.run_id}" if alert.run_id else "_global")
+    return f"run-{alert.run_id}" if alert.run_id else alert.key_id or "_global"
 
 
 class AlertOutbox:

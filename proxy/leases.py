@@ -46,6 +46,7 @@ from azure.core import MatchConditions
 from azure.data.tables import EdmType, EntityProperty, UpdateMode
 
 from core.errors import SpendgateError
+from proxy import alert_bands
 from proxy.ledger import (
     _MOVES,
     MAX_BATCH_OPS,
@@ -208,6 +209,8 @@ class LeaseLedger(GroupLedger):
         self.key_commits = 0  # transactions that wrote the key row (for benchmarks)
         self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
         self.conflicts = 0  # transactions that lost a race (for benchmarks)
+        # Told (key, binding, percents) after a threshold's commit (proxy/alert_bands.py); must not block.
+        self.on_threshold: Callable[[KeyRecord, alert_bands.Binding, list[int]], None] | None = None
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if reaper:
@@ -399,7 +402,7 @@ class LeaseLedger(GroupLedger):
         """Headroom for `need` more cents: first what the key row still holds, then other leases'
         (all of an unowned one's, half of an owned one's, at least what is needed)."""
         gained, victims, key_took = 0, [], False
-        key_room = headroom(replace(key, counters=counters), day)
+        key_room = self._key_room(key, counters, day)
         if key_room > 0:
             took = min(key_room, max(need, key_room // max(1, key.counters.leases)))
             counters = replace(current(counters, day), window_leased=current(counters, day).window_leased + took,
@@ -497,8 +500,10 @@ class LeaseLedger(GroupLedger):
 
     # --- lease rows: creation, adoption, the new day, the pool ---------------------------
     def _create_leases(self, lane: _LeaseLane, key: KeyRecord, day: str, amount: int) -> None:
-        """Spread the key row's headroom over S new lease rows (one transaction, If-Match on the key row)."""
-        room = headroom(key, day)
+        """Spread the key row's headroom over S new lease rows (one transaction, If-Match on the key row).
+
+        Only the room below the next unfired alert threshold is spread (proxy/alert_bands.py)."""
+        room = self._key_room(key, key.counters, day)
         slots = max(1, min(MAX_LEASES, room // max(1, amount * LEASE_UNITS)))
         share = room // slots
         counters = replace(current(key.counters, day), leases=slots)
@@ -532,7 +537,7 @@ class LeaseLedger(GroupLedger):
         for lease in leases:
             counters = folded(counters, lease)
         counters = replace(current(counters, day), leases=len(leases))
-        room = headroom(replace(key, counters=counters), day)
+        room = self._key_room(key, counters, day)
         share = room // max(1, len(leases))
         counters = replace(counters, window_leased=share * len(leases), total_leased=counters.total_leased + share * len(leases))
         fresh = [replace(x, day=day, grant=share, spent=0, pending=0) for x in leases]
@@ -544,25 +549,32 @@ class LeaseLedger(GroupLedger):
         self._refresh(lane)
 
     def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:
-        """No room within reach: read the partition consistently; refuse what the whole of it cannot hold."""
+        """No room within reach: read the partition consistently; refuse what the whole of it cannot hold.
+
+        The room within reach stops at the next unfired alert threshold (proxy/alert_bands.py): when a
+        consistent read shows the reservation needs room past it, the threshold fires here (one
+        If-Match on the key row) and the next round takes the room."""
         key, leases = read_partition(self.store, lane.key_id)
         self.partition_reads += 1
         if key is None:
             raise Conflict("the key is gone")
         room = self._room_of(key, leases, day)
-        if short[0].amount > room:  # a refusal needs a consistent read: collect again until two agree
+        if short[0].amount > self._room_of(key, leases, day, banded=True):
+            # a refusal or a threshold needs a consistent read: collect again until two agree
             key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
             room = self._room_of(key, leases, day)
             if not consistent:
                 self._learn(lane, key, leases)
                 self._wait(lane)
                 return  # the rows kept changing: the next round tries again with what was read last
+            if self._fire_thresholds(lane, key, leases, day, short[0].amount, room):
+                return  # the cap is open past the threshold now: the next round takes the room
         self._learn(lane, key, leases)
         if lane.lease is None:
             self._adopt_from(lane, day, now)
         need = short[0].amount
         if short[0].amount <= room and not any(self._eligible(x, need, now) for x in lane.others.values()
-                                               if x.day == day) and headroom(key, day) < need:
+                                               if x.day == day) and self._key_room(key, key.counters, day) < need:
             self._wait(lane)  # the room is with owners using it: let them, then look again
         for intent in short:
             # Each is judged against the whole room on its own: the others in the batch have not
@@ -593,12 +605,47 @@ class LeaseLedger(GroupLedger):
         lane.others.pop(pick.slot, None)
 
     @staticmethod
-    def _room_of(key: KeyRecord, leases: list[Lease], day: str) -> int:
-        """Headroom of the whole partition on `day`: the key row's plus every lease's."""
+    def _room_of(key: KeyRecord, leases: list[Lease], day: str, *, banded: bool = False) -> int:
+        """Headroom of the whole partition on `day`: the key row's plus every lease's (`banded`: only
+        below the next unfired alert threshold, proxy/alert_bands.py)."""
         total = current(key.counters, day)
         for lease in leases:
             total = folded(total, lease)
-        return headroom(replace(key, counters=total), day)
+        room = headroom(replace(key, counters=total), day)
+        band = alert_bands.band_room(key, total, day) if banded else None
+        return room if band is None else min(room, band)
+
+    @staticmethod
+    def _key_room(key: KeyRecord, counters: Counters, day: str) -> int:
+        """What the key row may grant or reserve on `day`: its headroom, below the next unfired threshold."""
+        room = headroom(replace(key, counters=counters), day)
+        band = alert_bands.band_room(key, current(counters, day), day)
+        return room if band is None else min(room, band)
+
+    def _fire_thresholds(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease], day: str, need: int,
+                         true_room: int) -> bool:
+        """On a consistent read: commit the thresholds the next reservation crosses (If-Match on the key
+        row as read), then tell `on_threshold`. True when the band moved (re-read, try again)."""
+        total = current(key.counters, day)
+        for lease in leases:
+            total = folded(total, lease)
+        crossing = alert_bands.to_fire(key, total, day, need, true_room)
+        if not crossing:
+            return False
+        b = alert_bands.binding(key, total, day)
+        try:
+            self.store.submit([alert_bands.op_mark_fired(key, b.window, set(crossing))])
+            self.key_commits += 1
+        except Conflict:
+            self._refresh(lane)
+            return True  # someone else changed the key row first (maybe the same marker): look again
+        if self.on_threshold is not None:
+            try:
+                self.on_threshold(key, b, crossing)
+            except Exception:  # an alert never fails the ledger
+                log.exception("threshold alert for key_id=%s failed", key.key_id)
+        self._refresh(lane)
+        return need <= true_room
 
     def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
         """The partition, and whether the read is consistent: two identical collects in a row (same

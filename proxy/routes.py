@@ -21,10 +21,12 @@ import azure.functions as func
 from alerts import notify
 from core.errors import SpendgateError
 from core.runtime import runtime
+from proxy.alert_bands import Binding
 from proxy.approvals import Approval, ChargeApprovals, decider, view_for_key
 from proxy.forward import ProxyDeps, handle_proxy_request, new_request_id
 from proxy.keys import key_from_headers
-from proxy.store import LedgerStore
+from proxy.leases import LeaseLedger
+from proxy.store import KeyRecord, LedgerStore
 from proxy.vault import VaultService, vault_service
 
 log = logging.getLogger("spendgate.proxy")
@@ -103,6 +105,10 @@ def _approval_alert(approval: Approval) -> None:
                                      approval.expires_at)
 
 
+def _threshold_alert(key: KeyRecord, binding: Binding, percents: list[int]) -> None:
+    notify.threshold_crossed(key.key_id, key.label, binding.window, binding.cap, binding.used, percents)
+
+
 def _approvals() -> ChargeApprovals:
     rt = runtime()
     return ChargeApprovals(rt.tables, rt.settings)
@@ -168,6 +174,8 @@ def _stripe(req: func.HttpRequest, path: str) -> func.HttpResponse:
         rt = runtime()
         deps = ProxyDeps.build(rt.tables, rt.stripe_http, rt.settings)
         deps.on_approval_requested = _approval_alert
+        if isinstance(deps.ledger, LeaseLedger):
+            deps.ledger.on_threshold = _threshold_alert
         resp = handle_proxy_request(
             deps, req.method, path, dict(req.headers), req.get_body() or b"", query=url.query, raw_path=url.path,
         )

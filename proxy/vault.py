@@ -19,6 +19,7 @@ from azure.data.tables import TableServiceClient
 from core.errors import SpendgateError
 from core.settings import Settings
 from proxy import keys
+from proxy.alert_bands import thresholds
 from proxy.forward import ProxyDeps
 from proxy.holds import resolve_hold
 from proxy.idempotency import lookup_conclusive, taken_over
@@ -83,7 +84,7 @@ class VaultService:
             daily_cap_cents=policy.daily_cap_cents, total_cap_cents=policy.total_cap_cents,
             allowed_endpoints=tuple(policy.endpoint_strings()), expires_at=policy.expires_at, created_at=now,
             metadata=policy.metadata, auto_idempotency=policy.auto_idempotency,
-            approval_above_cents=policy.approval_above_cents,
+            approval_above_cents=policy.approval_above_cents, alert_thresholds=policy.alert_thresholds,
         )
         self.store.insert_key(record)
         return {**self._view(record, now), "vault_key": keys.format_vault_key(key_id, secret)}
@@ -256,6 +257,7 @@ class VaultService:
             "window_day": day, "spent_cents": c.window_spent, "pending_cents": c.window_pending,
             "remaining_cents": headroom(r, day), "total_spent_cents": c.total_spent,
             "total_pending_cents": c.total_pending, "approval_above_cents": r.approval_above_cents,
+            "alert_thresholds": list(thresholds(r)), "alerts_fired": r.alerts_fired or None,
         }
 
 

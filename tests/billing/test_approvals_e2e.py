@@ -174,3 +174,13 @@ def test_approve_after_stop_is_refused_and_approve_stop_races_leave_no_live_key(
             assert keys == [] and paid_for(localstripe, run_id) == []  # the stop came first: never a key
         run = get_run(approval_host, HEADERS, run_id)
         assert run["runtime_status"] in ("Terminated", "Completed"), run
+
+
+def test_a_run_its_cap_stops_raises_an_alert(approval_host: str, customers: list[str]) -> None:
+    """Three $29 customers on a $58 budget: two are charged, the run stops for its cap and says so once."""
+    run_id = start_run(approval_host, HEADERS, {**body(customers, 58), "max_parallel": 1})
+    done = wait_until(approval_host, HEADERS, run_id)
+    assert done["output"]["stopped"] == "cap_exceeded" and done["output"]["counts"]["charged"] == 2, done["output"]
+    alerts = httpx.get(f"{approval_host}/api/alerts", params={"run_id": run_id}, headers=HEADERS, timeout=30).json()
+    stopped = [a for a in alerts["data"] if a["type"] == "run_stopped_by_cap"]
+    assert len(stopped) == 1 and stopped[0]["spent_cents"] == 5800 and stopped[0]["cap_cents"] == 5800, alerts
