@@ -8,9 +8,9 @@ the key's usage, `spent + pending` in the binding cap's window. The binding cap 
 
 With headroom leases (proxy/leases.py) the usage is spread over the key row and up to 64 lease rows
 that different instances write, so no single commit sees the sum. The ledger therefore never hands
-out room past the next unfired threshold: the key row grants leases (at creation, when a lease takes
-room from it, on a new day) at most `band_room`, the cents left below that threshold counting what
-it already granted. Usage can then pass the threshold only through room the key row has not yet
+out room up to the next unfired threshold: the key row grants leases (at creation, when a lease takes
+room from it, on a new day) at most `band_room`, the cents left strictly below that threshold
+counting what it already granted. Usage can then pass the threshold only through room the key row has not yet
 granted, and the only way to get it is the ledger's consistent read of the whole partition (the same
 double collect that a refusal needs): when that read shows the partition's room below the threshold
 cannot hold the reservation, the leader commits the threshold into `alerts_fired` with If-Match on
@@ -20,10 +20,10 @@ cap past the threshold* — and the reservation takes the new room in its next r
 - exactly once: a second instance's marker write fails its If-Match, re-reads, and sees it fired;
 - never missed: usage cannot pass a threshold without that commit;
 - never early: it fires only once the rows below the threshold are proven (consistently) unable to
-  hold the next reservation, i.e. usage + that reservation would pass it.
+  hold the next reservation, i.e. usage + that reservation reaches it.
 
-The 100 % threshold is the cap itself: it fires when a consistent read refuses a charge for the
-cap (the key is full for that charge). A release after the crossing (a decline) can bring usage
+The 100 % threshold is the cap itself: it fires when a reservation fills the cap exactly, or when a
+consistent read refuses a charge for the cap (the key is full for that charge). A release after the crossing (a decline) can bring usage
 back below a threshold that fired; it does not fire again in that window.
 """
 
@@ -74,23 +74,24 @@ def marker(window: str, percents: set[int]) -> str:
 
 
 def next_unfired(key: KeyRecord, b: Binding) -> int | None:
-    """Cents of the lowest threshold below the cap that has not fired in the window (None: none left)."""
+    """Cents of the lowest threshold that has not fired in the window (None: none left)."""
     done = fired(key, b.window)
-    below = [b.cents(p) for p in thresholds(key) if p < 100 and p not in done]
-    return min(below) if below else None
+    left = [b.cents(p) for p in thresholds(key) if p not in done]
+    return min(left) if left else None
 
 
 def band_room(key: KeyRecord, c: Counters, day: str) -> int | None:
-    """What the key row may still grant or reserve below the next unfired threshold (None: no limit)."""
+    """What the key row may still grant or reserve *strictly below* the next unfired threshold (None: no
+    limit), so the reservation that reaches it always goes through the consistent read that fires it."""
     b = binding(key, c, day)
     limit = next_unfired(key, b)
-    return None if limit is None else max(0, limit - b.used - b.granted)
+    return None if limit is None else max(0, limit - b.used - b.granted - 1)
 
 
 def to_fire(key: KeyRecord, folded: Counters, day: str, need: int, true_room: int) -> list[int]:
-    """Thresholds a consistent read of the partition (`folded`: every lease folded in) shows crossed
-    by the next reservation of `need` cents: the ones it would pass, or, when the cap refuses it,
-    100 % and any already reached."""
+    """Thresholds a consistent read of the partition (`folded`: every lease folded in) shows reached
+    by the next reservation of `need` cents; when the cap refuses it, 100 % (the cap stopped a charge)
+    and any threshold usage has reached already."""
     b = binding(key, folded, day)
     done = fired(key, b.window)
     out = []
@@ -98,7 +99,7 @@ def to_fire(key: KeyRecord, folded: Counters, day: str, need: int, true_room: in
         if p in done:
             continue
         t = b.cents(p)
-        if (need <= true_room and p < 100 and t < b.used + need) or (need > true_room and (p >= 100 or t <= b.used)):
+        if (need <= true_room and t <= b.used + need) or (need > true_room and (p >= 100 or t <= b.used)):
             out.append(p)
     return out
 

@@ -640,8 +640,8 @@ class LeaseLedger(GroupLedger):
             self._refresh(lane)
             return True  # someone else changed the key row first (maybe the same marker): look again
         if self.on_threshold is not None:
-            try:
-                self.on_threshold(key, b, crossing)
+            try:  # usage as of the crossing: with the reservation that reaches it (unless the cap refuses it)
+                self.on_threshold(key, replace(b, used=b.used + need) if need <= true_room else b, crossing)
             except Exception:  # an alert never fails the ledger
                 log.exception("threshold alert for key_id=%s failed", key.key_id)
         self._refresh(lane)
