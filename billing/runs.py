@@ -280,7 +280,7 @@ class Decisions(Protocol):
 
 async def stop_run(
     client: DurableClient, vault: Vault, instance_id: str, marks: Marks, now: datetime,
-    decisions: Decisions | None = None,
+    decisions: Decisions | None = None, on_revoked: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Mark the run's labels stopped, revoke their keys (charging stops at once), then terminate.
 
@@ -293,7 +293,7 @@ async def stop_run(
     status = await _existing(client, instance_id)
     if status is None:
         raise SpendgateError("not_found", f"no billing run {instance_id}")
-    revoked = await asyncio.to_thread(_mark_and_revoke, vault, marks, instance_id, now)
+    revoked = await asyncio.to_thread(_mark_and_revoke, vault, marks, instance_id, now, on_revoked)
     if decisions is not None:
         stopped = ApprovalDecision("stopped", at=now.astimezone(UTC).isoformat(), reason="the run was stopped")
         await asyncio.to_thread(decisions.decide, instance_id, stopped)
@@ -304,10 +304,12 @@ async def stop_run(
     return {"instance_id": instance_id, "revoked_key_ids": revoked, "terminated": terminated}
 
 
-def _mark_and_revoke(vault: Vault, marks: Marks, instance_id: str, now: datetime) -> list[str]:
+def _mark_and_revoke(
+    vault: Vault, marks: Marks, instance_id: str, now: datetime, on_revoked: Callable[[str, str], None] | None = None
+) -> list[str]:
     for label in run_labels(instance_id):
         marks.mark(label, now)
-    return revoke_run_keys(vault, run_labels(instance_id))
+    return revoke_run_keys(vault, run_labels(instance_id), on_revoked)
 
 
 async def run_spend(client: DurableClient, vault: Vault, instance_id: str) -> dict[str, Any]:

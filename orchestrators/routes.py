@@ -129,6 +129,7 @@ async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestratio
                 await asyncio.to_thread(_marks),
                 datetime.now(UTC),
                 await asyncio.to_thread(_decisions),
+                notify.key_revoked,
             )
         )
     except SpendgateError as exc:
