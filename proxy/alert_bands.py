@@ -23,7 +23,7 @@ cap past the threshold* — and the reservation takes the new room in its next r
   hold the next reservation, i.e. usage + that reservation reaches it.
 
 The 100 % threshold is the cap itself: it fires when a reservation fills the cap exactly, or when a
-consistent read refuses a charge for the cap (the key is full for that charge). A release after the crossing (a decline) can bring usage
+consistent read refuses a charge for the cap once every lower threshold has fired. A release after the crossing (a decline) can bring usage
 back below a threshold that fired; it does not fire again in that window.
 """
 
@@ -90,16 +90,19 @@ def band_room(key: KeyRecord, c: Counters, day: str) -> int | None:
 
 def to_fire(key: KeyRecord, folded: Counters, day: str, need: int, true_room: int) -> list[int]:
     """Thresholds a consistent read of the partition (`folded`: every lease folded in) shows reached
-    by the next reservation of `need` cents; when the cap refuses it, 100 % (the cap stopped a charge)
-    and any threshold usage has reached already."""
+    by the next reservation of `need` cents. When the cap refuses it: any threshold usage has reached
+    already, and 100 % once every lower threshold has fired (the cap stopped a charge in its last
+    band; a single charge bigger than the room on a fresh key is not "100 % spent")."""
     b = binding(key, folded, day)
     done = fired(key, b.window)
+    last_band = all(q in done or q >= 100 for q in thresholds(key))
     out = []
     for p in thresholds(key):
         if p in done:
             continue
         t = b.cents(p)
-        if (need <= true_room and t <= b.used + need) or (need > true_room and (p >= 100 or t <= b.used)):
+        fits = need <= true_room
+        if (fits and t <= b.used + need) or (not fits and (t <= b.used or (p >= 100 and last_band))):
             out.append(p)
     return out
 

@@ -61,7 +61,8 @@ def test_a_threshold_fires_when_a_reservation_reaches_it_and_100_also_when_the_c
     assert alert_bands.to_fire(replace(k, alerts_fired=f"{DAY}:50,80"), used(9_950), DAY, 100, 50) == [100]
     assert alert_bands.to_fire(replace(k, alerts_fired=f"{DAY}:50,80"), used(9_950), DAY, 50, 50) == [100]  # fills it
     # a refused charge far bigger than the room fires nothing that usage has not reached
-    assert alert_bands.to_fire(k, used(0), DAY, need=50_000, true_room=10_000) == [100]
+    assert alert_bands.to_fire(k, used(0), DAY, need=50_000, true_room=10_000) == []
+    assert alert_bands.to_fire(k, used(6_000), DAY, need=50_000, true_room=4_000) == [50]
     op = alert_bands.op_mark_fired(replace(k, etag="W/1", alerts_fired=f"{DAY}:50"), DAY, {80})
     assert op[1]["alerts_fired"] == f"{DAY}:50,80" and op[2]["etag"] == "W/1"
 
