@@ -9,7 +9,9 @@ adapts to it), taking its storage, HTTP client, settings and clock as arguments:
 2. Read the key row (one point read; none for a charge on a key this process knows,
    proxy/known_keys.py). The idempotency record is learned from its create failing.
 3. Authenticate (hash compare, revoked, expired), then the endpoint table and the key's
-   allowlist, then the request's own validation errors and `expand[]`.
+   allowlist, then the request's own validation errors and `expand[]`. A charge above the
+   key's `approval_above_usd` stops here with 402 `approval_required` unless a person approved
+   this very request (proxy/approvals.py).
 4. POST: a confirm, capture or refund is priced from Stripe (proxy/pricing.py). A
    completed record replays; an in-flight one answers 409; a different body answers
    idempotency_error; an ambiguous (or abandoned) one is taken over, looked up in Stripe

@@ -2,7 +2,9 @@
 
 A policy names the endpoints a key may call (``"POST /v1/payment_intents"``,
 ``"GET /v1/charges/*"``, where ``*`` matches exactly one id segment), its caps in USD
-(daily per UTC day, and an optional lifetime cap) and when it expires.
+(daily per UTC day, and an optional lifetime cap) and when it expires; optionally the amount
+above which a charge waits for a person (`approval_above_usd`) and its spend-alert thresholds
+(`alert_thresholds`, percents of the binding cap): docs/approvals.md.
 
 Fail closed: every entry must name, exactly, a row of the endpoint table
 (`proxy.endpoints.TABLE`) that the proxy reads or meters. ``POST /v1/*``, ``GET /v1/*`` or
