@@ -222,7 +222,12 @@ class Settings:
         if not m or int(m.group(1)) == 0:
             raise InvalidSettingError(APPROVAL_TIMEOUT, f"must be a duration like 90s, 30m, 24h or 7d, got {raw!r}")
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return timedelta(**{unit: int(m.group(1))})
+        value = timedelta(**{unit: int(m.group(1))})
+        # "For JavaScript, Python, and PowerShell apps, Durable timers are limited to six days"
+        # (learn.microsoft.com/azure/azure-functions/durable/durable-functions-timers): the run's wait is one timer.
+        if value > timedelta(days=6):
+            raise InvalidSettingError(APPROVAL_TIMEOUT, f"must be at most 6d (a Python durable timer's limit), got {raw!r}")
+        return value
 
     @property
     def alert_webhook_url(self) -> str | None:

@@ -147,3 +147,16 @@ def test_the_agent_is_told_to_wait_and_not_to_retry() -> None:
     assert out["retryable"] is False and out["stop"] is False and out["approval_state"] == "pending"
     status = agent_approval.status({"id": "apr_1", "state": "approved", "amount_cents": 5000, "customer": "cus_1"})
     assert status["approval_state"] == "approved" and "same arguments" in status["message"]
+
+
+def test_the_approval_timeout_setting_is_a_duration_of_at_most_six_days() -> None:
+    from core.settings import InvalidSettingError, Settings
+
+    assert Settings.from_mapping({}).approval_timeout == timedelta(hours=24)
+    assert Settings.from_mapping({"SPENDGATE_APPROVAL_TIMEOUT": "6d"}).approval_timeout == timedelta(days=6)
+    for bad in ("7d", "0s", "soon"):
+        with pytest.raises(InvalidSettingError):
+            _ = Settings.from_mapping({"SPENDGATE_APPROVAL_TIMEOUT": bad}).approval_timeout
+    assert Settings.from_mapping({"SPENDGATE_APPROVAL_THRESHOLD_USD": "1000.50"}).approval_threshold_cents == 100_050
+    with pytest.raises(InvalidSettingError):
+        _ = Settings.from_mapping({"SPENDGATE_APPROVAL_THRESHOLD_USD": "lots"}).approval_threshold_cents
