@@ -183,6 +183,24 @@ def test_32_processes_racing_for_the_last_cents_never_overspend(table: Table, wo
     assert row is not None and row_violations(row, leases, day) == []
 
 
+def test_each_alert_threshold_is_committed_once_whichever_process_reaches_it(
+    table: Table, workers: list[Workers]
+) -> None:
+    """8 processes x 4 callers spend a key to its cap: 50, 80 and 100 % are each committed by exactly one
+    instance, at exactly their usage, and the key row's marker holds all three (proxy/alert_bands.py)."""
+    day = utcnow().date().isoformat()
+    key = new_key(table.store, 200 * AMOUNT)
+    w = start(workers, [table.spec(key, mode="race", callers=4, amount=AMOUNT) for _ in range(8)])
+    w.send("go")
+    reports = w.finish()
+    assert sum(len(r["admitted"]) for r in reports) == 200 and not any(r["other"] for r in reports)
+    assert false_refusals(reports) == 0
+    fired = sorted(tuple(f) for r in reports for f in r["fired"])
+    assert fired == [(50, 100 * AMOUNT), (80, 160 * AMOUNT), (100, 200 * AMOUNT)], fired
+    row, leases = read_partition(table.store, key.key_id)
+    assert row is not None and row.alerts_fired == f"{day}:50,80,100" and row_violations(row, leases, day) == []
+
+
 def test_no_refusal_while_the_partition_has_room(table: Table) -> None:
     """The room is spread over many leases, one held by another instance: a request for all of it fits."""
     day = utcnow().date().isoformat()
