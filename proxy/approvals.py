@@ -144,7 +144,12 @@ class ChargeApprovals:
     def __init__(self, tables: TableServiceClient, settings: Settings) -> None:
         self.name = f"{settings.table_prefix}approvals"
         self._tables = tables
-        self.ttl: timedelta = settings.approval_timeout
+        self._settings = settings
+
+    @property
+    def ttl(self) -> timedelta:
+        """How long a held charge waits (read when a charge is held: a bad setting fails that charge only)."""
+        return self._settings.approval_timeout
 
     @property
     def table(self) -> TableClient:
