@@ -80,12 +80,16 @@ def next_unfired(key: KeyRecord, b: Binding) -> int | None:
     return min(left) if left else None
 
 
-def band_room(key: KeyRecord, c: Counters, day: str) -> int | None:
-    """What the key row may still grant or reserve *strictly below* the next unfired threshold (None: no
-    limit), so the reservation that reaches it always goes through the consistent read that fires it."""
+def band_room(key: KeyRecord, c: Counters, day: str, *, granted: bool = True) -> int | None:
+    """What may still be granted or reserved *strictly below* the next unfired threshold (None: no
+    limit), so the reservation that reaches it always goes through the consistent read that fires it.
+
+    `granted`: count what the key row granted to leases (the key row's own view); False for the
+    partition with every lease folded in, where usage alone counts (so a reservation that does not
+    fit below the threshold there always reaches it: `to_fire` then names it)."""
     b = binding(key, c, day)
     limit = next_unfired(key, b)
-    return None if limit is None else max(0, limit - b.used - b.granted - 1)
+    return None if limit is None else max(0, limit - b.used - (b.granted if granted else 0) - 1)
 
 
 def to_fire(key: KeyRecord, folded: Counters, day: str, need: int, true_room: int) -> list[int]:

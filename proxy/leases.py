@@ -612,7 +612,7 @@ class LeaseLedger(GroupLedger):
         for lease in leases:
             total = folded(total, lease)
         room = headroom(replace(key, counters=total), day)
-        band = alert_bands.band_room(key, total, day) if banded else None
+        band = alert_bands.band_room(key, total, day, granted=False) if banded else None
         return room if band is None else min(room, band)
 
     @staticmethod
