@@ -5,8 +5,11 @@
                                          threshold `threshold-<window>-<percent>` (one per threshold and window)
                            alert         the alert's JSON (alerts/model.py)
     queue spendgate-alerts               every alert, for operators' own consumers (the app never reads it)
-    queue spendgate-alerts-webhook       every alert while SPENDGATE_ALERT_WEBHOOK_URL is set; the
-                                         `deliver_alert` trigger POSTs it (alerts/webhook.py)
+    queue <prefix>-alerts-webhook        every alert while SPENDGATE_ALERT_WEBHOOK_URL is set; the
+                                         `deliver_alert` trigger POSTs it (alerts/webhook.py). Named
+                                         after the table prefix (`%SPENDGATE_TABLE_PREFIX%` in the
+                                         binding): apps sharing a storage account must not consume
+                                         each other's deliveries (one without a webhook would drop them)
 
 Messages are base64 text, as the Functions queues extension reads and writes them.
 `publish` never raises: an alert is news about spend, and failing to send it must never fail
@@ -32,7 +35,13 @@ from core.settings import Settings
 from core.storage import DEVELOPMENT_STORAGE
 
 ALERTS_QUEUE = "spendgate-alerts"
-WEBHOOK_QUEUE = "spendgate-alerts-webhook"
+WEBHOOK_QUEUE_BINDING = "%SPENDGATE_TABLE_PREFIX%-alerts-webhook"  # the trigger's queue (app setting expression)
+
+
+def webhook_queue(settings: Settings) -> str:
+    """The webhook delivery queue of this deployment, as the trigger's binding resolves it (in lower case,
+    as the host and devhost resolve queue names)."""
+    return f"{settings.table_prefix}-alerts-webhook".lower()
 _INVERT_MS = 10**14
 log = logging.getLogger("spendgate.alerts")
 
@@ -62,6 +71,7 @@ class AlertOutbox:
         self._tables = tables
         self._queues = queues
         self._webhook = bool(settings.alert_webhook_url)
+        self._webhook_queue = webhook_queue(settings)
 
     @property
     def table(self) -> TableClient:
@@ -81,7 +91,7 @@ class AlertOutbox:
             return False
         self._send(ALERTS_QUEUE, alert)
         if self._webhook:
-            self._send(WEBHOOK_QUEUE, alert)
+            self._send(self._webhook_queue, alert)
         log.info("alert %s: %s %s", alert.id, alert.type, subject_of(alert))
         return True
 

@@ -1,8 +1,8 @@
 """Alert triggers (thin): the webhook delivery from its queue, and the alerts the console lists.
 
-- queue `spendgate-alerts-webhook` → `deliver_alert`: POSTs the alert, signed, to
+- queue `<SPENDGATE_TABLE_PREFIX>-alerts-webhook` → `deliver_alert`: POSTs the alert, signed, to
   `SPENDGATE_ALERT_WEBHOOK_URL` (alerts/webhook.py); raising lets the host redeliver it
-  (host.json `maxDequeueCount`) and then move it to `spendgate-alerts-webhook-poison`.
+  (host.json `maxDequeueCount`) and then move it to `<that queue>-poison`.
 - `GET /api/alerts?key_id=…` (or `?run_id=…`; function key) → that key's (run's) alerts, newest first.
 """
 
@@ -15,7 +15,7 @@ import azure.functions as func
 import httpx
 
 from alerts import notify, webhook
-from alerts.outbox import WEBHOOK_QUEUE
+from alerts.outbox import WEBHOOK_QUEUE_BINDING
 from core.errors import SpendgateError
 from core.runtime import runtime
 from core.settings import STORAGE_CONNECTION
@@ -33,7 +33,7 @@ def _client() -> httpx.Client:
     return _http
 
 
-@bp.queue_trigger(arg_name="msg", queue_name=WEBHOOK_QUEUE, connection=STORAGE_CONNECTION)
+@bp.queue_trigger(arg_name="msg", queue_name=WEBHOOK_QUEUE_BINDING, connection=STORAGE_CONNECTION)
 def deliver_alert(msg: func.QueueMessage) -> None:
     settings = runtime().settings
     url = settings.alert_webhook_url

@@ -12,7 +12,7 @@ timestamps (replays). `verify` is that check, used by the tests and usable by re
 Delivery runs in the `deliver_alert` queue trigger (`alerts/routes.py`), never in the request
 that raised the alert: a few quick attempts here (`BACKOFF_SECONDS`), then the trigger raises and
 the Functions host redelivers the message (host.json `maxDequeueCount`, after its visibility
-timeout) until it lands in `spendgate-alerts-webhook-poison`.
+timeout) until it lands in `<prefix>-alerts-webhook-poison`.
 """
 
 from __future__ import annotations
