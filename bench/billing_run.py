@@ -50,6 +50,14 @@ def list_customers(client: httpx.Client, plan: str) -> list[dict[str, Any]]:
     return [c for c in iter_objects("", "", "customers", client=client) if (c.get("metadata") or {}).get("plan") == plan]
 
 
+def card_of(customer: dict[str, Any]) -> str:
+    """The seeded customer's card: modern (invoice_settings.default_payment_method) or legacy (default_source)."""
+    card = (customer.get("invoice_settings") or {}).get("default_payment_method") or customer.get("default_source")
+    if not isinstance(card, str):
+        raise RuntimeError(f"seeded customer {customer.get('id')} has no card")
+    return card
+
+
 def direct_fan_out(stack: Stack, plan: str, parallel: int, tag: str) -> float:
     start = time.perf_counter()
     with httpx.Client(base_url=stack.twin_stripe.url, auth=(STRIPE_SECRET, ""), timeout=60,
@@ -58,7 +66,7 @@ def direct_fan_out(stack: Stack, plan: str, parallel: int, tag: str) -> float:
 
         def charge(c: dict[str, Any]) -> None:
             r = client.post("/v1/payment_intents", data={
-                "amount": AMOUNT, "currency": "usd", "customer": c["id"], "payment_method": c["default_source"],
+                "amount": AMOUNT, "currency": "usd", "customer": c["id"], "payment_method": card_of(c),
                 "confirm": "true", "off_session": "true", "metadata[bench]": tag})
             if r.status_code != 200:
                 raise RuntimeError(f"direct charge failed: {r.status_code} {r.text[:200]}")

@@ -48,6 +48,8 @@ BATCH_ATTEMPTS = len(BATCH_RETRY_DELAYS_SECONDS) + 1
 # started earlier reaches it as a WhenAny of the new batch only, which stalls the loop
 # (devhost/durable/shim.py, docs/billing.md).
 LANES = 2
+# The lane number of the run's recheck (`RunPlan.recheck_lane`), after the charging lanes.
+RECHECK_LANE = LANES
 
 
 def charge_label(instance_id: str) -> str:
@@ -150,6 +152,18 @@ class RunPlan:
     def lane_instance_id(self, lane: int) -> str:
         return f"{self.instance_id}:lane-{lane}"
 
+    def recheck_lane(self, batches: Sequence[BatchRequest], indexes: Sequence[int], cap_cents: int) -> LaneRequest:
+        """The items of `cap_recheck`, one batch each (charged one at a time), numbered after `batches`."""
+        wanted = set(indexes)
+        singles = [
+            replace(b, first_index=b.first_index + n, items=(item,))
+            for b in batches
+            for n, item in enumerate(b.items)
+            if b.first_index + n in wanted
+        ]
+        numbered = tuple((len(batches) + k, single) for k, single in enumerate(singles))
+        return LaneRequest(self.instance_id, RECHECK_LANE, numbered, cap_cents)
+
 
 def batch_instance_id(run_id: str, batch_no: int, attempt: int) -> str:
     """Deterministic id of a batch sub-orchestration (attempts get fresh ids)."""
@@ -207,7 +221,7 @@ def merge_progress(run_status: Any, lane_statuses: Sequence[Any]) -> Any:
     """
     if not isinstance(run_status, dict) or "lanes" not in run_status:
         return run_status
-    merged = {k: v for k, v in run_status.items() if k != "lanes"}
+    merged = {k: v for k, v in run_status.items() if k not in ("lanes", "settled_lanes")}
     counts: Counter[str] = Counter(merged.get("counts") or {})
     skipped: Counter[str] = Counter(merged.get("skipped_by_reason") or {})
     for lane in lane_statuses:
@@ -220,6 +234,28 @@ def merge_progress(run_status: Any, lane_statuses: Sequence[Any]) -> Any:
         merged["stopped"] = merged.get("stopped") or lane.get("stopped")
     merged["counts"], merged["skipped_by_reason"] = dict(counts), dict(skipped)
     return merged
+
+
+def cap_recheck(results: Sequence[ItemResult], cap_cents: int, stopped: str | None) -> list[int]:
+    """Indexes of items refused for the cap (or skipped after such a refusal) worth one more try.
+
+    Charges in flight together reserve together: an item can be refused while another item's
+    reservation is still pending and is then released (a decline, an unpaid 3-D Secure intent
+    the run cancels). Once the lanes are done nothing of this run is in flight, so if the
+    charged total leaves room for the smallest refused item, those items are charged again
+    one at a time (same idempotency keys: a refusal stores no answer at the proxy). A refusal
+    then is the cap's own. Empty when the run did not stop for its cap or nothing could fit.
+    """
+    if stopped != str(ItemOutcome.CAP_EXCEEDED):
+        return []
+    cap_reason = str(ItemOutcome.CAP_EXCEEDED)
+    refused = [
+        r for r in results
+        if r.outcome is ItemOutcome.CAP_EXCEEDED or (r.outcome is ItemOutcome.SKIPPED and r.reason == cap_reason)
+    ]
+    if not refused or spent_cents(results) + min(r.amount_cents for r in refused) > cap_cents:
+        return []
+    return sorted(r.item_index for r in refused)
 
 
 def stop_reason(results: Sequence[ItemResult]) -> ItemOutcome | None:

@@ -132,7 +132,8 @@ async def describe_run(
         # The status API names the list `historyEvents`; the SDK keeps unknown fields as attributes.
         history = list(_history(full))
         custom = status.custom_status if isinstance(status.custom_status, Mapping) else {}
-        for lane_id in custom.get("lanes") or ():  # batches ran in the lanes' own histories
+        lane_ids = [*(custom.get("settled_lanes") or ()), *(custom.get("lanes") or ())]
+        for lane_id in lane_ids:  # batches ran in the lanes' own histories (a recheck's last)
             lane = await client.get_status(str(lane_id), show_history=True, show_history_output=True)
             history += _history(lane)
         items = await asyncio.to_thread(
@@ -204,6 +205,7 @@ def run_items(run_input: Any, history: Sequence[Any] | None) -> list[ChargeItem]
 
 
 def _batch_results(history: Sequence[Any] | None) -> dict[int, ItemResult]:
+    """Each item's latest batch result: a later event wins (a recheck lane's history comes last)."""
     done: dict[int, ItemResult] = {}
     for event in history or ():
         if not isinstance(event, Mapping) or event.get("FunctionName") != "billing_batch":

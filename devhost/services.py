@@ -163,16 +163,14 @@ def start_azurite(
 # concurrent instances, ends up truncated so the next start dies with EOFError. Each
 # instance here starts empty and keeps its store in memory only (which also spares the
 # O(store size) pickling on every write).
-_LOCALSTRIPE_BOOT = (
-    "import localstripe.resources as r; r.Store.dump_to_disk = lambda self: None; "
-    "from localstripe.server import start; start()"
-)
+_LOCALSTRIPE_BOOT = Path(__file__).with_name("localstripe_boot.py")
 
 
 def start_localstripe(*, port: int | None = None, log_path: Path | None = None) -> Service:
-    """Start localstripe (a stateful fake Stripe) on `port`, empty and in memory only."""
+    """Start localstripe (a stateful fake Stripe) on `port`, empty, in memory, lists indexed by type
+    (`devhost/localstripe_boot.py`)."""
     port = port or free_port()
-    args = [sys.executable, "-c", _LOCALSTRIPE_BOOT, "--port", str(port), "--from-scratch"]
+    args = [sys.executable, "-P", str(_LOCALSTRIPE_BOOT), "--port", str(port), "--from-scratch"]
     proc = _spawn(args, log_path)
     wait_for_port(port, 60, proc)
     url = f"http://127.0.0.1:{port}"

@@ -17,6 +17,9 @@
    last recorded as `transient_exhausted`: one bad item never fails the run.
 4. After a batch reports cap_exceeded / revoked / expired, its lane starts no further batch;
    the other lane stops after its own batch that meets the same refusal from the proxy.
+   A run stopped by its cap with room left for a refused item (another item's hold was
+   pending when it was refused, then released) charges those items again, one at a time, in
+   a recheck lane (`billing.plan.cap_recheck`).
 5. `revoke_run_keys` runs at the end whatever happened (the except-then-reraise below).
 
 Before step 1, a run that needs a person's approval (`approval_expires_at` in its input, set by
@@ -197,6 +200,17 @@ def _charge(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> 
         )
     results, lane_stop = planning.merge_lanes(outputs)
     stopped = stopped or lane_stop
+    recheck = planning.cap_recheck(results, cap, stopped)
+    if recheck:  # refused while another item's hold was pending, and there is room now
+        lane = plan.recheck_lane(batches, recheck, cap)
+        lane_id = plan.lane_instance_id(lane.lane)
+        kept = [r for r in results if r.item_index not in set(recheck)]
+        status = planning.progress(len(items), kept, cap, None, warned)
+        context.set_custom_status(dict(status, lanes=[lane_id], settled_lanes=lane_ids))
+        rechecked, stopped = planning.merge_lanes(
+            [(yield context.call_sub_orchestrator(LANE_ORCHESTRATOR, lane.to_dict(), lane_id))]
+        )
+        results = sorted([*kept, *rechecked], key=lambda r: r.item_index)
     if not lanes:  # never started: the key could not spend at all
         results = [r for b in batches for r in planning.skipped(b, str(stopped))]
     context.set_custom_status(planning.progress(len(items), results, cap, stopped, warned))

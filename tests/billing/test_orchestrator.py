@@ -34,6 +34,7 @@ class World:
         fail_times: dict[int, int] | None = None,
         revoke_after: int | None = None,
         customers: list[dict[str, Any]] | None = None,
+        held: tuple[str, int] | None = None,
     ) -> None:
         self.keys: dict[str, dict[str, Any]] = {}
         self.declined = declined
@@ -42,6 +43,10 @@ class World:
         self.customers = customers or []
         self.charged: dict[str, str] = {}  # idempotency key -> object id
         self.revoked_labels: list[tuple[str, ...]] = []
+        # (customer, n): that customer's intent is left unpaid (3-D Secure) and its amount stays
+        # held at the "proxy" through the next n charges, then the cancel releases it.
+        self.held = held
+        self.holding: list[int] = []  # [amount, charges left] while a hold is pending
 
     def activities(self) -> dict[str, Callable[[Any], Any]]:
         return {
@@ -86,8 +91,16 @@ class World:
             return {**base, "outcome": "charged", "object_id": self.charged[request.idempotency_key], "replayed": True}
         if not key["active"]:
             return {**base, "outcome": "revoked", "code": "vault_key_revoked"}
-        if key["spent"] + request.item.amount_cents > key["cap"]:
+        pending = self.holding[0] if self.holding else 0
+        if self.holding:
+            self.holding[1] -= 1
+            if self.holding[1] <= 0:
+                self.holding = []
+        if key["spent"] + pending + request.item.amount_cents > key["cap"]:
             return {**base, "outcome": "cap_exceeded", "code": "spend_cap_exceeded"}
+        if self.held is not None and request.item.customer_id == self.held[0]:
+            self.holding = [request.item.amount_cents, self.held[1]]
+            return {**base, "outcome": "declined", "code": "requires_action", "object_id": "pi_3ds"}
         if request.item.customer_id in self.declined:
             return {**base, "outcome": "declined", "code": "card_declined"}
         key["spent"] += request.item.amount_cents
@@ -166,6 +179,30 @@ def test_half_budget_charges_exactly_half_then_skips_the_rest() -> None:
     assert output["spent_cents"] <= output["cap_cents"]
     assert len(batch_calls(ctx)) == 5  # no batch scheduled after the cap in that lane
     assert output["stopped"] == "cap_exceeded"
+
+
+def test_an_item_refused_while_another_hold_was_pending_is_charged_by_the_recheck() -> None:
+    # Lane 0 charges cus_0 (unpaid: held through the next 3 charges, then canceled) and cus_1;
+    # lane 1's cus_3 is refused because of that hold. The cap leaves room for it afterwards.
+    world = World(held=("cus_0", 3))
+    output, ctx = run(world, RunRequest("2026-06", budget_cents=3 * 2900, customers=customers(4), max_parallel=4))
+    assert output["counts"]["charged"] == 3 and output["counts"]["declined"] == 1
+    assert output["stopped"] is None and output["spent_cents"] == 3 * 2900
+    lanes = [c for c in ctx.calls if c.kind == "sub" and c.name == orch.LANE_ORCHESTRATOR]
+    assert [c.instance_id for c in lanes] == ["run1:lane-0", "run1:lane-1", "run1:lane-2"]
+    assert [[b["batch_no"] for b in c.input["batches"]] for c in lanes] == [[0], [1], [2]]  # the recheck: batch 2
+    assert [b["batch"]["first_index"] for b in lanes[2].input["batches"]] == [3]
+    rechecking = next(s for s in ctx.statuses if s.get("settled_lanes"))
+    assert rechecking["lanes"] == ["run1:lane-2"] and rechecking["settled_lanes"] == ["run1:lane-0", "run1:lane-1"]
+    keys = [ChargeRequest.from_dict(c.input).idempotency_key for c in ctx.activity_calls(orch.CHARGE_CUSTOMER)]
+    assert keys.count("run1-3") == 2  # refused, then charged with the same idempotency key
+
+
+def test_no_recheck_when_the_charges_themselves_filled_the_cap() -> None:
+    output, ctx = run(World(), RunRequest("2026-06", budget_cents=3 * 2900, customers=customers(6), max_parallel=2))
+    assert output["stopped"] == "cap_exceeded" and output["counts"]["charged"] == 3
+    lanes = [c.instance_id for c in ctx.calls if c.kind == "sub" and c.name == orch.LANE_ORCHESTRATOR]
+    assert lanes == ["run1:lane-0", "run1:lane-1"]
 
 
 def test_a_declined_card_does_not_stop_the_run() -> None:

@@ -94,23 +94,25 @@ THREE_D_SECURE_CARD = "4000002500003155"  # localstripe leaves its payment inten
 
 
 def test_5_an_unpaid_3ds_intent_is_canceled_and_eats_no_budget(app_stack: AppStack) -> None:
-    """A budget of $87 for one 3-D Secure customer and three good ones at $29: the 3-D Secure intent is
-    canceled through the proxy and released, so all three good customers are charged and /spend agrees.
-    One charge at a time: while the hold is pending, a parallel charge would (rightly) be refused for the cap."""
+    """A budget of $87 for two 3-D Secure customers and three good ones at $29, four charges in flight:
+    the 3-D Secure intents are canceled through the proxy and released, so all three good customers are
+    charged and /spend agrees. Whichever of the first four is refused while the holds are pending (the
+    fifth reservation does not fit), the run's recheck charges it once they are released."""
     plan = unique_plan("three-ds")
     with stripe(app_stack) as client:
-        secure = create_customer(client, name=f"{plan} 3ds", plan=plan, card=THREE_D_SECURE_CARD)
+        secure = [create_customer(client, name=f"{plan} 3ds {i}", plan=plan, card=THREE_D_SECURE_CARD) for i in range(2)]
         good = [create_customer(client, name=f"{plan} {i}", plan=plan) for i in range(3)]
-    body = {**listed([secure, *good]), "budget_usd": 87, "max_parallel": 1}
+    body = {**listed([*secure, *good]), "budget_usd": 87, "max_parallel": 4}
     run_id = start_run(app_stack.url, app_stack.admin_headers, body)
     run = wait_until(app_stack.url, app_stack.admin_headers, run_id)
     out = run["output"]
     items = by_customer(out)
     assert [items[c]["outcome"] for c in good] == ["charged"] * 3 and out.get("stopped") is None, out
-    assert items[secure]["outcome"] == "declined" and items[secure]["code"] == "requires_action"
-    assert "canceled" in items[secure]["reason"]
-    [intent] = intents(app_stack, secure)
-    assert intent["status"] == "canceled" and items[secure]["object_id"] == intent["id"]
+    for customer in secure:
+        assert items[customer]["outcome"] == "declined" and items[customer]["code"] == "requires_action", out
+        assert "canceled" in items[customer]["reason"]
+        [intent] = intents(app_stack, customer)
+        assert intent["status"] == "canceled" and items[customer]["object_id"] == intent["id"]
     assert {c: len(v) for c, v in paid(app_stack, good).items()} == dict.fromkeys(good, 1)
     spend = httpx.get(f"{app_stack.url}/api/billing/runs/{run_id}/spend", headers=app_stack.admin_headers,
                       timeout=30).json()
