@@ -16,9 +16,10 @@ from typing import Any
 import azure.durable_functions as df
 import httpx
 
+from alerts import notify
 from billing import charging, keys
-from billing.payloads import ChargeRequest, FetchRequest, KeyRequest, RevokeRequest
-from billing.table import charge_claims, stop_marks
+from billing.payloads import ApprovalClose, ApprovalDecision, ChargeRequest, FetchRequest, KeyRequest, RevokeRequest
+from billing.table import charge_claims, run_decisions, stop_marks
 from core.runtime import runtime
 from core.settings import get_settings
 from proxy.client import ProxyClient
@@ -71,4 +72,21 @@ def charge_customer(payload: dict) -> dict[str, Any]:
 
 @bp.activity_trigger(input_name="payload")
 def revoke_run_keys(payload: dict) -> list[str]:
-    return keys.revoke_run_keys(vault_service(), RevokeRequest.from_dict(payload).labels)
+    request = RevokeRequest.from_dict(payload)
+    vault = vault_service()
+    revoked = keys.revoke_run_keys(vault, request.labels)
+    if request.stopped == "cap_exceeded" and request.instance_id:  # after the revoke: the alert never delays it
+        spend = vault.spend(request.labels[0])
+        caps = [int(k.get("total_cap_cents") or k.get("cap_cents") or 0) for k in spend.get("keys", [])]
+        key_id = spend["keys"][-1]["key_id"] if spend.get("keys") else None
+        notify.run_stopped_by_cap(request.instance_id, key_id, int(spend.get("spent_cents", 0)), max(caps, default=0))
+    return revoked
+
+
+@bp.activity_trigger(input_name="payload")
+def close_run_approval(payload: dict) -> dict[str, Any]:
+    """The run's approval window ended: write the timeout as its decision unless one is there already."""
+    request = ApprovalClose.from_dict(payload)
+    rt = runtime()
+    timeout = ApprovalDecision("approval_timeout", at=request.expires_at, reason="nobody decided in time")
+    return run_decisions(rt.tables, rt.settings).decide(request.instance_id, timeout)[1].to_dict()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agents import messages
+from agents import approval, messages
 from agents.idempotency import CURRENCY, ChargeArgs, charge_idempotency_key, charge_identity
 from billing import cards
 from proxy.client import Outcome, ProxyResult
@@ -194,6 +194,8 @@ def _charge_output(keys: Keys, result: ProxyResult, key: str) -> str:
         return messages.error_output(
             "already_charged", messages.ALREADY_BILLED.format(charge_id=intent), charge_id=intent, idempotency_key=key
         )
+    if result.code in approval.CODES:
+        return approval.charge_held(str(result.code), result.body, key)
     if result.code == "charge_in_progress":
         return messages.error_output(
             "charge_in_progress", messages.CHARGE_IN_PROGRESS, retryable=True, idempotency_key=key

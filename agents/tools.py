@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import httpx
 
-from agents import messages
+from agents import approval, messages
 from agents.charge import Keys, charge, detail, key_failure, payment_summary
 from agents.idempotency import ChargeArgs, InvalidArguments
 from billing.once import charges_base_url
@@ -143,6 +143,8 @@ class BillingTools:
     def get_charge_status(self, charge_id: str) -> str:
         """Look up one payment (pi_…) or charge (ch_…) read-only; see the module-level function."""
         text = str(charge_id or "").strip()
+        if approval.APPROVAL_ID.match(text):  # a charge waiting for a person (agents/approval.py)
+            return self._approval_status(text)
         if not _LOOKUP_ID.match(text):
             return messages.error_output(
                 "invalid_arguments",
@@ -152,6 +154,18 @@ class BillingTools:
         return self._read(
             path, None, lambda body: {**payment_summary(body), "message": _status_message(body)}, charge_id=text
         )
+
+    def _approval_status(self, approval_id: str) -> str:
+        try:
+            result = self._once.get(f"/approvals/{approval_id}")
+        except Exception as exc:  # never raise into the agent framework
+            return messages.error_output("internal_error", f"The lookup failed unexpectedly ({type(exc).__name__}).")
+        if result.outcome is Outcome.SUCCEEDED:
+            return json.dumps(approval.status(result.body))
+        if result.status == 404:
+            return messages.error_output("not_found", f"There is no approval {approval_id} for this agent's key.")
+        return messages.error_output(result.code or "upstream_unavailable", f"The lookup failed: {detail(result)}.",
+                                     retryable=result.outcome is Outcome.TRANSIENT)
 
     def list_customer_charges(self, customer_id: str) -> str:
         """List a customer's recent charges read-only; see the module-level function."""
@@ -323,8 +337,8 @@ def charge_stripe(customer_id: str, amount_cents: int, billing_period: str, invo
 def get_charge_status(charge_id: str) -> str:
     """Look up an existing payment by id (read-only); use this for any question about a charge already made.
 
-    :param charge_id: The charge_id from an earlier charge_stripe result (pi_...), or a charge id (ch_...).
-    :return: JSON with the payment's status, amount, customer and billing period, or an error object.
+    :param charge_id: The charge_id from an earlier charge_stripe result (pi_...), a charge id (ch_...), or an approval_id (apr_...) of a charge waiting for approval.
+    :return: JSON with the payment's status, amount, customer and billing period (or the approval's state), or an error object.
     """
     return _with_default_tools(lambda t: t.get_charge_status(charge_id))
 

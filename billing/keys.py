@@ -22,7 +22,7 @@ key was stored, and the stop's listing, which follows its mark, finds and revoke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from billing.payloads import KeyIssued, KeyRequest
@@ -100,12 +100,18 @@ def issue_run_key(vault: Vault, request: KeyRequest, marks: Marks) -> KeyIssued:
     )
 
 
-def revoke_run_keys(vault: Vault, labels: Iterable[str]) -> list[str]:
-    """Revoke every active key under the labels; returns the ids revoked now (idempotent)."""
+def revoke_run_keys(
+    vault: Vault, labels: Iterable[str], on_revoked: Callable[[str, str], None] | None = None
+) -> list[str]:
+    """Revoke every active key under the labels; returns the ids revoked now (idempotent).
+
+    `on_revoked(key_id, label)` follows each revoke (the stop route's alert)."""
     revoked: list[str] = []
     for label in labels:
         for key in list(keys_with_label(vault, label)):
             if key.get("status") == "active":
                 vault.revoke(key["key_id"])
                 revoked.append(key["key_id"])
+                if on_revoked is not None:
+                    on_revoked(key["key_id"], label)
     return revoked

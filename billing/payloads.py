@@ -116,9 +116,17 @@ class RunRequest:
     customers: tuple[ChargeItem, ...] | None = None
     customer_query: CustomerQuery | None = None
     purpose: str | None = None  # the charge identity's purpose for every item that names none
+    # Approval (docs/approvals.md): the body's explicit ask and shorter window, and, once the start
+    # route decided the run waits, until when (ISO 8601, UTC). None: the run charges at once.
+    require_approval: bool = False
+    approval_timeout: str | None = None
+    approval_expires_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "require_approval": self.require_approval,
+            "approval_timeout": self.approval_timeout,
+            "approval_expires_at": self.approval_expires_at,
             "purpose": self.purpose,
             "billing_period": self.billing_period,
             "budget_cents": self.budget_cents,
@@ -142,7 +150,30 @@ class RunRequest:
             customers=None if customers is None else tuple(ChargeItem.from_dict(c) for c in customers),
             customer_query=None if query is None else CustomerQuery.from_dict(query),
             purpose=data.get("purpose"),
+            require_approval=bool(data.get("require_approval", False)),
+            approval_timeout=data.get("approval_timeout"),
+            approval_expires_at=data.get("approval_expires_at"),
         )
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """The `approval` external event of a billing run, and the `close_run_approval` activity's result.
+
+    `decision` is `approved`, `rejected`, `stopped` or `approval_timeout`; `by` who decided (the Easy
+    Auth principal, else the caller's `approver`); `at` when (ISO 8601)."""
+
+    decision: str
+    by: str | None = None
+    reason: str | None = None
+    at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApprovalDecision:
+        return cls(str(data["decision"]), data.get("by"), data.get("reason"), data.get("at"))
 
 
 @dataclass(frozen=True)
@@ -357,13 +388,33 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class RevokeRequest:
-    """Input of `revoke_run_keys`: every key under these labels is revoked."""
+    """Input of `revoke_run_keys`: every key under these labels is revoked.
+
+    `instance_id` and `stopped` (the run's stop reason) let the activity alert on a run its cap
+    stopped (docs/approvals.md, "Alerts")."""
 
     labels: tuple[str, ...]
+    instance_id: str | None = None
+    stopped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"labels": list(self.labels)}
+        return {"labels": list(self.labels), "instance_id": self.instance_id, "stopped": self.stopped}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RevokeRequest:
-        return cls(tuple(str(label) for label in data["labels"]))
+        return cls(tuple(str(label) for label in data["labels"]), data.get("instance_id"), data.get("stopped"))
+
+
+@dataclass(frozen=True)
+class ApprovalClose:
+    """Input of `close_run_approval`: the run whose approval window ended (its timer fired)."""
+
+    instance_id: str
+    expires_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApprovalClose:
+        return cls(str(data["instance_id"]), str(data["expires_at"]))

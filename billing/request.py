@@ -29,6 +29,8 @@ FIELDS = frozenset(
         "endpoint",
         "instance_id",
         "purpose",
+        "require_approval",
+        "approval_timeout",
     }
 )
 MAX_CUSTOMERS = 10_000
@@ -79,9 +81,27 @@ def parse_run_request(body: Any) -> tuple[RunRequest, str | None]:
             customers=items,
             customer_query=None if query is None else _query(query),
             purpose=purpose,
+            require_approval=_flag(body.get("require_approval", False), "require_approval"),
+            approval_timeout=None if body.get("approval_timeout") is None else _window(body["approval_timeout"]),
         ),
         instance_id,
     )
+
+
+def _flag(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(param, f"{param} must be true or false")
+    return value
+
+
+def _window(value: Any) -> str:
+    """An approval window shorter than the app's (`SPENDGATE_APPROVAL_TIMEOUT` caps it at start)."""
+    try:
+        if parse_duration(value).total_seconds() <= 0:
+            raise ValueError("must be more than 0")
+    except ValueError as exc:
+        raise _invalid("approval_timeout", f"approval_timeout: {exc}") from None
+    return str(value).strip()
 
 
 def _int(value: Any, param: str, low: int, high: int) -> int:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from billing.keys import Vault, keys_with_label, revoke_run_keys
-from billing.payloads import ChargeItem, FetchResult, ItemOutcome, ItemResult, RunRequest
+from billing.payloads import ApprovalDecision, ChargeItem, FetchResult, ItemOutcome, ItemResult, RunRequest
 from billing.plan import charge_label, merge_progress, progress, run_labels
 from core.errors import SpendgateError
 
@@ -274,18 +274,31 @@ def accounted_items(
     return results
 
 
+class Decisions(Protocol):
+    """The part of `billing.table.RunDecisions` used here."""
+
+    def decide(self, instance_id: str, decision: ApprovalDecision) -> tuple[bool, ApprovalDecision]: ...
+
+
 async def stop_run(
-    client: DurableClient, vault: Vault, instance_id: str, marks: Marks, now: datetime
+    client: DurableClient, vault: Vault, instance_id: str, marks: Marks, now: datetime,
+    decisions: Decisions | None = None, on_revoked: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Mark the run's labels stopped, revoke their keys (charging stops at once), then terminate.
 
     The mark comes first: a key the run is minting right now is revoked by the issue itself
-    or found by the revoke below (`billing.keys`), so no key of the run stays active.
+    or found by the revoke below (`billing.keys`), so no key of the run stays active. A run
+    still waiting for approval also gets `stopped` as its one decision (`billing.run_approval`),
+    so a later approve answers 409; an approval written just before still issues no key that
+    survives: the issue honours the marks.
     """
     status = await _existing(client, instance_id)
     if status is None:
         raise SpendgateError("not_found", f"no billing run {instance_id}")
-    revoked = await asyncio.to_thread(_mark_and_revoke, vault, marks, instance_id, now)
+    revoked = await asyncio.to_thread(_mark_and_revoke, vault, marks, instance_id, now, on_revoked)
+    if decisions is not None:
+        stopped = ApprovalDecision("stopped", at=now.astimezone(UTC).isoformat(), reason="the run was stopped")
+        await asyncio.to_thread(decisions.decide, instance_id, stopped)
     terminated = False
     if _status_name(status) not in _FINISHED:
         await client.terminate(instance_id, "stopped through POST /api/billing/runs/{id}/stop")
@@ -293,10 +306,12 @@ async def stop_run(
     return {"instance_id": instance_id, "revoked_key_ids": revoked, "terminated": terminated}
 
 
-def _mark_and_revoke(vault: Vault, marks: Marks, instance_id: str, now: datetime) -> list[str]:
+def _mark_and_revoke(
+    vault: Vault, marks: Marks, instance_id: str, now: datetime, on_revoked: Callable[[str, str], None] | None = None
+) -> list[str]:
     for label in run_labels(instance_id):
         marks.mark(label, now)
-    return revoke_run_keys(vault, run_labels(instance_id))
+    return revoke_run_keys(vault, run_labels(instance_id), on_revoked)
 
 
 async def run_spend(client: DurableClient, vault: Vault, instance_id: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     ------------------------------  ------------------------------  -------------------------------------
     claim-<sha256(customer)[:32]>   sha256([customer, period, purpose])  one charge identity (`billing.claims`)
     stopped                         sha256(label)                   a run label that was stopped (`StopMarks`)
+    run-approval                    sha256(instance id)             the one decision on a run's approval (`RunDecisions`)
 
 It also adapts the proxy's ledger (read-only, through `proxy.store.LedgerStore`, the one place
 that knows that table) into what the claims need to judge someone else's claim.
@@ -22,10 +23,12 @@ from azure.data.tables import TableClient, TableServiceClient
 
 from billing.charging import declined_object_id
 from billing.claims import Attempt, ChargeClaims
+from billing.payloads import ApprovalDecision
 from core.settings import Settings
 from proxy.store import LedgerStore, idem_row_key
 
 STOPPED_PARTITION = "stopped"
+DECISION_PARTITION = "run-approval"
 _created: set[tuple[int, str]] = set()
 _created_lock = threading.Lock()
 
@@ -69,6 +72,41 @@ class StopMarks:
         except ResourceNotFoundError:
             return False
         return True
+
+
+class RunDecisions:
+    """The one decision on a billing run's approval: whoever writes it first decides.
+
+    Approve, reject, stop and the run's own timeout all *create* the row (storage refuses a
+    second create with 409), so a run is approved, rejected, stopped or timed out, never two of
+    them, whatever the timing (docs/approvals.md, "Races")."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    @staticmethod
+    def _row(instance_id: str) -> str:
+        return hashlib.sha256(instance_id.encode()).hexdigest()
+
+    def decide(self, instance_id: str, decision: ApprovalDecision) -> tuple[bool, ApprovalDecision]:
+        """(True, decision) if this call decided; else (False, the decision that was there first)."""
+        entity = {"PartitionKey": DECISION_PARTITION, "RowKey": self._row(instance_id), "instance_id": instance_id,
+                  "decision": decision.decision, "by": decision.by or "", "reason": decision.reason or "",
+                  "at": decision.at or ""}
+        try:
+            self.table.create_entity(entity)
+            return True, decision
+        except ResourceExistsError:
+            existing = self.get(instance_id)
+            assert existing is not None  # rows are never deleted
+            return False, existing
+
+    def get(self, instance_id: str) -> ApprovalDecision | None:
+        try:
+            e = self.table.get_entity(DECISION_PARTITION, self._row(instance_id))
+        except ResourceNotFoundError:
+            return None
+        return ApprovalDecision(e["decision"], e.get("by") or None, e.get("reason") or None, e.get("at") or None)
 
 
 class LedgerRecords:
@@ -116,3 +154,7 @@ def charge_claims(tables: TableServiceClient, settings: Settings) -> ChargeClaim
 
 def stop_marks(tables: TableServiceClient, settings: Settings) -> StopMarks:
     return StopMarks(billing_table(tables, settings))
+
+
+def run_decisions(tables: TableServiceClient, settings: Settings) -> RunDecisions:
+    return RunDecisions(billing_table(tables, settings))

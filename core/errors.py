@@ -15,6 +15,10 @@ with a `Stripe-Should-Retry` header telling clients whether a retry is safe.
     endpoint_not_allowed        403     invalid_request_error   false
     expand_not_allowed          403     invalid_request_error   false
     spend_cap_exceeded          402     card_error              false
+    approval_required           402     card_error              false
+    approval_rejected           402     card_error              false
+    approval_expired            402     card_error              false
+    approval_not_pending        409     invalid_request_error   false
     amount_invalid              400     invalid_request_error   false
     currency_not_allowed        400     invalid_request_error   false
     body_invalid                400     invalid_request_error   false
@@ -70,6 +74,16 @@ CATALOG: dict[str, ErrorKind] = {
         ErrorKind("expand_not_allowed", 403, _INVALID, False,
                   "`expand[]` names a field the proxy cannot expand, or an object this key may not read."),
         ErrorKind("spend_cap_exceeded", 402, "card_error", False, "The charge would take the key over its spend cap."),
+        ErrorKind("approval_required", 402, "card_error", False,
+                  "The charge is above the key's approval_above_usd: it waits for a person (`approval` names the "
+                  "approval). Nothing was forwarded; send the same request again only once it is approved."),
+        ErrorKind("approval_rejected", 402, "card_error", False,
+                  "A person rejected this charge (or this billing run); nothing was forwarded."),
+        ErrorKind("approval_expired", 402, "card_error", False,
+                  "Nobody approved this charge in time; nothing was forwarded. Ask again with a new Idempotency-Key."),
+        ErrorKind("approval_not_pending", 409, _INVALID, False,
+                  "The run or charge is not waiting for approval (decided already, timed out or stopped); "
+                  "the body carries its state."),
         ErrorKind("amount_invalid", 400, _INVALID, False, "The amount is missing, not a positive integer, or too large."),
         ErrorKind("currency_not_allowed", 400, _INVALID, False, "Caps are in USD; the request names another currency."),
         ErrorKind("body_invalid", 400, _INVALID, False, "The body is not valid form or JSON encoding."),

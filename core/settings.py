@@ -13,6 +13,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import ClassVar
 
@@ -31,6 +33,10 @@ PROXY_URL = "SPENDGATE_PROXY_URL"
 BILLING_KEY = "SPENDGATE_BILLING_KEY"
 AUDIT_KEY = "SPENDGATE_AUDIT_KEY"
 TOOL_QUEUE_PREFIX = "SPENDGATE_TOOL_QUEUE_PREFIX"
+APPROVAL_THRESHOLD_USD = "SPENDGATE_APPROVAL_THRESHOLD_USD"
+APPROVAL_TIMEOUT = "SPENDGATE_APPROVAL_TIMEOUT"
+ALERT_WEBHOOK_URL = "SPENDGATE_ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_SECRET = "SPENDGATE_ALERT_WEBHOOK_SECRET"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
 
 APP_SETTING_NAMES: tuple[str, ...] = (
@@ -48,6 +54,10 @@ APP_SETTING_NAMES: tuple[str, ...] = (
     BILLING_KEY,
     AUDIT_KEY,
     TOOL_QUEUE_PREFIX,
+    APPROVAL_THRESHOLD_USD,
+    APPROVAL_TIMEOUT,
+    ALERT_WEBHOOK_URL,
+    ALERT_WEBHOOK_SECRET,
 )
 
 
@@ -202,6 +212,46 @@ class Settings:
         if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,30}[a-z0-9]", value):
             raise InvalidSettingError(TOOL_QUEUE_PREFIX, f"must be 3-32 lowercase letters, digits or single hyphens, got {value!r}")
         return value
+
+    # --- approvals and alerts (docs/approvals.md) ------------------------------------
+    @property
+    def approval_threshold_cents(self) -> int | None:
+        """Billing runs with a budget at or above this many cents wait for a person; None: only on request."""
+        raw = self._get(APPROVAL_THRESHOLD_USD)
+        if raw is None:
+            return None
+        try:
+            dollars = Decimal(raw)
+        except InvalidOperation:
+            raise InvalidSettingError(APPROVAL_THRESHOLD_USD, f"must be a number of US dollars, got {raw!r}") from None
+        if not dollars.is_finite() or dollars < 0:
+            raise InvalidSettingError(APPROVAL_THRESHOLD_USD, f"must be 0 or more US dollars, got {raw!r}")
+        return int(dollars * 100)
+
+    @property
+    def approval_timeout(self) -> timedelta:
+        """How long a billing run or an agent charge waits for a person (`90s`, `30m`, `24h`, `7d`; default 24h)."""
+        raw = self._get(APPROVAL_TIMEOUT, "24h") or "24h"
+        m = re.fullmatch(r"\s*(\d{1,6})\s*([smhd])\s*", raw)
+        if not m or int(m.group(1)) == 0:
+            raise InvalidSettingError(APPROVAL_TIMEOUT, f"must be a duration like 90s, 30m, 24h or 7d, got {raw!r}")
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        value = timedelta(**{unit: int(m.group(1))})
+        # "For JavaScript, Python, and PowerShell apps, Durable timers are limited to six days"
+        # (learn.microsoft.com/azure/azure-functions/durable/durable-functions-timers): the run's wait is one timer.
+        if value > timedelta(days=6):
+            raise InvalidSettingError(APPROVAL_TIMEOUT, f"must be at most 6d (a Python durable timer's limit), got {raw!r}")
+        return value
+
+    @property
+    def alert_webhook_url(self) -> str | None:
+        """Where spend alerts are POSTed (signed); None: alerts go to the queue only."""
+        return self._get(ALERT_WEBHOOK_URL)
+
+    @property
+    def alert_webhook_secret(self) -> str:
+        """The HMAC-SHA256 key that signs alert webhooks (required once a webhook URL is set)."""
+        return self._require(ALERT_WEBHOOK_SECRET, f"the key that signs POSTs to {ALERT_WEBHOOK_URL}")
 
 
 def get_settings() -> Settings:

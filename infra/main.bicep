@@ -45,6 +45,15 @@ param tablePrefix string = 'spendgate'
 @description('Days an idempotency record is kept (longer than Stripe\'s 24 hours, on purpose).')
 param idempotencyRetentionDays string = '30'
 
+@description('Billing runs with a budget at or above this many USD wait for a person (docs/approvals.md). Empty: only runs that ask.')
+param approvalThresholdUsd string = ''
+
+@description('How long a billing run or an agent charge waits for approval (90s, 30m, 24h, 7d).')
+param approvalTimeout string = '24h'
+
+@description('Where spend alerts are POSTed, signed with HMAC-SHA256 (docs/approvals.md). Empty: queue only.')
+param alertWebhookUrl string = ''
+
 @description('Largest number of instances the app may scale out to.')
 param maximumInstanceCount int = 100
 
@@ -67,6 +76,7 @@ var deploymentContainerName = 'app-package-${resourceToken}'
 var stripeSecretName = 'stripe-secret-key'
 var billingKeySecretName = 'spendgate-billing-key'
 var auditKeySecretName = 'spendgate-audit-key'
+var alertWebhookSecretName = 'spendgate-alert-webhook-secret'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -150,6 +160,11 @@ var appSettings = {
   SPENDGATE_STRIPE_VERSION: stripeVersion
   SPENDGATE_TABLE_PREFIX: tablePrefix
   SPENDGATE_IDEMPOTENCY_RETENTION_DAYS: idempotencyRetentionDays
+  // Approvals and alerts (docs/approvals.md); the webhook's signing secret is set in Key Vault after deployment.
+  SPENDGATE_APPROVAL_THRESHOLD_USD: approvalThresholdUsd
+  SPENDGATE_APPROVAL_TIMEOUT: approvalTimeout
+  SPENDGATE_ALERT_WEBHOOK_URL: alertWebhookUrl
+  SPENDGATE_ALERT_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${alertWebhookSecretName}/)'
   // Vault keys (vk_…) the agent tools spend and look up with; issued after deployment.
   SPENDGATE_BILLING_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${billingKeySecretName}/)'
   SPENDGATE_AUDIT_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/${auditKeySecretName}/)'

@@ -22,20 +22,29 @@
    a recheck lane (`billing.plan.cap_recheck`).
 5. `revoke_run_keys` runs at the end whatever happened (the except-then-reraise below).
 
+Before step 1, a run that needs a person's approval (`approval_expires_at` in its input, set by
+the start route) waits for the `approval` external event or a durable timer at that instant,
+whichever comes first, and cancels the timer after the event (docs/approvals.md). No key
+exists while it waits. When the timer wins, `close_run_approval` writes the timeout as the
+run's one decision, unless an approve or reject was written first (then that decision counts).
+
 Orchestrators must be deterministic: only `context` calls and pure functions from
 `billing.plan` here; retry options are module constants.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
 
 from billing import plan as planning
 from billing.payloads import (
+    ApprovalClose,
+    ApprovalDecision,
     BatchRequest,
     FetchRequest,
     FetchResult,
@@ -55,6 +64,9 @@ ISSUE_KEY = "issue_run_key"
 FETCH_CUSTOMERS = "fetch_customers"
 CHARGE_CUSTOMER = "charge_customer"
 REVOKE_KEYS = "revoke_run_keys"
+CLOSE_APPROVAL = "close_run_approval"
+APPROVAL_EVENT = "approval"
+APPROVED = "approved"
 STOPPED = "stopped"  # the reason recorded when the run's labels were stopped (POST …/stop)
 
 # Transient faults only reach these (activities return terminal outcomes), so retrying is
@@ -75,16 +87,72 @@ def run_billing(context: df.DurableOrchestrationContext) -> Generator[Task, Any,
         output = yield from _bill(context, plan)
     except Exception as exc:  # re-raised below, after the keys are revoked
         failure = exc
-    revoked = yield context.call_activity_with_retry(
-        REVOKE_KEYS, KEY_RETRY, RevokeRequest(planning.run_labels(plan.instance_id)).to_dict()
-    )
+    revoke = RevokeRequest(planning.run_labels(plan.instance_id), plan.instance_id, output.get("stopped"))
+    revoked = yield context.call_activity_with_retry(REVOKE_KEYS, KEY_RETRY, revoke.to_dict())
     if failure is not None:
         raise failure
     output["revoked_key_ids"] = revoked
     return output
 
 
+def _await_approval(
+    context: df.DurableOrchestrationContext, plan: planning.RunPlan
+) -> Generator[Task, Any, ApprovalDecision]:
+    """Wait for the `approval` event or the window's end; the decision that counts (module doc).
+
+    The timer is cancelled once the event wins, as the extension's own samples do
+    (`WaitForExternalEvent` + `CreateTimer` + `Task.WhenAny`, then `cts.Cancel()`)."""
+    expires_at = str(plan.run.approval_expires_at)
+    context.set_custom_status({
+        "status": "awaiting_approval", "approval": {"expires_at": expires_at},
+        **planning.progress(len(plan.run.customers or ()), [], 0, warned=planning.warnings(plan.run)),
+    })
+    event = context.wait_for_external_event(APPROVAL_EVENT)
+    timer = context.create_timer(datetime.fromisoformat(expires_at.replace("Z", "+00:00")))
+    winner = yield context.task_any([event, timer])
+    if winner == event:
+        timer.cancel()
+        return ApprovalDecision.from_dict(_event_value(event.result))
+    decided = yield context.call_activity_with_retry(
+        CLOSE_APPROVAL, KEY_RETRY, ApprovalClose(plan.instance_id, expires_at).to_dict()
+    )
+    return ApprovalDecision.from_dict(decided)
+
+
+def _event_value(value: Any) -> dict[str, Any]:
+    """The event's payload: the SDK hands it over decoded, or as JSON text when raised as a string."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dict(value) if isinstance(value, dict) else {"decision": "rejected", "reason": "unreadable decision"}
+
+
+def _not_approved(plan: planning.RunPlan, decision: ApprovalDecision) -> dict[str, Any]:
+    """The summary of a run that never got its approval: nothing charged, no key ever issued."""
+    stopped = {"rejected": "rejected", "stopped": STOPPED}.get(decision.decision, "approval_timeout")
+    items = plan.run.customers or ()
+    results = [planning.skipped(b, stopped) for b in plan.batches(items, "")]
+    flat = [r for batch in results for r in batch]
+    out = planning.summary(plan, flat, cap_cents=0, key_ids={"charge": None, "customers": None}, stopped=stopped,
+                           warned=planning.warnings(plan.run))
+    out["approval"] = decision.to_dict()
+    return out
+
+
 def _bill(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Generator[Task, Any, dict[str, Any]]:
+    approval: ApprovalDecision | None = None
+    if plan.run.approval_expires_at:
+        approval = yield from _await_approval(context, plan)
+        if approval.decision != APPROVED:
+            out = _not_approved(plan, approval)
+            context.set_custom_status(planning.progress(out["total"], [], 0, out["stopped"], out.get("warnings") or ()))
+            return out
+    output = yield from _charge(context, plan)
+    if approval is not None:
+        output["approval"] = approval.to_dict()
+    return output
+
+
+def _charge(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> Generator[Task, Any, dict[str, Any]]:
     charge_key = KeyIssued.from_dict(
         (yield context.call_activity_with_retry(ISSUE_KEY, KEY_RETRY, plan.charge_key_request().to_dict()))
     )

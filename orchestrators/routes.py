@@ -6,6 +6,8 @@
   through it would skip `stop_run`'s revoke-first step)
 - `GET  /api/billing/runs/{instance_id}` → status, progress and output
 - `POST /api/billing/runs/{instance_id}/stop` → mark the run stopped, revoke its keys, then terminate
+- `POST /api/billing/runs/{instance_id}/approve` and `/reject` → the one decision on a run that waits
+  for a person (`billing.run_approval`; 409 `approval_not_pending` with the run's state otherwise)
 - `GET  /api/billing/runs/{instance_id}/spend` → the run's spend from the audit log
 - `POST /api/billing/charges` (vault key, no function key) → a payment intent charged once
   per customer, billing period and purpose (`billing.once`; the agent tools use it)
@@ -24,11 +26,12 @@ import azure.functions as func
 from azure.core.exceptions import AzureError
 
 from activities.billing import proxy_http
-from billing import once, runs
+from alerts import notify
+from billing import once, run_approval, runs
 from billing.plan import warnings
 from billing.request import parse_run_request
 from billing.run_index import RunIndex
-from billing.table import LedgerRecords, StopMarks, charge_claims, stop_marks
+from billing.table import LedgerRecords, RunDecisions, StopMarks, charge_claims, run_decisions, stop_marks
 from core.errors import SpendgateError
 from core.runtime import runtime
 from proxy.client import ProxyClient
@@ -59,6 +62,11 @@ def _marks() -> StopMarks:
     return stop_marks(rt.tables, rt.settings)
 
 
+def _decisions() -> RunDecisions:
+    rt = runtime()
+    return run_decisions(rt.tables, rt.settings)
+
+
 @bp.route(route="api/billing/runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.durable_client_input(client_name="client")
 async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
@@ -69,12 +77,20 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
             raise SpendgateError("body_invalid", "the body must be JSON") from None
         run, instance_id = parse_run_request(body)
         rt = runtime()
+        run = run_approval.with_approval_window(
+            run, rt.settings.approval_threshold_cents, rt.settings.approval_timeout, datetime.now(UTC)
+        )
         index = RunIndex(rt.tables, rt.settings.table_prefix)
         marks = await asyncio.to_thread(_marks)  # may create the billing table: never on the event loop
         instance_id = await runs.start_run(client, run, instance_id, vault_service(), marks, index)
     except SpendgateError as exc:
         return _error(exc)
     body = {**run_links(req.url, instance_id), "warnings": warnings(run)}
+    if run.approval_expires_at:
+        body["status"] = "awaiting_approval"
+        body["approval"] = {"expires_at": run.approval_expires_at, "approve_url": body["status_url"] + "/approve",
+                            "reject_url": body["status_url"] + "/reject"}
+        await asyncio.to_thread(notify.run_approval_requested, instance_id, run.budget_cents, run.approval_expires_at)
     return func.HttpResponse(
         json.dumps(body, indent=2),
         status_code=202,
@@ -89,7 +105,14 @@ async def get_billing_run(req: func.HttpRequest, client: df.DurableOrchestration
     try:
         rt = runtime()
         declines = LedgerRecords(LedgerStore(rt.tables, rt.settings)).declined_object_id
-        return _json(await runs.describe_run(client, req.route_params["instance_id"], vault_service(), declines))
+        instance_id = req.route_params["instance_id"]
+        described = await runs.describe_run(client, instance_id, vault_service(), declines)
+        approval = await run_approval.approval_of(
+            await client.get_status(instance_id, show_input=True), await asyncio.to_thread(_decisions), instance_id
+        )
+        if approval is not None:
+            described["approval"] = approval
+        return _json(described)
     except SpendgateError as exc:
         return _error(exc)
 
@@ -105,10 +128,39 @@ async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestratio
                 req.route_params["instance_id"],
                 await asyncio.to_thread(_marks),
                 datetime.now(UTC),
+                await asyncio.to_thread(_decisions),
+                notify.key_revoked,
             )
         )
     except SpendgateError as exc:
         return _error(exc)
+
+
+async def _decide(req: func.HttpRequest, client: df.DurableOrchestrationClient, decision: str) -> func.HttpResponse:
+    try:
+        try:
+            body = json.loads(req.get_body() or b"null")
+        except ValueError:
+            raise SpendgateError("body_invalid", "the body must be JSON") from None
+        who, reason = run_approval.decider(dict(req.headers), body)
+        return _json(await run_approval.decide_run(
+            client, await asyncio.to_thread(_decisions), await asyncio.to_thread(_marks),
+            req.route_params["instance_id"], decision, who, reason, datetime.now(UTC),
+        ))
+    except SpendgateError as exc:
+        return _error(exc)
+
+
+@bp.route(route="api/billing/runs/{instance_id}/approve", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def approve_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return await _decide(req, client, "approved")
+
+
+@bp.route(route="api/billing/runs/{instance_id}/reject", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def reject_billing_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return await _decide(req, client, "rejected")
 
 
 @bp.route(route="api/billing/runs/{instance_id}/spend", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

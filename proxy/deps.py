@@ -22,6 +22,7 @@ import httpx
 from azure.data.tables import TableServiceClient
 
 from core.settings import Settings
+from proxy.approvals import Approval, ChargeApprovals
 from proxy.known_keys import KnownKeys, shared_known_keys
 from proxy.leases import LeaseLedger
 from proxy.ledger import Ledger, shared_group_ledger
@@ -46,6 +47,8 @@ class ProxyDeps:
     sleep: Callable[[float], None] = time.sleep
     known_keys: KnownKeys | None = None  # None: every request reads the key row
     noise: NoiseGate | None = None  # None: unauthenticated requests are neither limited nor sampled
+    approvals: ChargeApprovals | None = None  # None: keys' approval_above_usd is not looked at (unit tests)
+    on_approval_requested: Callable[[Approval], None] | None = None  # the alert (alerts/notify.py), after the fact
 
     def __post_init__(self) -> None:
         if self.ledger is None:  # a ledger of its own that knows the key's lease rows (issued with the key)
@@ -56,7 +59,8 @@ class ProxyDeps:
         """The proxy's deps: the process-wide group-commit ledger and known key rows (docs/ledger.md)."""
         store = LedgerStore(tables, settings)
         return cls(store, stripe_http, settings, shared_group_ledger(tables, store),
-                   known_keys=shared_known_keys(tables, store), noise=per_ledger_table(tables, store, NoiseGate))
+                   known_keys=shared_known_keys(tables, store), noise=per_ledger_table(tables, store, NoiseGate),
+                   approvals=ChargeApprovals(tables, settings))
 
     def read_key(self, key_id: str) -> KeyRecord | None:
         """The key row as storage has it now (and remembered for later metered POSTs)."""

@@ -9,7 +9,9 @@ adapts to it), taking its storage, HTTP client, settings and clock as arguments:
 2. Read the key row (one point read; none for a charge on a key this process knows,
    proxy/known_keys.py). The idempotency record is learned from its create failing.
 3. Authenticate (hash compare, revoked, expired), then the endpoint table and the key's
-   allowlist, then the request's own validation errors and `expand[]`.
+   allowlist, then the request's own validation errors and `expand[]`. A charge above the
+   key's `approval_above_usd` stops here with 402 `approval_required` unless a person approved
+   this very request (proxy/approvals.py).
 4. POST: a confirm, capture or refund is priced from Stripe (proxy/pricing.py). A
    completed record replays; an in-flight one answers 409; a different body answers
    idempotency_error; an ambiguous (or abandoned) one is taken over, looked up in Stripe
@@ -34,10 +36,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import httpx
+from azure.core.exceptions import AzureError
 
 from core.deadline import within
 from core.errors import SpendgateError
 from proxy import idempotency as idem
+from proxy.approvals import ApprovalHeld
 from proxy.audit import AuditDraft
 from proxy.deps import ProxyDeps, ProxyResponse, new_request_id, utcnow
 from proxy.endpoints import readable_types
@@ -200,8 +204,27 @@ def _handle(
     if caller_key is None and not key.auto_idempotency:
         candidate = idem.random_key()
     draft.idempotency_key = candidate
+    if key.approval_above_cents is not None and request.kind == "body" and \
+            request.metered_amount > key.approval_above_cents and deps.approvals is not None:
+        _gate(deps, key, request, candidate, now)  # type: ignore[arg-type]
     return _post(deps, draft, key, request, candidate, now,  # type: ignore[arg-type]
                  key_is_known=known is not None, caller_key=caller_key is not None)
+
+
+def _gate(deps: ProxyDeps, key: KeyRecord, request: StripeRequest, idem_key: str, now: datetime) -> None:
+    """A charge above the key's `approval_above_usd` goes on only once a person approved this very
+    request (proxy/approvals.py); otherwise 402 `approval_required` and nothing is reserved."""
+    assert deps.approvals is not None
+    customer = next((v for k, v in request.params if k == "customer"), None)
+    try:
+        deps.approvals.gate(key.key_id, key.label, request.method, request.path, request.fingerprint(),
+                            request.metered_amount, customer, idem_key, now)
+    except ApprovalHeld as held:
+        if held.created and deps.on_approval_requested is not None:
+            deps.on_approval_requested(held.approval)
+        raise
+    except AzureError as exc:  # fail closed: no approval could be read, nothing is forwarded
+        raise SpendgateError("governance_unavailable") from exc
 
 
 def _post(

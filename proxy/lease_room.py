@@ -15,6 +15,7 @@ however many there are); a refusal comes only from a consistent read of the part
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from proxy.lease_rows import Lease, lease_from_entity, read_partition, room_of
-from proxy.ledger import _Intent, _Lane, cap_exceeded, current, headroom
+from proxy import alert_bands
+from proxy.lease_rows import Lease, folded, key_room, lease_from_entity, read_partition, room_of
+from proxy.ledger import _Intent, _Lane, cap_exceeded, current
 from proxy.store import LEASE_PREFIX, Conflict, Counters, KeyRecord, LedgerStore
 
 MAX_VICTIMS = 6  # leases one transaction may take headroom from
@@ -34,6 +36,9 @@ TAKE_READS = 2  # point reads per attempt to take room that find a lease with no
 READ_SPACING = 0.03  # seconds between a dry lane's reads of the partition, per instance owning a lease (the
 READ_GAP_MIN, READ_GAP_MAX = 0.1, 1.5  # fleet's reads stay ~30/s however many instances wait), within these
 RECHECK_SECONDS = 1.0  # an owned lease read short of room is not read again for this long (nor trusted longer)
+
+
+log = logging.getLogger(__name__)
 
 
 class _LeaseLane(_Lane):
@@ -61,15 +66,17 @@ class RoomSearch:
     ttl: timedelta
     partition_reads: int
     reads_by: dict[str, int]
+    key_commits: int
+    on_threshold: Callable[[KeyRecord, alert_bands.Binding, list[int]], None] | None
 
     def _take_room(self, lane: _LeaseLane, key: KeyRecord, counters: Counters, mine: Lease, day: str, need: int,
               now: datetime) -> tuple[Counters, int, list[Lease], bool]:
         """Headroom for `need` more cents: first what the key row still holds, then other leases'
         (all of an unowned one's, half of an owned one's, at least what is needed)."""
         gained, victims, key_took = 0, [], False
-        key_room = headroom(replace(key, counters=counters), day)
-        if key_room > 0:
-            took = min(key_room, max(need, key_room // max(1, key.counters.leases)))
+        room = key_room(key, counters, day)  # below the next unfired alert threshold
+        if room > 0:
+            took = min(room, max(need, room // max(1, key.counters.leases)))
             counters = replace(current(counters, day), window_leased=current(counters, day).window_leased + took,
                                total_leased=counters.total_leased + took)
             gained, key_took = took, True
@@ -202,25 +209,32 @@ class RoomSearch:
         return False
 
     def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:
-        """No room within reach: read the partition consistently; refuse what the whole of it cannot hold."""
+        """No room within reach: read the partition consistently; refuse what the whole of it cannot hold.
+
+        The room within reach stops at the next unfired alert threshold (proxy/alert_bands.py): when a
+        consistent read shows the reservation needs room past it, the threshold fires here (one
+        If-Match on the key row) and the next round takes the room."""
         key, leases = read_partition(self.store, lane.key_id)
         self._count_read("pool")
         if key is None:
             raise Conflict("the key is gone")
         room = room_of(key, leases, day)
-        if short[0].amount > room:  # a refusal needs a consistent read: collect again until two agree
+        if short[0].amount > room_of(key, leases, day, banded=True):
+            # a refusal or a threshold needs a consistent read: collect again until two agree
             key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
             room = room_of(key, leases, day)
             if not consistent:
                 self._learn(lane, key, leases)
                 self._wait(lane)
                 return  # the rows kept changing: the next round tries again with what was read last
+            if self._fire_thresholds(lane, key, leases, day, short[0].amount, room):
+                return  # the cap is open past the threshold now: the next round takes the room
         self._learn(lane, key, leases)
         if lane.lease is None:
             self._adopt_from(lane, day, now)
         need = max(1, short[0].amount - (lane.lease.room if lane.lease is not None else 0))  # what it lacks
         if short[0].amount <= room and not any(self._eligible(lane, x, need, now) for x in lane.others.values()
-                                               if x.day == day) and headroom(key, day) < need:
+                                               if x.day == day) and key_room(key, key.counters, day) < need:
             self._wait(lane)  # the room is with owners using it: let them, then look again
         for intent in short:
             # Each is judged against the whole room on its own: the others in the batch have not
@@ -249,6 +263,31 @@ class RoomSearch:
         pick = random.choice(roomy) if roomy else max(free or todays, key=lambda x: x.room)
         lane.lease = replace(pick, owner=lane.owner) if free else pick
         lane.others.pop(pick.slot, None)
+
+    def _fire_thresholds(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease], day: str, need: int,
+                         true_room: int) -> bool:
+        """On a consistent read: commit the thresholds the next reservation crosses (If-Match on the key
+        row as read), then tell `on_threshold`. True when the band moved (re-read, try again)."""
+        total = current(key.counters, day)
+        for lease in leases:
+            total = folded(total, lease)
+        crossing = alert_bands.to_fire(key, total, day, need, true_room)
+        if not crossing:
+            return False
+        b = alert_bands.binding(key, total, day)
+        try:
+            self.store.submit([alert_bands.op_mark_fired(key, b.window, set(crossing))])
+            self.key_commits += 1
+        except Conflict:
+            self._refresh(lane, "threshold")
+            return True  # someone else changed the key row first (maybe the same marker): look again
+        if self.on_threshold is not None:
+            try:  # usage as of the crossing: with the reservation that reaches it (unless the cap refuses it)
+                self.on_threshold(key, replace(b, used=b.used + need) if need <= true_room else b, crossing)
+            except Exception:  # an alert never fails the ledger
+                log.exception("threshold alert for key_id=%s failed", key.key_id)
+        self._refresh(lane, "threshold")
+        return need <= true_room
 
     def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
         """The partition, and whether the read is consistent: two identical collects in a row (same

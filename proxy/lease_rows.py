@@ -22,6 +22,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.data.tables import EdmType, EntityProperty, UpdateMode
 
+from proxy import alert_bands
 from proxy.ledger import current, headroom
 from proxy.store import LEASE_PREFIX, Counters, KeyRecord, LedgerStore, Operation, key_from_entity, key_to_entity
 
@@ -135,18 +136,30 @@ def with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyRecord:
     return replace(key, counters=partition_counters(store, key.key_id, day, key))
 
 
-def room_of(key: KeyRecord, leases: list[Lease], day: str) -> int:
-    """Headroom of the whole partition on `day`: the key row's plus every lease's."""
+def room_of(key: KeyRecord, leases: list[Lease], day: str, *, banded: bool = False) -> int:
+    """Headroom of the whole partition on `day`: the key row's plus every lease's (`banded`: only
+    below the next unfired alert threshold, proxy/alert_bands.py)."""
     total = current(key.counters, day)
     for lease in leases:
         total = folded(total, lease)
-    return headroom(replace(key, counters=total), day)
+    room = headroom(replace(key, counters=total), day)
+    band = alert_bands.band_room(key, total, day, granted=False) if banded else None
+    return room if band is None else min(room, band)
+
+
+def key_room(key: KeyRecord, counters: Counters, day: str) -> int:
+    """What the key row may grant or reserve on `day`: its headroom, below the next unfired alert
+    threshold (proxy/alert_bands.py: room past a threshold opens only when it fires)."""
+    room = headroom(replace(key, counters=counters), day)
+    band = alert_bands.band_room(key, current(counters, day), day)
+    return room if band is None else min(room, band)
 
 
 def first_leases(key: KeyRecord, day: str, unit: int) -> tuple[Counters, list[Lease]]:
-    """The key row's headroom on `day` spread over S new lease rows of at least `unit` cents each
-    (S ≤ `MAX_LEASES`): the key row's new counters and the rows to create with it."""
-    room = headroom(key, day)
+    """The key row's headroom on `day` (below the next unfired alert threshold) spread over S new
+    lease rows of at least `unit` cents each (S ≤ `MAX_LEASES`): the key row's new counters and the
+    rows to create with it."""
+    room = key_room(key, key.counters, day)
     slots = max(1, min(MAX_LEASES, room // max(1, unit)))
     share = room // slots
     counters = replace(current(key.counters, day), leases=slots)
@@ -164,5 +177,5 @@ def insert_key_with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyR
 
 
 __all__ = ["ISSUE_LEASE_CENTS", "LEASE_UNITS", "MAX_LEASES", "Lease", "first_leases", "folded",
-           "insert_key_with_leases", "lease_entity", "lease_from_entity", "op_write_lease", "partition_counters",
+           "insert_key_with_leases", "key_room", "lease_entity", "lease_from_entity", "op_write_lease", "partition_counters",
            "read_partition", "room_of", "with_leases"]

@@ -43,12 +43,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from core.errors import SpendgateError
+from proxy import alert_bands
 from proxy.lease_room import MAX_VICTIMS, RoomSearch, _LeaseLane
 from proxy.lease_rows import (
     LEASE_UNITS,
     Lease,
     first_leases,
     folded,
+    key_room,
     lease_from_entity,
     op_write_lease,
     partition_counters,
@@ -64,7 +66,6 @@ from proxy.ledger import (
     _Lane,
     _utcnow,
     current,
-    headroom,
 )
 from proxy.store import Conflict, KeyRecord, LedgerStore, Operation, op_update_counters
 
@@ -92,6 +93,8 @@ class LeaseLedger(RoomSearch, GroupLedger):
         self.partition_reads = 0  # queries of the key row and every lease (for benchmarks)
         self.reads_by: dict[str, int] = {}  # the same, by why they were made
         self.conflicts = 0  # transactions that lost a race (for benchmarks)
+        # Told (key, binding, percents) after a threshold's commit (proxy/alert_bands.py); must not block.
+        self.on_threshold: Callable[[KeyRecord, alert_bands.Binding, list[int]], None] | None = None
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if reaper:
@@ -342,7 +345,7 @@ class LeaseLedger(RoomSearch, GroupLedger):
         for lease in leases:
             counters = folded(counters, lease)
         counters = replace(current(counters, day), leases=len(leases))
-        room = headroom(replace(key, counters=counters), day)
+        room = key_room(key, counters, day)  # below the next unfired alert threshold
         share = room // max(1, len(leases))
         counters = replace(counters, window_leased=share * len(leases), total_leased=counters.total_leased + share * len(leases))
         fresh = [replace(x, day=day, grant=share, spent=0, pending=0) for x in leases]

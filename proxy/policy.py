@@ -2,7 +2,9 @@
 
 A policy names the endpoints a key may call (``"POST /v1/payment_intents"``,
 ``"GET /v1/charges/*"``, where ``*`` matches exactly one id segment), its caps in USD
-(daily per UTC day, and an optional lifetime cap) and when it expires.
+(daily per UTC day, and an optional lifetime cap) and when it expires; optionally the amount
+above which a charge waits for a person (`approval_above_usd`) and its spend-alert thresholds
+(`alert_thresholds`, percents of the binding cap): docs/approvals.md.
 
 Fail closed: every entry must name, exactly, a row of the endpoint table
 (`proxy.endpoints.TABLE`) that the proxy reads or meters. ``POST /v1/*``, ``GET /v1/*`` or
@@ -35,7 +37,8 @@ _DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _FIELDS = {
     "vendor", "label", "daily_usd_cap", "total_usd_cap", "allowed_endpoints",
-    "expires_in", "expires_at", "metadata", "auto_idempotency",
+    "expires_in", "expires_at", "metadata", "auto_idempotency", "approval_above_usd",
+    "alert_thresholds",
 }
 
 
@@ -94,6 +97,8 @@ class KeyPolicy:
     expires_at: datetime
     metadata: dict[str, str] = field(default_factory=dict)
     auto_idempotency: bool = True
+    approval_above_cents: int | None = None  # charges above this wait for a person (proxy/approvals.py)
+    alert_thresholds: tuple[int, ...] | None = None  # percents of the binding cap (proxy/alert_bands.py)
 
     def allows(self, method: str, path: str) -> bool:
         return allowed_rule(self.endpoint_strings(), method, path) is not None
@@ -228,4 +233,18 @@ def parse_policy(request: Mapping[str, Any], now: datetime) -> KeyPolicy:
         expires_at=_expiry(request, now),
         metadata=_metadata(request.get("metadata")),
         auto_idempotency=auto,
+        approval_above_cents=None if request.get("approval_above_usd") is None
+        else usd_to_cents(request["approval_above_usd"], "approval_above_usd"),
+        alert_thresholds=_thresholds(request.get("alert_thresholds")),
     )
+
+
+def _thresholds(value: Any) -> tuple[int, ...] | None:
+    """Spend alert thresholds in percent of the binding cap (1-100, at most 10); None: the default 50/80/100."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > 10 or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 100 for p in value
+    ):
+        raise _invalid("alert_thresholds", "alert_thresholds must be a list of at most 10 whole percents from 1 to 100")
+    return tuple(sorted(set(value)))

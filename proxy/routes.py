@@ -1,6 +1,8 @@
 """HTTP triggers for the vault admin API and the Stripe proxy (thin: parse, call, shape).
 
-Admin routes use function auth (`x-functions-key` / `?code=`); the proxy routes are
+Admin routes use function auth (`x-functions-key` / `?code=`), among them the held-charge
+approvals (`GET /api/approvals`, `POST /api/approvals/{id}/approve|reject`; docs/approvals.md);
+`GET /api/billing/approvals/{id}` answers the vault key that asked. The proxy routes are
 anonymous because the vault key in the request authenticates it. The proxy answers at
 Stripe's own paths, `/v1/...` at the root of the host (host.json's route prefix is empty,
 every other route says `api/` itself), and under `/api/stripe/v1/...`; both go through
@@ -12,14 +14,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import azure.functions as func
 
+from alerts import notify
 from core.errors import SpendgateError
 from core.runtime import runtime
+from proxy.alert_bands import Binding
+from proxy.approvals import Approval, ChargeApprovals, decider, view_for_key
 from proxy.forward import ProxyDeps, handle_proxy_request, new_request_id
+from proxy.keys import key_from_headers
+from proxy.leases import LeaseLedger
+from proxy.store import KeyRecord, LedgerStore
 from proxy.vault import VaultService, vault_service
 
 log = logging.getLogger("spendgate.proxy")
@@ -75,7 +84,7 @@ def vault_describe_key(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="api/vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
 def vault_revoke_key(req: func.HttpRequest) -> func.HttpResponse:
-    return _admin(lambda v: v.revoke(req.route_params["key_id"]))
+    return _admin(lambda v: v.revoke(req.route_params["key_id"], on_revoked=notify.key_revoked))
 
 
 @bp.route(route="api/vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)
@@ -91,6 +100,63 @@ def vault_reconcile_key(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="api/spend", methods=["GET"], auth_level=_FUNCTION)
 def vault_spend(req: func.HttpRequest) -> func.HttpResponse:
     return _admin(lambda v: v.spend(req.params.get("label") or ""))
+
+
+def _approval_alert(approval: Approval) -> None:
+    notify.charge_approval_requested(approval.id, approval.key_id, approval.label, approval.amount_cents,
+                                     approval.expires_at)
+
+
+def _threshold_alert(key: KeyRecord, binding: Binding, percents: list[int]) -> None:
+    notify.threshold_crossed(key.key_id, key.label, binding.window, binding.cap, binding.used, percents)
+
+
+def _approvals() -> ChargeApprovals:
+    rt = runtime()
+    return ChargeApprovals(rt.tables, rt.settings)
+
+
+@bp.route(route="api/approvals", methods=["GET"], auth_level=_FUNCTION)
+def list_approvals(req: func.HttpRequest) -> func.HttpResponse:
+    """Charges waiting for a person (`?state=pending|approved|rejected|expired`, default pending)."""
+    state = req.params.get("state", "pending")
+    if state not in ("pending", "approved", "rejected", "expired", "all"):
+        return _error(SpendgateError("policy_invalid", "state must be pending, approved, rejected, expired or all",
+                                     param="state"))
+    now = datetime.now(UTC)
+    return _admin(lambda _v: {"data": _approvals().list(None if state == "all" else state, now)})
+
+
+def _decide_approval(req: func.HttpRequest, decision: str) -> func.HttpResponse:
+    try:
+        body = json.loads(req.get_body() or b"null")
+    except ValueError:
+        return _error(SpendgateError("body_invalid", "the body must be JSON"))
+
+    def decide(_v: VaultService) -> Any:
+        who, reason = decider(dict(req.headers), body)
+        return _approvals().decide(req.route_params["approval_id"], decision, who, reason, datetime.now(UTC))
+    return _admin(decide)
+
+
+@bp.route(route="api/approvals/{approval_id}/approve", methods=["POST"], auth_level=_FUNCTION)
+def approve_charge(req: func.HttpRequest) -> func.HttpResponse:
+    return _decide_approval(req, "approved")
+
+
+@bp.route(route="api/approvals/{approval_id}/reject", methods=["POST"], auth_level=_FUNCTION)
+def reject_charge(req: func.HttpRequest) -> func.HttpResponse:
+    return _decide_approval(req, "rejected")
+
+
+@bp.route(route="api/billing/approvals/{approval_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def approval_for_key(req: func.HttpRequest) -> func.HttpResponse:
+    """The approval a vault key asked for, read with that key (the agent tools' `get_charge_status`)."""
+    rt = runtime()
+    store = LedgerStore(rt.tables, rt.settings)
+    headers = {k.lower(): v for k, v in req.headers.items()}
+    return _admin(lambda _v: view_for_key(_approvals(), store.read_key, key_from_headers(headers),
+                                          req.route_params["approval_id"], datetime.now(UTC)))
 
 
 def _proxy_error(err: SpendgateError) -> func.HttpResponse:
@@ -109,6 +175,9 @@ def _stripe(req: func.HttpRequest, path: str) -> func.HttpResponse:
     try:
         rt = runtime()
         deps = ProxyDeps.build(rt.tables, rt.stripe_http, rt.settings)
+        deps.on_approval_requested = _approval_alert
+        if isinstance(deps.ledger, LeaseLedger):
+            deps.ledger.on_threshold = _threshold_alert
         resp = handle_proxy_request(
             deps, req.method, path, dict(req.headers), req.get_body() or b"", query=url.query, raw_path=url.path,
         )

@@ -94,6 +94,9 @@ class KeyRecord:
     auto_idempotency: bool = True
     revoked_at: datetime | None = None
     counters: Counters = Counters()
+    approval_above_cents: int | None = None  # charges above this wait for a person (proxy/approvals.py)
+    alert_thresholds: tuple[int, ...] | None = None  # percents of the binding cap; None: 50/80/100 (alert_bands)
+    alerts_fired: str = ""  # `<window>:<percent>,…` fired in the current window (proxy/alert_bands.py)
     etag: str | None = None
 
     def status(self, now: datetime) -> str:
@@ -213,6 +216,9 @@ def key_to_entity(k: KeyRecord) -> dict[str, Any]:
         "allowed_endpoints": json.dumps(list(k.allowed_endpoints)), "expires_at": _iso(k.expires_at),
         "created_at": _iso(k.created_at), "metadata": json.dumps(k.metadata),
         "auto_idempotency": k.auto_idempotency, "revoked_at": _iso(k.revoked_at) if k.revoked_at else "",
+        "approval_above_cents": _i64(k.approval_above_cents if k.approval_above_cents is not None else -1),
+        "alert_thresholds": "" if k.alert_thresholds is None else json.dumps(list(k.alert_thresholds)),
+        "alerts_fired": k.alerts_fired,
     })
     return e
 
@@ -228,6 +234,9 @@ def key_from_entity(e: Any) -> KeyRecord:
         counters=Counters(e.get("window_day", ""), _int(e.get("window_spent")), _int(e.get("window_pending")),
                           _int(e.get("total_spent")), _int(e.get("total_pending")), _int(e.get("window_leased")),
                           _int(e.get("total_leased")), _int(e.get("leases"))),
+        approval_above_cents=None if _int(e.get("approval_above_cents"), -1) < 0 else _int(e["approval_above_cents"]),
+        alert_thresholds=tuple(json.loads(e["alert_thresholds"])) if e.get("alert_thresholds") else None,
+        alerts_fired=e.get("alerts_fired") or "",
         etag=e.metadata.get("etag") if hasattr(e, "metadata") else None,
     )
 

@@ -19,6 +19,7 @@ from azure.data.tables import TableServiceClient
 from core.errors import SpendgateError
 from core.settings import Settings
 from proxy import keys
+from proxy.alert_bands import thresholds
 from proxy.forward import ProxyDeps
 from proxy.holds import resolve_hold
 from proxy.idempotency import lookup_conclusive, taken_over
@@ -83,6 +84,7 @@ class VaultService:
             daily_cap_cents=policy.daily_cap_cents, total_cap_cents=policy.total_cap_cents,
             allowed_endpoints=tuple(policy.endpoint_strings()), expires_at=policy.expires_at, created_at=now,
             metadata=policy.metadata, auto_idempotency=policy.auto_idempotency,
+            approval_above_cents=policy.approval_above_cents, alert_thresholds=policy.alert_thresholds,
         )
         # Issued with its lease rows, so instances that start a fan-out together only claim one each
         # (docs/ledger.md, "The cap across many instances").
@@ -99,12 +101,16 @@ class VaultService:
         records, token = self.store.keys(label, int(limit), continuation)
         return {"data": [self._view(r, now) for r in records], "continuation": token}
 
-    def revoke(self, key_id: str) -> dict[str, Any]:
-        """Revoke a key (idempotent). Once this returns, no request with the key is forwarded."""
+    def revoke(self, key_id: str, on_revoked: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+        """Revoke a key (idempotent). Once this returns, no request with the key is forwarded.
+
+        `on_revoked(key_id, label)` runs after a revoke that happened now (the route's alert)."""
         record = self._get(key_id)
         if record.revoked_at is None:
             revoked_at = self.clock()
             self.store.mark_revoked(key_id, revoked_at)
+            if on_revoked is not None:
+                on_revoked(key_id, record.label)
         else:
             revoked_at = record.revoked_at
         return {"key_id": key_id, "status": "revoked", "revoked_at": _iso(revoked_at)}
@@ -252,7 +258,8 @@ class VaultService:
             "cap_cents": r.daily_cap_cents, "daily_cap_cents": r.daily_cap_cents, "total_cap_cents": r.total_cap_cents,
             "window_day": day, "spent_cents": c.window_spent, "pending_cents": c.window_pending,
             "remaining_cents": headroom(r, day), "total_spent_cents": c.total_spent,
-            "total_pending_cents": c.total_pending,
+            "total_pending_cents": c.total_pending, "approval_above_cents": r.approval_above_cents,
+            "alert_thresholds": list(thresholds(r)), "alerts_fired": r.alerts_fired or None,
         }
 
 

@@ -9,6 +9,7 @@
 (() => {
   const API = "/api";
   const KEY_STORE = "spendgate.functionKey";
+  const APPROVER_STORE = "spendgate.approver"; // who decides approvals in this tab (not a secret)
   const POLL_MS = 1500;
   const PAGE_SIZE = 25;
   const AUDIT_PAGE = 50;
@@ -34,6 +35,9 @@
     idempotency_error: "Denied: idempotency key reused with different parameters",
     governance_unavailable: "Denied: spend ledger unreachable, nothing forwarded (safe to retry)",
     upstream_unavailable: "Failed: Stripe unreachable or unclear answer (safe to retry)",
+    approval_required: "Held: above the key's approval threshold, waits for a person (nothing sent)",
+    approval_rejected: "Denied: a person rejected this charge",
+    approval_expired: "Denied: nobody approved this charge in time",
   };
   const ALLOWED_DECISIONS = new Set(["forwarded", "replayed"]);
 
@@ -49,6 +53,8 @@
     transient_exhausted: "Unconfirmed: still failing after all retries",
     skipped: "Skipped: run had stopped",
     stopped: "Stopped by an operator",
+    rejected: "Rejected by an approver",
+    approval_timeout: "Nobody approved it in time",
   };
   const outcomeWords = (code) => OUTCOMES[code] || words(code);
 
@@ -182,7 +188,7 @@
   const keyRefused = (e) => e instanceof ApiError && (e.status === 401 || (e.status === 403 && !e.code));
 
   /** Call an admin route with the function key in the x-functions-key header. */
-  async function api(method, path, params) {
+  async function api(method, path, params, payload) {
     const key = functionKey();
     if (!key) throw new ApiError(401, "no_key", "No function key.");
     let url = API + path;
@@ -194,9 +200,12 @@
     }
     let resp;
     try {
+      const headers = { "x-functions-key": key, Accept: "application/json" };
+      if (payload !== undefined) headers["Content-Type"] = "application/json";
       resp = await fetch(url, {
         method,
-        headers: { "x-functions-key": key, Accept: "application/json" },
+        headers,
+        body: payload === undefined ? undefined : JSON.stringify(payload),
         cache: "no-store",
         credentials: "omit",
         referrerPolicy: "no-referrer",
@@ -238,10 +247,11 @@
   function parseRoute() {
     const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
     if (parts[0] === "runs") return { view: parts[1] ? "run" : "runs", id: parts[1] || null, anchor: parts[2] || null };
+    if (parts[0] === "approvals") return { view: "approvals", id: null };
     return { view: parts[1] ? "key" : "keys", id: parts[1] || null };
   }
 
-  const VIEWS = ["keys", "key", "runs", "run"];
+  const VIEWS = ["keys", "key", "runs", "run", "approvals"];
   function showOnly(id) {
     for (const v of VIEWS) $(`#view-${v}`).hidden = v !== id;
     $("#signin").hidden = id !== "signin";
@@ -249,7 +259,7 @@
     $("#nav").hidden = !signedIn;
     $("#live").hidden = !signedIn;
     $("#signout").hidden = !signedIn;
-    const section = id === "key" || id === "keys" ? "keys" : "runs";
+    const section = id === "key" || id === "keys" ? "keys" : id === "approvals" ? "approvals" : "runs";
     for (const a of document.querySelectorAll("[data-nav]")) {
       if (signedIn && a.dataset.nav === section) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
@@ -364,6 +374,7 @@
   async function loadKey(id) {
     const k = await api("GET", `/vault/keys/${encodeURIComponent(id)}`);
     renderIfChanged($("#key-card"), [k, state.results[k.key_id] || null], () => renderKey(k));
+    await loadKeyAlerts(k.key_id);
     await loadAudit(k.key_id);
   }
 
@@ -450,6 +461,8 @@
       omitted: out.items_omitted || null,
       label: pick(cs.label, out.label, r.input && r.input.label, r.label),
       items: pick(out.items, out.results, r.items) || [],
+      awaiting: cs.status === "awaiting_approval" && (!r.approval || r.approval.waiting !== false),
+      approval: r.approval || out.approval || null,
       raw: r,
     };
   }
@@ -465,7 +478,7 @@
     return h("tr", { class: "clickable", "data-run-id": x.id, onclick: () => (location.hash = `#/runs/${encodeURIComponent(x.id)}`) },
       h("td", { "data-label": "Run" }, h("a", { href: `#/runs/${encodeURIComponent(x.id)}` }, x.id),
         h("span", { class: "sub" }, x.created ? `started ${when(x.created)} · ` : "", h("a", { href: `#/runs/${encodeURIComponent(x.id)}/items`, class: "items-link" }, "per-item outcomes"))),
-      h("td", { "data-label": "Status" }, h("span", { class: `badge ${x.status}` }, x.status), x.stopped ? h("span", { class: "sub" }, `stopped: ${outcomeWords(x.stopped)}`) : null),
+      h("td", { "data-label": "Status" }, x.awaiting ? h("span", { class: "badge awaiting" }, "awaiting approval") : h("span", { class: `badge ${x.status}` }, x.status), x.stopped ? h("span", { class: "sub" }, `stopped: ${outcomeWords(x.stopped)}`) : null),
       h("td", { "data-label": "Progress" }, progressBar(x.done, x.total), h("div", { class: "bar-text" }, `${num(x.done) ?? "–"} / ${num(x.total) ?? "–"} done · ${num(x.charged) ?? 0} charged`),
         Object.values(x.skipped || {}).some(Boolean)
           ? h("div", { class: "bar-text" }, `skipped: ${Object.entries(x.skipped).filter(([, n]) => n).map(([why, n]) => `${n} (${outcomeWords(why)})`).join(", ")}`)
@@ -536,7 +549,12 @@
     const badge = $("#run-status");
     badge.className = `badge ${x.status}`;
     badge.textContent = x.status;
-    renderIfChanged($("#stop-slot"), [x.id, running], () => $("#stop-slot").replaceChildren(stopBtn));
+    renderIfChanged($("#stop-slot"), [x.id, running, x.awaiting], () => $("#stop-slot").replaceChildren(
+      ...(x.awaiting ? runDecisionButtons(x.id, `Run ${x.id}`) : []), stopBtn));
+    if (x.awaiting) {
+      badge.className = "badge awaiting";
+      badge.textContent = "awaiting approval";
+    }
     setProgress($("#run-progress"), x.done, x.total);
     $("#run-progress-text").textContent = `${num(x.done) ?? "–"} of ${num(x.total) ?? "–"} items done · ${num(x.charged) ?? 0} charged`;
     let spent = num(x.spent) || 0;
@@ -550,13 +568,14 @@
     const keys = (live && live.keys) || [];
     const label = x.label || (live && live.label);
     const stopped = x.stopped ? outcomeWords(x.stopped) : x.status === "terminated" ? "Terminated (stopped by an operator)" : "–";
-    renderIfChanged($("#run-facts"), [label, x.created, x.updated, x.charged, stopped, x.skipped, keys.map((k) => [k.key_id, k.status])], () => $("#run-facts").replaceChildren(
+    renderIfChanged($("#run-facts"), [label, x.created, x.updated, x.charged, stopped, x.skipped, keys.map((k) => [k.key_id, k.status]), x.approval], () => $("#run-facts").replaceChildren(
       fact("Key label", label || "–"),
       fact("Run keys", keys.length ? keys.map((k, i) => [i ? ", " : "", h("a", { href: `#/keys/${encodeURIComponent(k.key_id)}` }, k.key_id), ` (${k.status})`]) : "–"),
       fact("Started", when(x.created)),
       fact("Last update", `${when(x.updated)}${x.updated ? ` (${relative(x.updated)})` : ""}`),
       fact("Charged", String(num(x.charged) ?? 0)),
       fact("Stopped because", stopped),
+      x.approval ? fact("Approval", approvalWords(x.approval)) : null,
       fact("Skipped by reason", skippedList(x.skipped)),
     ));
     renderIfChanged($("#run-result"), state.results[x.id] || null, () => $("#run-result").replaceChildren(resultBox(state.results[x.id]) || ""));
@@ -606,17 +625,109 @@
     );
   }
 
+  // ---------------------------------------------------------------- alerts + approvals
+  const ALERTS = {
+    spend_threshold: "Spend threshold reached",
+    run_stopped_by_cap: "Run stopped by its cap",
+    key_revoked: "Key revoked",
+    approval_requested: "Approval requested",
+  };
+
+  async function loadKeyAlerts(keyId) {
+    const page = await api("GET", "/alerts", { key_id: keyId });
+    const rows = page.data || [];
+    const body = $("#key-alerts-table tbody");
+    renderIfChanged(body, rows, () => body.replaceChildren(...rows.map((a) => h("tr", { "data-alert": a.type, "data-threshold": a.threshold_percent ?? "" },
+      h("td", { "data-label": "Time" }, when(a.created_at), h("span", { class: "sub" }, relative(a.created_at))),
+      h("td", { "data-label": "Alert" }, ALERTS[a.type] || words(a.type), a.threshold_percent ? h("span", { class: "badge cap_exceeded" }, `${a.threshold_percent} %`) : null),
+      h("td", { "data-label": "What happened" }, a.message || ""),
+    ))));
+    $("#key-alerts-empty").hidden = rows.length > 0;
+  }
+
+  function approvalWords(a) {
+    if (!a.decision) return `waiting for a decision until ${when(a.expires_at)} (${relative(a.expires_at)})`;
+    const by = a.by ? ` by ${a.by}` : "";
+    return `${words(a.decision)}${by}${a.at ? ` at ${when(a.at)}` : ""}${a.reason ? ` (${a.reason})` : ""}`;
+  }
+
+  function runDecisionButtons(runId, what) {
+    const decide = (verb, ok, cls) => h("button", {
+      class: `btn ${cls}`, type: "button", "data-decide": verb,
+      onclick: () => confirmThen({
+        title: `${ok} this billing run?`,
+        text: verb === "approve"
+          ? `${what} gets its vault key and starts charging its customers now.`
+          : `${what} ends without charging anyone; no key is ever issued.`,
+        ok, who: true, id: runId,
+        run: (d) => api("POST", `/billing/runs/${encodeURIComponent(runId)}/${verb}`, null, d),
+        done: (r) => `${ok}d: ${approvalWords(r.approval || {})}`,
+      }),
+    }, ok);
+    return [decide("approve", "Approve", "btn-primary"), decide("reject", "Reject", "btn-danger")];
+  }
+
+  function chargeDecisionButtons(a) {
+    const decide = (verb, ok, cls) => h("button", {
+      class: `btn ${cls}`, type: "button", "data-decide": verb,
+      onclick: () => confirmThen({
+        title: `${ok} this charge?`,
+        text: verb === "approve"
+          ? `${money(a.amount_cents)} to ${a.customer || "the customer"} on key "${a.label}": the agent's next identical request is charged once, within the key's cap.`
+          : `${money(a.amount_cents)} to ${a.customer || "the customer"} on key "${a.label}" is never forwarded to Stripe.`,
+        ok, who: true, id: a.id,
+        run: (d) => api("POST", `/approvals/${encodeURIComponent(a.id)}/${verb}`, null, d),
+        done: (r) => `${ok}d: ${money(r.amount_cents)} ${r.state} by ${r.decided_by}`,
+      }),
+    }, ok);
+    return [decide("approve", "Approve", "btn-primary"), decide("reject", "Reject", "btn-danger")];
+  }
+
+  async function loadApprovals() {
+    const [charges, runs] = await Promise.all([api("GET", "/approvals", { state: "pending" }), api("GET", "/billing/runs", { limit: 100 })]);
+    const waiting = (runs.data || []).map(runInfo).filter((x) => x.awaiting);
+    const runBody = $("#run-approvals-table tbody");
+    renderIfChanged(runBody, waiting.map((x) => [x.id, x.raw.progress]), () => runBody.replaceChildren(...waiting.map((x) => {
+      const expires = ((x.raw.progress || {}).approval || {}).expires_at;
+      return h("tr", { "data-run-id": x.id },
+        h("td", { "data-label": "Run" }, h("a", { href: `#/runs/${encodeURIComponent(x.id)}` }, x.id)),
+        h("td", { "data-label": "Customers" }, `${num(x.total) ?? "–"}`),
+        h("td", { "data-label": "Waits until" }, expires ? `${when(expires)} (${relative(expires)})` : "–"),
+        h("td", { "data-label": "Decide", class: "actions" }, ...runDecisionButtons(x.id, `Run ${x.id}`)),
+      );
+    })));
+    $("#run-approvals-empty").hidden = waiting.length > 0;
+    const rows = charges.data || [];
+    const body = $("#approvals-table tbody");
+    renderIfChanged(body, rows, () => body.replaceChildren(...rows.map((a) => h("tr", { "data-approval-id": a.id },
+      h("td", { "data-label": "Charge" }, money(a.amount_cents), h("span", { class: "sub mono" }, `${a.method} ${a.path}${a.customer ? ` · ${a.customer}` : ""}`), h("span", { class: "sub mono" }, a.id)),
+      h("td", { "data-label": "Key" }, h("a", { href: `#/keys/${encodeURIComponent(a.key_id)}` }, a.label || a.key_id)),
+      h("td", { "data-label": "Waits until" }, `${when(a.expires_at)} (${relative(a.expires_at)})`),
+      h("td", { "data-label": "Decide", class: "actions" }, ...chargeDecisionButtons(a)),
+    ))));
+    $("#approvals-empty").hidden = rows.length > 0;
+    const count = rows.length + waiting.length;
+    $("#approvals-count").textContent = String(count);
+    $("#approvals-count").hidden = count === 0;
+  }
+
   // ---------------------------------------------------------------- confirm + act
-  function confirmThen({ title, text, ok, run, id, done }) {
+  function confirmThen({ title, text, ok, run, id, done, who = false }) {
     const dlg = $("#confirm");
     $("#confirm-title").textContent = title;
     $("#confirm-text").textContent = text;
     $("#confirm-ok").textContent = ok;
+    $("#confirm-who").hidden = !who;
+    $("#confirm-approver").required = who;
+    $("#confirm-approver").value = sessionStorage.getItem(APPROVER_STORE) || "";
+    $("#confirm-reason").value = "";
     dlg.returnValue = "";
     dlg.onclose = async () => {
       if (dlg.returnValue !== "ok") return;
+      const decider = { approver: $("#confirm-approver").value.trim(), reason: $("#confirm-reason").value.trim() || undefined };
+      if (who && decider.approver) sessionStorage.setItem(APPROVER_STORE, decider.approver);
       try {
-        const res = await run();
+        const res = await run(decider);
         state.results[id] = { ok: true, title: done(res || {}), detail: JSON.stringify(res, null, 2) };
         toast(done(res || {}));
       } catch (e) {
@@ -643,6 +754,7 @@
         if (route.view === "keys") await loadKeys();
         else if (route.view === "key") await loadKey(route.id);
         else if (route.view === "runs") await loadRuns();
+        else if (route.view === "approvals") await loadApprovals();
         else if (route.view === "run") {
           await loadRun(route.id);
           if (route.anchor === "items" && !route.scrolled) {

@@ -250,6 +250,19 @@ def test_external_event_and_custom_status(client: httpx.Client) -> None:
     assert gone.status_code == 410
 
 
+def test_a_cancelled_timer_that_fires_later_changes_nothing(client: httpx.Client) -> None:
+    """Approval then work, as a billing run does: the timer the orchestrator cancelled still fires while
+    the activity runs (a timer message cannot be withdrawn) and is ignored; the run completes once."""
+    urls = start(client, "approval_then_work", None)
+    wait_for(client, urls, lambda s: s["customStatus"] == "waiting for approval" and s["runtimeStatus"] == "Running")
+    assert client.post(urls["sendEventPostUri"].replace("{eventName}", "approve"), json={"by": "ops"}).status_code == 202
+    status = wait_done(client, urls, timeout=60, showHistory="true")
+    assert status["runtimeStatus"] == "Completed", status
+    assert status["output"] == {"approved_by": "ops", "value": 42}
+    kinds = [e["EventType"] for e in status["historyEvents"]]
+    assert kinds.count("ExecutionCompleted") == 1 and kinds.count("TaskCompleted") == 1
+
+
 def test_sub_orchestrations(client: httpx.Client, env: dict[str, str], store: DurableStore) -> None:
     urls = start(client, "parent", {"tag": "subs"})
     status = wait_done(client, urls, showHistory="true")

@@ -49,6 +49,8 @@ def main(spec: dict[str, Any]) -> None:
                                       "STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_API_BASE": "http://127.0.0.1:9"})
     store = LedgerStore(table_service_from_connection_string(spec["conn"]), settings)
     ledger = LeaseLedger(store, ttl=timedelta(seconds=spec.get("ttl", 30)), reaper=False)
+    fired: list[list[Any]] = []  # [percent, usage] for each alert threshold this instance committed
+    ledger.on_threshold = lambda _key, binding, percents: fired.extend([p, binding.used] for p in percents)
     key_id, amount, day = spec["key_id"], spec["amount"], utcnow().date().isoformat()
     store.read_key(key_id)
     print("ready", flush=True)
@@ -79,7 +81,7 @@ def main(spec: dict[str, Any]) -> None:
             t.start()
         for t in threads:
             t.join()
-        out.update(admitted=admitted, refusals=refusals, other=other)
+        out.update(admitted=admitted, refusals=refusals, other=other, fired=fired)
     elif spec["mode"] == "keys":  # the same idempotency keys as every other worker, in its own order
         keys = list(spec["keys"])
         random.shuffle(keys)

@@ -190,6 +190,24 @@ def test_32_processes_racing_for_the_last_cents_never_overspend(table: Table, wo
     assert row is not None and row_violations(row, leases, day) == []
 
 
+def test_each_alert_threshold_is_committed_once_whichever_process_reaches_it(
+    table: Table, workers: list[Workers]
+) -> None:
+    """8 processes x 4 callers spend a key to its cap: 50, 80 and 100 % are each committed by exactly one
+    instance, at exactly their usage, and the key row's marker holds all three (proxy/alert_bands.py)."""
+    day = utcnow().date().isoformat()
+    key = new_key(table.store, 200 * AMOUNT)
+    w = start(workers, [table.spec(key, mode="race", callers=4, amount=AMOUNT) for _ in range(8)])
+    w.send("go")
+    reports = w.finish()
+    assert sum(len(r["admitted"]) for r in reports) == 200 and not any(r["other"] for r in reports)
+    assert false_refusals(reports) == 0
+    fired = sorted(tuple(f) for r in reports for f in r["fired"])
+    assert fired == [(50, 100 * AMOUNT), (80, 160 * AMOUNT), (100, 200 * AMOUNT)], fired
+    row, leases = read_partition(table.store, key.key_id)
+    assert row is not None and row.alerts_fired == f"{day}:50,80,100" and row_violations(row, leases, day) == []
+
+
 def test_no_refusal_while_the_partition_has_room(table: Table) -> None:
     """The room is spread over many leases, one held by another instance: a request for all of it fits."""
     day = utcnow().date().isoformat()
@@ -337,8 +355,9 @@ def test_an_issued_key_has_its_leases_and_an_instance_claims_one_with_point_read
     day = utcnow().date().isoformat()
     key = new_key(table.store, 64_000, leases=True)
     row, leases = read_partition(table.store, key.key_id)
-    assert row is not None and row.counters.leases == len(leases) == 64
-    assert sum(x.grant for x in leases) == row.counters.window_leased == 64_000 and not any(x.owner for x in leases)
+    # Only the room below the first alert threshold (50 %, one cent short) is leased (proxy/alert_bands.py).
+    assert row is not None and row.counters.leases == len(leases) == 31
+    assert sum(x.grant for x in leases) == row.counters.window_leased == 31 * 1_032 and not any(x.owner for x in leases)
     store = table.new_store()
     ledger = LeaseLedger(store, reaper=False)
     calls: Counter[str] = Counter()
@@ -360,7 +379,9 @@ def test_the_vault_issues_a_key_with_its_lease_rows(table: Table) -> None:
     issued = vault.issue({"vendor": "stripe", "label": "leases", "daily_usd_cap": 25, "expires_in": "2h",
                           "allowed_endpoints": ["POST /v1/payment_intents"]})
     row, leases = read_partition(table.store, issued["key_id"])
-    assert row is not None and len(leases) == row.counters.leases == 2  # $25 in leases of at least $10
-    assert [x.grant for x in leases] == [1_250, 1_250] and row.counters.window_leased == 2_500
+    # The room below the first alert threshold ($12.49 of $25: 50 %, one cent short, proxy/alert_bands.py)
+    # in leases of at least $10: one.
+    assert row is not None and len(leases) == row.counters.leases == 1
+    assert [x.grant for x in leases] == [1_249] and row.counters.window_leased == 1_249
     described = vault.describe(issued["key_id"])
     assert (described["spent_cents"], described["pending_cents"], described["remaining_cents"]) == (0, 0, 2_500)

@@ -143,6 +143,21 @@ def approval(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def approval_then_work(context: df.DurableOrchestrationContext):
+    """The billing run's approval wait: the timer is cancelled, then fires while the run still works."""
+    context.set_custom_status("waiting for approval")
+    timeout = context.create_timer(context.current_utc_datetime + timedelta(seconds=4))
+    event = context.wait_for_external_event("approve")
+    winner = yield context.task_any([event, timeout])
+    if winner != event:
+        return "timed out"
+    timeout.cancel()
+    context.set_custom_status("working")
+    value = yield context.call_activity("record", {"tag": f"late-{context.instance_id}", "i": 21, "sleep": 6})
+    return {"approved_by": event.result["by"], "value": value}
+
+
+@app.orchestration_trigger(context_name="context")
 def parent(context: df.DurableOrchestrationContext):
     spec = context.get_input()
     children = [context.call_sub_orchestrator("child", {"tag": spec["tag"], "base": b}) for b in (10, 20)]
