@@ -24,7 +24,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proxy import alert_bands
-from proxy.lease_rows import Lease, folded, key_room, lease_from_entity, op_write_lease, read_partition, room_of
+from proxy.lease_rows import (
+    Lease,
+    folded_all,
+    granted,
+    key_room,
+    lease_from_entity,
+    op_write_lease,
+    read_partition,
+    room_of,
+)
 from proxy.ledger import _Intent, _Lane, cap_exceeded, current
 from proxy.store import LEASE_PREFIX, Conflict, Counters, KeyRecord, LedgerStore, op_update_counters
 
@@ -77,8 +86,7 @@ class RoomSearch:
         room = key_room(key, counters, day)  # below the next unfired alert threshold
         if room > 0:
             took = min(room, max(need, room // max(1, key.counters.leases)))
-            counters = replace(current(counters, day), window_leased=current(counters, day).window_leased + took,
-                               total_leased=counters.total_leased + took)
+            counters = granted(current(counters, day), took)
             gained, key_took = took, True
         candidates = [] if lane.others_stale else [v for v in lane.others.values()
                       if v.slot != mine.slot and v.day == day and self._eligible(lane, v, need, now)
@@ -268,9 +276,7 @@ class RoomSearch:
                          true_room: int) -> bool:
         """On a consistent read: commit the thresholds the next reservation crosses (If-Match on the key
         row as read), then tell `on_threshold`. True when the band moved (re-read, try again)."""
-        total = current(key.counters, day)
-        for lease in leases:
-            total = folded(total, lease)
+        total = folded_all(key, leases, day)
         crossing = alert_bands.to_fire(key, total, day, need, true_room)
         if not crossing:
             return False
@@ -306,10 +312,7 @@ class RoomSearch:
         share = key_room(fired_key, counters, day) // max(1, len(todays)) if todays else 0
         if share <= 0:
             return [alert_bands.op_mark_fired(key, window, marked)]
-        granted = share * len(todays)
-        counters = replace(counters, window_leased=counters.window_leased + granted,
-                           total_leased=counters.total_leased + granted)
-        op_key = op_update_counters(key, counters)
+        op_key = op_update_counters(key, granted(counters, share * len(todays)))
         op_key[1]["alerts_fired"] = fired_key.alerts_fired
         return [op_key, *[op_write_lease(replace(x, grant=x.grant + share)) for x in todays]]
 

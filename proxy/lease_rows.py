@@ -107,6 +107,19 @@ def folded(c: Counters, lease: Lease) -> Counters:
     return c
 
 
+def folded_all(key: KeyRecord, leases: list[Lease], day: str) -> Counters:
+    """The key row's counters as of `day` with every lease in `leases` folded in."""
+    c = current(key.counters, day)
+    for lease in leases:
+        c = folded(c, lease)
+    return c
+
+
+def granted(c: Counters, cents: int) -> Counters:
+    """Counters of a key row that has granted `cents` more to its leases (window and lifetime)."""
+    return replace(c, window_leased=c.window_leased + cents, total_leased=c.total_leased + cents)
+
+
 def read_partition(store: LedgerStore, key_id: str) -> tuple[KeyRecord | None, list[Lease]]:
     """The key row and every lease row (one query)."""
     key, leases = store.key_and_lease_entities(key_id)
@@ -123,10 +136,7 @@ def partition_counters(store: LedgerStore, key_id: str, day: str, key: KeyRecord
         leases = []
     if key is None:
         return Counters(window_day=day)
-    c = current(key.counters, day)
-    for lease in leases:
-        c = folded(c, lease)
-    return c
+    return folded_all(key, leases, day)
 
 
 def with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyRecord:
@@ -139,9 +149,7 @@ def with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyRecord:
 def room_of(key: KeyRecord, leases: list[Lease], day: str, *, banded: bool = False) -> int:
     """Headroom of the whole partition on `day`: the key row's plus every lease's (`banded`: only
     below the next unfired alert threshold, proxy/alert_bands.py)."""
-    total = current(key.counters, day)
-    for lease in leases:
-        total = folded(total, lease)
+    total = folded_all(key, leases, day)
     room = headroom(replace(key, counters=total), day)
     band = alert_bands.band_room(key, total, day, granted=False) if banded else None
     return room if band is None else min(room, band)
@@ -163,8 +171,7 @@ def first_leases(key: KeyRecord, day: str, unit: int) -> tuple[Counters, list[Le
     slots = max(1, min(MAX_LEASES, room // max(1, unit)))
     share = room // slots
     counters = replace(current(key.counters, day), leases=slots)
-    counters = replace(counters, window_leased=counters.window_leased + share * slots,
-                       total_leased=counters.total_leased + share * slots)
+    counters = granted(counters, share * slots)
     return counters, [Lease(key.key_id, f"{LEASE_PREFIX}{n:02d}", day, share) for n in range(slots)]
 
 
@@ -176,6 +183,6 @@ def insert_key_with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyR
     return replace(key, etag=etags[0])
 
 
-__all__ = ["ISSUE_LEASE_CENTS", "LEASE_UNITS", "MAX_LEASES", "Lease", "first_leases", "folded",
+__all__ = ["ISSUE_LEASE_CENTS", "LEASE_UNITS", "MAX_LEASES", "Lease", "first_leases", "folded", "folded_all", "granted",
            "insert_key_with_leases", "key_room", "lease_entity", "lease_from_entity", "op_write_lease", "partition_counters",
            "read_partition", "room_of", "with_leases"]
