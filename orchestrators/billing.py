@@ -204,7 +204,8 @@ def _charge(context: df.DurableOrchestrationContext, plan: planning.RunPlan) -> 
     if recheck:  # refused while another item's hold was pending, and there is room now
         lane = plan.recheck_lane(batches, recheck, cap)
         lane_id = plan.lane_instance_id(lane.lane)
-        kept = [r for r in results if r.item_index not in set(recheck)]
+        rechecking = set(recheck)
+        kept = [r for r in results if r.item_index not in rechecking]
         status = planning.progress(len(items), kept, cap, None, warned)
         context.set_custom_status(dict(status, lanes=[lane_id], settled_lanes=lane_ids))
         rechecked, stopped = planning.merge_lanes(
