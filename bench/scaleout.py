@@ -25,7 +25,9 @@ Ends with machine-readable lines: ``scaleout_vs_raw=`` (ledger at 32 × 1 ÷ raw
 workers (transactions, point reads, partition reads and why the ledger made them) and the CPU
 seconds per admission of the workers and of Azurite, for the ledger and for raw: on a shared
 machine whose speed drifts, CPU per admission says where the time went when rates cannot. With
-``SCALEOUT_PROFILE=1`` it also shows one worker's mean time per storage call.
+``SCALEOUT_PROFILE=1`` it also shows one worker's mean time per storage call; with
+``SCALEOUT_TIMELINE=1``, each ledger trial's admissions per quarter second (where it stalls: the
+alert thresholds' band edges and the cap's last cents).
 """
 
 from __future__ import annotations
@@ -250,6 +252,11 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str, server_
     if cap - reserved >= AMOUNT:
         false_refusals = len(refusals)
     ends = sorted(ended - start for r in reports for _, ended in r["admitted"])
+    if os.environ.get("SCALEOUT_TIMELINE"):  # admissions per 0.25 s, to see where a trial stalls
+        buckets = [0] * (int(max(ends, default=0) / 0.25) + 1)
+        for e in ends:
+            buckets[int(e / 0.25)] += 1
+        print(f"  timeline {procs}x{callers} (per 0.25 s): {' '.join(map(str, buckets))}", flush=True)
     quantiles = "/".join(f"{ends[min(len(ends) - 1, int(q * len(ends)))]:.2f}" for q in (0.1, 0.5, 0.9, 1.0)) \
         if ends else "-"
     names = ["key_commits", "partition_reads", "conflicts", "submit_calls", "read_key_calls",

@@ -29,6 +29,7 @@ from proxy.store import LEASE_PREFIX, Counters, KeyRecord, LedgerStore, Operatio
 MAX_LEASES = 64  # lease rows per key: a revoke (key row + every lease) and a day's rollover must fit one transaction
 LEASE_UNITS = 8  # a lease made by a first reservation holds room for at least this many reservations of its amount
 ISSUE_LEASE_CENTS = 1_000  # a lease made at issue holds at least this much (the charge size is not known yet)
+LEASE_ROUNDING = 100  # leases made at issue hold whole dollars (the rest stays on the key row), the charge size unknown
 
 
 @dataclass(frozen=True)
@@ -163,21 +164,32 @@ def key_room(key: KeyRecord, counters: Counters, day: str) -> int:
     return room if band is None else min(room, band)
 
 
-def first_leases(key: KeyRecord, day: str, unit: int) -> tuple[Counters, list[Lease]]:
+def first_leases(key: KeyRecord, day: str, unit: int, rounding: int = 0) -> tuple[Counters, list[Lease]]:
     """The key row's headroom on `day` (below the next unfired alert threshold) spread over S new
     lease rows of at least `unit` cents each (S ≤ `MAX_LEASES`): the key row's new counters and the
     rows to create with it."""
     room = key_room(key, key.counters, day)
     slots = max(1, min(MAX_LEASES, room // max(1, unit)))
-    share = room // slots
+    shares = split(room, slots, rounding)
     counters = replace(current(key.counters, day), leases=slots)
-    counters = granted(counters, share * slots)
-    return counters, [Lease(key.key_id, f"{LEASE_PREFIX}{n:02d}", day, share) for n in range(slots)]
+    counters = granted(counters, sum(shares))
+    return counters, [Lease(key.key_id, f"{LEASE_PREFIX}{n:02d}", day, shares[n]) for n in range(slots)]
+
+
+def split(room: int, n: int, unit: int) -> list[int]:
+    """`room` as `n` near-equal shares in whole multiples of `unit` where the room allows, so no lease
+    is left holding a fragment that a charge of that size cannot use; what is left over (less than
+    one unit, or less than one unit per share) stays with the caller (the key row)."""
+    n = max(1, n)
+    if unit <= 0 or room < unit * n:
+        return [room // n] * n
+    units, extra = divmod(room // unit, n)
+    return [(units + (1 if i < extra else 0)) * unit for i in range(n)]
 
 
 def insert_key_with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyRecord:
     """Create a key row together with its lease rows for `day`, in ONE transaction."""
-    counters, leases = first_leases(key, day, ISSUE_LEASE_CENTS)
+    counters, leases = first_leases(key, day, ISSUE_LEASE_CENTS, LEASE_ROUNDING)
     key = replace(key, counters=counters)
     etags = store.submit([("create", key_to_entity(key)), *[op_write_lease(x) for x in leases]])
     return replace(key, etag=etags[0])
@@ -185,4 +197,4 @@ def insert_key_with_leases(store: LedgerStore, key: KeyRecord, day: str) -> KeyR
 
 __all__ = ["ISSUE_LEASE_CENTS", "LEASE_UNITS", "MAX_LEASES", "Lease", "first_leases", "folded", "folded_all", "granted",
            "insert_key_with_leases", "key_room", "lease_entity", "lease_from_entity", "op_write_lease", "partition_counters",
-           "read_partition", "room_of", "with_leases"]
+           "read_partition", "room_of", "split", "with_leases"]

@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 
 from core.errors import SpendgateError
 from proxy import alert_bands
-from proxy.lease_room import MAX_VICTIMS, RoomSearch, _LeaseLane
+from proxy.lease_room import FRESH_SECONDS, MAX_VICTIMS, RoomSearch, _LeaseLane
 from proxy.lease_rows import (
     LEASE_UNITS,
     Lease,
@@ -221,9 +221,11 @@ class LeaseLedger(RoomSearch, GroupLedger):
                 short.append(intent)
         victims: list[Lease] = []
         gained = 0
-        if short and mine is not None:
+        fresh = not lane.others_stale and time.monotonic() - lane.read_at < FRESH_SECONDS
+        if short and mine is not None and fresh:  # take from the others as just read (no reads here)
             need = sum(i.amount for i in short) - room
-            counters, gained, victims, key_took = self._take_room(lane, key, counters, mine, day, need, now)
+            unit = min(i.amount for i in short)
+            counters, gained, victims, key_took = self._take_room(lane, key, counters, mine, day, need, unit, now)
             key_dirty = key_dirty or key_took
             mine = replace(mine, grant=mine.grant + gained)
             room += gained
@@ -233,10 +235,12 @@ class LeaseLedger(RoomSearch, GroupLedger):
                     admitted.append(intent)
                     room -= intent.amount
         if short and not admitted and not moves and not gained:
-            if time.monotonic() - lane.read_at < lane.read_gap:
-                self._wait(lane)  # the room is with owners using it (as last read): let them, reading little
+            if lane.backoff > 0 and time.monotonic() - lane.read_at < lane.read_gap:
+                self._wait(lane)  # the room is with owners using it (as last read): let them, reading little,
+                if lane.lease is not None:  # then one point read of our own lease: the commit that fires an
+                    self._reread_own(lane)  # alert threshold grants the next band's room to every lease
                 return
-            self._pool(lane, pending, short, day, now)
+            self._pool(lane, pending, short, day, now)  # read the partition: room to take, or a refusal
             return
         if mine is not None:
             for intent in admitted:
@@ -293,6 +297,7 @@ class LeaseLedger(RoomSearch, GroupLedger):
             return
         if exc.index is not None and exc.index < n_ledger:  # re-read just the row that moved (a point read)
             if key_dirty and exc.index == 0:
+                self._count_point('key_conflict')
                 lane.known = self.store.read_key(lane.key_id)
                 if lane.known is None:
                     raise Conflict("the key is gone")
@@ -312,6 +317,7 @@ class LeaseLedger(RoomSearch, GroupLedger):
     def _reread_own(self, lane: _LeaseLane) -> None:
         """Our lease moved (another instance took room from it, claimed it, or a revoke stamped it)."""
         assert lane.lease is not None
+        self._count_point('own')
         row = self.store.read_row(lane.key_id, lane.lease.slot)
         lease = lease_from_entity(row) if row is not None else None
         lane.lease = None
@@ -325,7 +331,7 @@ class LeaseLedger(RoomSearch, GroupLedger):
 
     def _create_leases(self, lane: _LeaseLane, key: KeyRecord, day: str, amount: int) -> None:
         """Spread the key row's headroom over S new lease rows (one transaction, If-Match on the key row)."""
-        counters, leases = first_leases(key, day, amount * LEASE_UNITS)
+        counters, leases = first_leases(key, day, amount * LEASE_UNITS, amount)
         try:
             self.store.submit([op_update_counters(key, counters), *[op_write_lease(x) for x in leases]])
             self.key_commits += 1

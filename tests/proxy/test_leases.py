@@ -355,9 +355,11 @@ def test_an_issued_key_has_its_leases_and_an_instance_claims_one_with_point_read
     day = utcnow().date().isoformat()
     key = new_key(table.store, 64_000, leases=True)
     row, leases = read_partition(table.store, key.key_id)
-    # Only the room below the first alert threshold (50 %, one cent short) is leased (proxy/alert_bands.py).
+    # Only the room below the first alert threshold (50 %, one cent short: $319.99) is leased
+    # (proxy/alert_bands.py), in whole dollars ($11 or $10 each; the 99 cents stay on the key row).
     assert row is not None and row.counters.leases == len(leases) == 31
-    assert sum(x.grant for x in leases) == row.counters.window_leased == 31 * 1_032 and not any(x.owner for x in leases)
+    assert sorted(x.grant for x in leases) == [1_000] * 22 + [1_100] * 9 and not any(x.owner for x in leases)
+    assert row.counters.window_leased == 31_900
     store = table.new_store()
     ledger = LeaseLedger(store, reaper=False)
     calls: Counter[str] = Counter()
@@ -382,6 +384,6 @@ def test_the_vault_issues_a_key_with_its_lease_rows(table: Table) -> None:
     # The room below the first alert threshold ($12.49 of $25: 50 %, one cent short, proxy/alert_bands.py)
     # in leases of at least $10: one.
     assert row is not None and len(leases) == row.counters.leases == 1
-    assert [x.grant for x in leases] == [1_249] and row.counters.window_leased == 1_249
+    assert [x.grant for x in leases] == [1_200] and row.counters.window_leased == 1_200  # whole dollars
     described = vault.describe(issued["key_id"])
     assert (described["spent_cents"], described["pending_cents"], described["remaining_cents"]) == (0, 0, 2_500)
