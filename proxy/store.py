@@ -41,7 +41,7 @@ from azure.data.tables import (
 
 from core.errors import SpendgateError
 from core.settings import Settings
-from core.storage import submit_transaction
+from core.storage import query_rows, submit_transaction
 from proxy.answers import compact_answer, utf16_chunks
 
 KEY_ROW = "key"
@@ -435,8 +435,9 @@ class LedgerStore:
     def key_and_lease_entities(self, key_id: str) -> tuple[Any, list[Any]]:
         """The key row and every lease row of the partition, in ONE range query: "key" < "lease-…" <
         "lease." and no other row sorts between them (idem-…, audit-… sort before "key")."""
-        flt = f"PartitionKey eq @pk and RowKey ge '{KEY_ROW}' and RowKey lt 'lease.'"
-        rows = self._guard(lambda: list(self.table.query_entities(flt, parameters={"pk": key_id})))
+        pk = key_id.replace("'", "''")
+        flt = f"PartitionKey eq '{pk}' and RowKey ge '{KEY_ROW}' and RowKey lt 'lease.'"
+        rows = self._guard(lambda: query_rows(self.table, flt))  # parsed lean: read whenever a lease runs short
         key = next((r for r in rows if r["RowKey"] == KEY_ROW), None)
         return key, [r for r in rows if r["RowKey"].startswith(LEASE_PREFIX)]
 
