@@ -81,7 +81,7 @@ def test_the_approvals_view_approves_and_rejects_held_charges(
     other_row = page.locator(f'tr[data-approval-id="{other}"]')
     decide_in_dialog(tab, other_row, "reject", "finance@example.com")
     expect(other_row).to_have_count(0, timeout=10_000)
-    rejected = {a["id"]: a for a in admin.get("/api/approvals", params={"state": "all"}).json()["data"]}[other]
+    rejected = {a["id"]: a for a in admin.get("/api/approvals", params={"state": "rejected"}).json()["data"]}[other]
     assert rejected["state"] == "rejected" and rejected["decided_by"] == "finance@example.com"
 
     # The key's page lists its alerts: the approval request.
