@@ -282,25 +282,28 @@ class RoomSearch:
             return False
         b = alert_bands.binding(key, total, day)
         marked = set(crossing)
+        used = b.used + need if need <= true_room else b.used  # with the reservation that reaches it, if it fits
+        note = alert_bands.usage_note(b.window, marked, used, self.clock())  # in the marker's write, for the sweeper
         try:
             try:  # the marker, and the next band's room granted to today's leases in the same transaction
-                self.store.submit(self._grant_next_band(key, leases, day, b.window, marked))
+                self.store.submit(self._grant_next_band(key, leases, day, b.window, marked, note))
             except Conflict:  # a lease moved since the consistent read: the marker alone (room stays on the key row)
-                self.store.submit([alert_bands.op_mark_fired(key, b.window, marked)])
+                self.store.submit([alert_bands.op_mark_fired(key, b.window, marked, note)])
             self.key_commits += 1
         except Conflict:
             self._refresh(lane, "threshold")
             return True  # someone else changed the key row first (maybe the same marker): look again
         if self.on_threshold is not None:
             try:  # usage as of the crossing: with the reservation that reaches it (unless the cap refuses it)
-                self.on_threshold(key, replace(b, used=b.used + need) if need <= true_room else b, crossing)
+                self.on_threshold(key, replace(b, used=used), crossing)
             except Exception:  # an alert never fails the ledger
                 log.exception("threshold alert for key_id=%s failed", key.key_id)
         self._refresh(lane, "threshold")
         return need <= true_room
 
     @staticmethod
-    def _grant_next_band(key: KeyRecord, leases: list[Lease], day: str, window: str, marked: set[int]) -> list[Any]:
+    def _grant_next_band(key: KeyRecord, leases: list[Lease], day: str, window: str, marked: set[int],
+                         note: str = "") -> list[Any]:
         """The threshold's marker as one If-Match write of the key row that also grants the room up to
         the next unfired threshold to today's leases (If-Match on each, as read consistently).
 
@@ -311,9 +314,11 @@ class RoomSearch:
         counters = current(key.counters, day)
         share = key_room(fired_key, counters, day) // max(1, len(todays)) if todays else 0
         if share <= 0:
-            return [alert_bands.op_mark_fired(key, window, marked)]
+            return [alert_bands.op_mark_fired(key, window, marked, note)]
         op_key = op_update_counters(key, granted(counters, share * len(todays)))
         op_key[1]["alerts_fired"] = fired_key.alerts_fired
+        if note:
+            op_key[1]["alerts_usage"] = note
         return [op_key, *[op_write_lease(replace(x, grant=x.grant + share)) for x in todays]]
 
     def _snapshot(self, key_id: str, first: tuple[KeyRecord, list[Lease]]) -> tuple[KeyRecord, list[Lease], bool]:
