@@ -1,7 +1,8 @@
 """HTTP triggers for the vault admin API and the Stripe proxy (thin: parse, call, shape).
 
 Admin routes use function auth (`x-functions-key` / `?code=`), among them the held-charge
-approvals (`GET /api/approvals`, `POST /api/approvals/{id}/approve|reject`; docs/approvals.md);
+approvals (`GET /api/approvals`, paged Stripe-style, and `POST /api/approvals/{id}/approve|reject`;
+docs/approvals.md);
 `GET /api/billing/approvals/{id}` answers the vault key that asked. The proxy routes are
 anonymous because the vault key in the request authenticates it. The proxy answers at
 Stripe's own paths, `/v1/...` at the root of the host (host.json's route prefix is empty,
