@@ -68,11 +68,24 @@ def approval_row(approval_id: str) -> str:
     return f"approval-{approval_id}"
 
 
-def run_approval_requested(instance_id: str, budget_cents: int, expires_at: str) -> None:
-    outbox().publish(Alert(
+RUN_APPROVAL_ROW = "run-approval"
+REVOKED_ROW = "revoked"
+
+
+def _run_approval_alert(instance_id: str, budget_cents: int, expires_at: str) -> Alert:
+    return Alert(
         "approval_requested", f"billing run {instance_id} ({_usd(budget_cents)}) waits for approval until {expires_at}",
         now_iso(), id=stable_id("approval_requested", "run", instance_id), run_id=instance_id, cap_cents=budget_cents,
-    ), "run-approval")
+    )
+
+
+def run_approval_staged(instance_id: str, budget_cents: int, expires_at: str) -> None:
+    """Before the run starts: the sweeper publishes it if this process dies before `run_approval_requested`."""
+    outbox().stage(_run_approval_alert(instance_id, budget_cents, expires_at), RUN_APPROVAL_ROW)
+
+
+def run_approval_requested(instance_id: str, budget_cents: int, expires_at: str) -> None:
+    outbox().publish(_run_approval_alert(instance_id, budget_cents, expires_at), RUN_APPROVAL_ROW)
 
 
 def charge_approval_requested(approval_id: str, key_id: str, label: str, amount_cents: int, expires_at: str) -> None:
@@ -88,9 +101,18 @@ def run_stopped_by_cap(instance_id: str, key_id: str | None, spent_cents: int, c
     ), "run-stopped-by-cap")
 
 
+def _revoked_alert(key_id: str, label: str) -> Alert:
+    return Alert("key_revoked", f"vault key {key_id} ({label}) was revoked", now_iso(),
+                 id=stable_id("key_revoked", key_id), key_id=key_id, label=label)
+
+
+def key_revoking(key_id: str, label: str) -> None:
+    """Before the revoke: the sweeper publishes it if this process dies before `key_revoked`."""
+    outbox().stage(_revoked_alert(key_id, label), REVOKED_ROW)
+
+
 def key_revoked(key_id: str, label: str) -> None:
-    outbox().publish(Alert("key_revoked", f"vault key {key_id} ({label}) was revoked", now_iso(),
-                           id=stable_id("key_revoked", key_id), key_id=key_id, label=label), "revoked")
+    outbox().publish(_revoked_alert(key_id, label), REVOKED_ROW)
 
 
 def watch_key(key_id: str, expires_at: datetime) -> None:

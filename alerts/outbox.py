@@ -18,7 +18,12 @@
                                     the table prefix: apps sharing a storage account must not consume
                                     each other's deliveries
 
-`publish`: (1) upsert the `_outbox` row, (2) create the alert row as `pending` (an existing row means
+`stage` writes only the `_outbox` row, marked `staged`, *before* a fact that has no later record
+the sweeper could find it by (a revoke, a run's start): if the process dies before `publish`, the
+sweeper publishes it once it has verified the fact happened (alerts/sweeper.py), and drops it if
+the fact never did.
+
+`publish`: (1) upsert the `_outbox` row (replacing a staged one), (2) create the alert row as `pending` (an existing row means
 someone else recorded the fact: stop, send nothing), (3) send to the queues, (4) mark the row
 `published`, (5) delete the `_outbox` row. A crash or a failed send at any step leaves the `_outbox`
 row, and `finish` (the sweeper, alerts/sweeper.py) completes it later: the row is never duplicated
@@ -99,11 +104,24 @@ class AlertOutbox:
         """Record and send `alert` once per (subject, row_key); True when this call sent it."""
         subject = subject_of(alert)
         try:
-            self._write(lambda: self.table.upsert_entity(self._outbox_entity(alert, subject, row_key)))
+            self._write(lambda: self.table.upsert_entity(self._outbox_entity(alert, subject, row_key),
+                                                         mode=UpdateMode.REPLACE))
         except AzureError as exc:
             log.warning("alert %s (%s) not recorded: %s", alert.id, alert.type, type(exc).__name__)
             return False
         return self._record_and_send(alert, subject, row_key, sweeping=False)
+
+    def stage(self, alert: Alert, row_key: str) -> None:
+        """Announce an alert before its fact (module doc); never raises: the fact must not wait on it."""
+        entity = {**self._outbox_entity(alert, subject_of(alert), row_key), "staged": True}
+        try:
+            self._write(lambda: self.table.upsert_entity(entity, mode=UpdateMode.REPLACE))
+        except AzureError as exc:
+            log.warning("alert %s (%s) not staged: %s", alert.id, alert.type, type(exc).__name__)
+
+    def drop(self, pending: Any) -> None:
+        """Forget an `_outbox` row whose fact never happened (a staged alert the sweeper could not verify)."""
+        self._drop_outbox(pending["subject"], pending["row"])
 
     def finish(self, pending: Any) -> bool:
         """Complete an `_outbox` row (the sweeper): create the alert row if it is missing, send it if it

@@ -18,7 +18,10 @@ twice, because every alert has one fixed row (alerts/outbox.py).
    pending index of the approvals table (proxy/approval_index.py) is one query; each approval
    older than the grace and not yet seen `alerted` gets its `approval_requested` alert.
 3. **Unpublished alerts**: every `_outbox` row older than the grace is finished (`AlertOutbox.finish`:
-   row created if missing, queue sends, marked published).
+   row created if missing, queue sends, marked published). A *staged* one (written before its fact:
+   a revoke, a run's start) is finished only once the fact is verified — the key row carries
+   `revoked_at`; the Durable client knows the run (`started_runs`, looked up by the trigger) — and
+   dropped if it still is not after `STAGED_TIMEOUT` (the revoke or the start failed).
 4. **The approvals listing**: `ChargeApprovals.sweep` (moves decided and expired approvals out of
    the pending index, drops orphans, deletes decisions past the retention).
 
@@ -29,9 +32,11 @@ only a message could be sent twice — which at-least-once delivery allows.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from alerts.notify import approval_row, charge_approval_alert, threshold_alert, threshold_row
@@ -42,6 +47,7 @@ from proxy.store import KEY_ROW, LedgerStore, key_from_entity
 
 log = logging.getLogger("spendgate.alerts")
 RETIRE_AFTER = timedelta(hours=1)  # a key stops being watched this long after it expired or was revoked
+STAGED_TIMEOUT = timedelta(minutes=10)  # a staged alert whose fact is still not there by then never happened
 
 
 @dataclass
@@ -52,6 +58,7 @@ class SweepReport:
     thresholds: int = 0
     approvals: int = 0
     finished: int = 0
+    dropped: int = 0
     listing: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
@@ -60,16 +67,23 @@ def _dt(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def staged_runs(outbox: AlertOutbox) -> list[str]:
+    """Runs whose staged `approval_requested` alert waits for proof that the run started."""
+    alerts = [json.loads(r["alert"]) for r in outbox.pending() if r.get("staged")]
+    return [str(a["run_id"]) for a in alerts if a.get("run_id") and a.get("type") == "approval_requested"]
+
+
 def sweep(outbox: AlertOutbox, store: LedgerStore, approvals: ChargeApprovals, now: datetime,
-          grace: timedelta) -> SweepReport:
-    """One pass of steps 1-4 (module doc); a failing step is logged and the others still run."""
+          grace: timedelta, started_runs: set[str] | None = None) -> SweepReport:
+    """One pass of steps 1-4 (module doc); a failing step is logged and the others still run.
+    `started_runs`: of `staged_runs`, those the Durable client knows (None: not looked up)."""
     report = SweepReport()
-    for step in (_thresholds, _held_charges, _outboxed):
+    for step in (_thresholds, _held_charges, partial(_outboxed, started_runs=started_runs)):
         try:
             step(report, outbox, store, approvals, now, grace)
         except Exception:  # a storage hiccup: the next run (a minute later) does it again
             report.errors += 1
-            log.exception("alert sweep step %s failed", step.__name__)
+            log.exception("alert sweep step %s failed", getattr(step, "__name__", step))
     try:
         report.listing = approvals.sweep(now, grace)
     except Exception:
@@ -147,10 +161,30 @@ def _held_charges(report: SweepReport, outbox: AlertOutbox, _s: LedgerStore, app
             index.mark_alerted(row["RowKey"])
 
 
-def _outboxed(report: SweepReport, outbox: AlertOutbox, _s: LedgerStore, _a: ChargeApprovals, now: datetime,
-              grace: timedelta) -> None:
+def _outboxed(report: SweepReport, outbox: AlertOutbox, store: LedgerStore, _a: ChargeApprovals, now: datetime,
+              grace: timedelta, started_runs: set[str] | None = None) -> None:
     for row in outbox.pending():
-        if now - _dt(row["created_at"]) < grace:
+        age = now - _dt(row["created_at"])
+        if age < grace:
             continue
+        if row.get("staged"):
+            happened = _happened(json.loads(row["alert"]), store, started_runs)
+            if happened is None:
+                continue  # cannot tell now: the next run looks again
+            if not happened:
+                if age > STAGED_TIMEOUT:
+                    outbox.drop(row)
+                    report.dropped += 1
+                continue
         if outbox.finish(row):
             report.finished += 1
+
+
+def _happened(alert: dict[str, Any], store: LedgerStore, started_runs: set[str] | None) -> bool | None:
+    """Did the fact a staged alert announced happen? (None: unknown.)"""
+    if alert.get("type") == "key_revoked":
+        entity = store.read_row(str(alert["key_id"]), KEY_ROW)
+        return bool(entity is not None and entity.get("revoked_at"))
+    if alert.get("type") == "approval_requested" and alert.get("run_id"):
+        return None if started_runs is None else str(alert["run_id"]) in started_runs
+    return True

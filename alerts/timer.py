@@ -6,13 +6,19 @@ function on one instance at a time (the timers extension's listener is a singlet
 retries one; a run that fails is simply followed by the next. `runOnStartup` stays false (its
 default): on Azure a scale-out or restart would otherwise sweep at once on every new instance.
 devhost runs timer triggers the same way (devhost/timers.py, docs/devhost.md).
+
+The durable client binding answers one question: did the runs whose approval alert was staged
+before their start actually start (`sweeper.staged_runs`)? The sweep itself is sync storage work,
+run off the worker's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
+import azure.durable_functions as df
 import azure.functions as func
 
 from alerts import notify, sweeper
@@ -21,13 +27,26 @@ from proxy.approvals import ChargeApprovals
 from proxy.store import LedgerStore
 
 SCHEDULE = "0 * * * * *"  # every minute, at second 0
-bp = func.Blueprint()
+bp = df.Blueprint()
 log = logging.getLogger("spendgate.alerts")
 
 
+async def _started(client: df.DurableOrchestrationClient, instance_ids: list[str]) -> set[str]:
+    started = set()
+    for instance_id in instance_ids:
+        status = await client.get_status(instance_id)
+        if status is not None and getattr(status, "runtime_status", None) is not None:
+            started.add(instance_id)
+    return started
+
+
 @bp.timer_trigger(arg_name="timer", schedule=SCHEDULE)
-def sweep_alerts(timer: func.TimerRequest) -> None:
+@bp.durable_client_input(client_name="client")
+async def sweep_alerts(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
     rt = runtime()
-    report = sweeper.sweep(notify.outbox(), LedgerStore(rt.tables, rt.settings), ChargeApprovals(rt.tables, rt.settings),
-                           datetime.now(UTC), rt.settings.alert_sweep_grace)
+    outbox = notify.outbox()
+    started = await _started(client, await asyncio.to_thread(sweeper.staged_runs, outbox))
+    report = await asyncio.to_thread(sweeper.sweep, outbox, LedgerStore(rt.tables, rt.settings),
+                                     ChargeApprovals(rt.tables, rt.settings), datetime.now(UTC),
+                                     rt.settings.alert_sweep_grace, started)
     log.info("alert sweep%s: %s", " (past due)" if timer.past_due else "", report)

@@ -85,7 +85,8 @@ def vault_describe_key(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="api/vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
 def vault_revoke_key(req: func.HttpRequest) -> func.HttpResponse:
-    return _admin(lambda v: v.revoke(req.route_params["key_id"], on_revoked=notify.key_revoked))
+    return _admin(lambda v: v.revoke(req.route_params["key_id"], on_revoked=notify.key_revoked,
+                                     before_revoke=notify.key_revoking))
 
 
 @bp.route(route="api/vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)

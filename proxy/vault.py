@@ -104,13 +104,17 @@ class VaultService:
         records, token = self.store.keys(label, int(limit), continuation)
         return {"data": [self._view(r, now) for r in records], "continuation": token}
 
-    def revoke(self, key_id: str, on_revoked: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    def revoke(self, key_id: str, on_revoked: Callable[[str, str], None] | None = None,
+               before_revoke: Callable[[str, str], None] | None = None) -> dict[str, Any]:
         """Revoke a key (idempotent). Once this returns, no request with the key is forwarded.
 
-        `on_revoked(key_id, label)` runs after a revoke that happened now (the route's alert)."""
+        `on_revoked(key_id, label)` runs after a revoke that happened now (the route's alert),
+        `before_revoke` just before it (the alert staged, alerts/outbox.py)."""
         record = self._get(key_id)
         if record.revoked_at is None:
             revoked_at = self.clock()
+            if before_revoke is not None:
+                before_revoke(key_id, record.label)
             self.store.mark_revoked(key_id, revoked_at)
             if on_revoked is not None:
                 on_revoked(key_id, record.label)

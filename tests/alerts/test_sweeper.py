@@ -15,7 +15,7 @@ from azure.storage.queue import QueueServiceClient
 
 from alerts import sweeper
 from alerts.model import now_iso
-from alerts.notify import approval_row, threshold_alert, threshold_row
+from alerts.notify import _revoked_alert, _run_approval_alert, approval_row, threshold_alert, threshold_row
 from alerts.outbox import OUTBOX, AlertOutbox
 from core.settings import Settings
 from core.storage import table_service_from_connection_string
@@ -140,3 +140,28 @@ def test_an_outbox_row_left_by_a_crash_is_finished_after_the_grace(parts: Any) -
     assert outbox.table.get_entity(key.key_id, threshold_row("lifetime", 50))["state"] == "published"
     assert _sent(queues, alert.id) == 1 and store.read_row(key.key_id, KEY_ROW) is not None
     assert all(r["subject"] != key.key_id for r in _rows(outbox, OUTBOX))
+
+
+def test_staged_alerts_are_published_once_their_fact_happened_and_dropped_if_it_never_did(parts: Any) -> None:
+    outbox, store, approvals, queues = parts
+    revoked, kept = _key(store, outbox, ""), _key(store, outbox, "")
+    notified = [_revoked_alert(revoked.key_id, revoked.label), _revoked_alert(kept.key_id, kept.label)]
+    for alert in notified:  # staged, then the process died: `publish` never ran
+        outbox.stage(alert, "revoked")
+    store.mark_revoked(revoked.key_id, NOW)  # one revoke happened; the other key's revoke never did
+    run_alert, lost_run = _run_approval_alert("run-started", 5_000, now_iso()), _run_approval_alert("run-gone", 1, "")
+    outbox.stage(run_alert, "run-approval")
+    outbox.stage(lost_run, "run-approval")
+    assert sorted(sweeper.staged_runs(outbox)) == ["run-gone", "run-started"]
+
+    later = NOW + timedelta(minutes=2)
+    assert sweeper.sweep(outbox, store, approvals, later, GRACE, None).finished == 1  # runs unknown: left alone
+    assert outbox.table.get_entity(revoked.key_id, "revoked")["state"] == "published"
+    assert not outbox.exists(kept.key_id, "revoked")
+    report = sweeper.sweep(outbox, store, approvals, later, GRACE, {"run-started"})
+    assert (report.finished, report.dropped) == (1, 0)
+    assert outbox.exists("run-run-started", "run-approval") and not outbox.exists("run-run-gone", "run-approval")
+    report = sweeper.sweep(outbox, store, approvals, NOW + timedelta(minutes=11), GRACE, set())
+    assert report.dropped == 2  # the revoke and the start that never happened: no alert, ever
+    assert all(r["subject"] not in (kept.key_id, "run-run-gone") for r in _rows(outbox, OUTBOX))
+    assert _sent(queues, notified[0].id) == 1 and _sent(queues, notified[1].id) == 0
