@@ -30,6 +30,7 @@ from devhost.invoke import Invoker, uses_durable
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.queue_io import QueueClients
 from devhost.queues import QueueTriggerListener
+from devhost.timer_status import StorageScheduleMonitor, host_id
 from devhost.timers import TimerTriggerListener
 
 log = logging.getLogger("devhost")
@@ -108,8 +109,12 @@ class Host:
             self.listeners.append(listener)
             log.info("queue trigger %s listening on queue %s", fn.name, listener.queue_name)
 
-        for fn in index.of_trigger("timerTrigger"):
-            timer = TimerTriggerListener(fn, invoker)  # a schedule that does not parse stops the start here
+        timer_functions = index.of_trigger("timerTrigger")
+        monitor = StorageScheduleMonitor(  # timers need the host's storage, as on Azure (KeyError otherwise)
+            storage_connection_string(None, self.environ), host_id(self.app_dir, self.environ)
+        ) if timer_functions else None
+        for fn in timer_functions:
+            timer = TimerTriggerListener(fn, invoker, monitor)  # a schedule that does not parse stops the start
             self.timers.append(timer)
             log.info("timer trigger %s on schedule %r, next at %s", fn.name, timer.expression, timer.next)
 

@@ -17,10 +17,13 @@ Modelled on Azure/azure-webjobs-sdk-extensions, `Extensions/Timers/`:
   one immediate run at start, with `IsPastDue` false.
 - **useMonitor**: defaults to true unless the schedule fires more than once within a minute
   (`TimerTriggerAttribute` constructor); with it, `ScheduleStatus` {Last, Next, LastUpdated} is sent,
-  without it null. The real host persists that status in storage and, at start, runs a missed
-  occurrence at once with `IsPastDue: true` (`ScheduleMonitor.CheckPastDueAsync`). devhost keeps the
-  status in memory, with `Last` at .NET's `DateTime.MinValue` on a fresh start as the listener's
-  initial status: it never reports a past-due run (a restart of devhost starts the schedule afresh).
+  persisted in blob storage after every run, and checked at start: a missed occurrence runs once at
+  once with `IsPastDue: true` (devhost/timer_status.py: `StorageScheduleMonitorV2`,
+  `CheckPastDueAsync`). Without it, `ScheduleStatus` is null and nothing is stored. Like the host,
+  devhost needs a storage connection (`AzureWebJobsStorage`) for a timer function.
+- **Not simulated**: the listener's singleton lock across instances (`[Singleton(Mode = Listener)]`,
+  a blob lease): two devhosts of one app on one storage account each run the schedule, so a timer
+  function runs more often than on Azure, never less.
 - **A failed run** is logged and the schedule continues (`HandleTimerEvent` catches everything);
   timer triggers are not retried.
 - **Binding data** (what the worker's `TimerRequestConverter` decodes, azure-functions `timer.py`:
@@ -44,14 +47,9 @@ from devhost.config import resolve_binding_expression
 from devhost.invoke import FunctionFailed, Invoker, log_invocation
 from devhost.loader import FunctionInfo
 from devhost.ncrontab import Schedule, parse
+from devhost.timer_status import ScheduleStatus, StorageScheduleMonitor, timer_name
 
 log = logging.getLogger("devhost")
-
-DOTNET_MIN_DATE = "0001-01-01T00:00:00"  # ScheduleMonitor.DefaultDateTime, as Json.NET writes it
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _flag(value: Any, default: bool) -> bool:
@@ -70,23 +68,35 @@ def timer_info(status: dict[str, str] | None, *, past_due: bool = False) -> str:
 class TimerTriggerListener:
     """Runs one timer-triggered function on its schedule, one invocation at a time."""
 
-    def __init__(self, fn: FunctionInfo, invoker: Invoker, *, clock: Any = None) -> None:
+    def __init__(self, fn: FunctionInfo, invoker: Invoker, monitor: StorageScheduleMonitor | None, *,
+                 clock: Any = None) -> None:
         self.fn = fn
         self.invoker = invoker
         self.expression = resolve_binding_expression(str(fn.trigger["schedule"]))
         self.schedule: Schedule = parse(self.expression)  # InvalidSchedule fails the host's start
         self.run_on_startup = _flag(fn.trigger.get("runOnStartup"), False)
-        now = (clock or _now)()
+        self._clock = clock or _now
+        now = self._clock()
         self.use_monitor = _flag(fn.trigger.get("useMonitor"),
                                  self.schedule.occurrences_in(now, timedelta(minutes=1)) <= 1)
-        self._clock = clock or _now
+        self.monitor = monitor if self.use_monitor else None
+        self.timer = timer_name(fn.name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"timer-{fn.name}", daemon=True)
-        self.next: datetime | None = self.schedule.next_after(now)
-        self.last: datetime | None = None
+        self.status = ScheduleStatus(None, self.schedule.next_after(now), None)
+        self.past_due = False
         self.runs = 0
 
+    @property
+    def next(self) -> datetime | None:
+        return self.status.next
+
     def start(self) -> None:
+        """`TimerListener.StartAsync`: read the stored status, check past due, then schedule."""
+        if self.monitor is not None:
+            now = self._clock()
+            self.past_due, self.status = self.monitor.check_past_due(self.timer, now, self.schedule,
+                                                                     self.monitor.get(self.timer))
         self._thread.start()
 
     def stop(self, grace: float = 10.0) -> None:
@@ -94,25 +104,22 @@ class TimerTriggerListener:
         self._stop.set()
         self._thread.join(grace)
 
-    def status(self) -> dict[str, str] | None:
-        if not self.use_monitor:
-            return None
-        last = _iso(self.last) if self.last else DOTNET_MIN_DATE
-        return {"Last": last, "Next": _iso(self.next) if self.next else DOTNET_MIN_DATE, "LastUpdated": last}
-
     def _run(self) -> None:
-        if self.run_on_startup and not self._stop.is_set():
+        if self.past_due and not self._stop.is_set():
+            self._fire(self._clock(), scheduled=None, past_due=True)
+        elif self.run_on_startup and not self._stop.is_set():
             self._fire(self._clock(), scheduled=None)
-        while not self._stop.is_set() and self.next is not None:
-            wait = (self.next - self._clock()).total_seconds()
+        while not self._stop.is_set() and self.status.next is not None:
+            wait = (self.status.next - self._clock()).total_seconds()
             if wait > 0 and self._stop.wait(wait):
                 return
-            self._fire(self._clock(), scheduled=self.next)
+            self._fire(self._clock(), scheduled=self.status.next)
 
-    def _fire(self, at: datetime, scheduled: datetime | None) -> None:
-        """One invocation, then the next occurrence from max(at, the occurrence served)."""
+    def _fire(self, at: datetime, scheduled: datetime | None, past_due: bool = False) -> None:
+        """One invocation, then the next occurrence from max(at, the occurrence served), stored."""
         started = time.perf_counter()
-        trigger = protocol.TypedData(json=timer_info(self.status()))
+        sent = self.status.to_json() if self.use_monitor else None
+        trigger = protocol.TypedData(json=timer_info(sent, past_due=past_due))
         meta = {"TimerTrigger": protocol.TypedData(string=at.astimezone(UTC).strftime("%m/%d/%Y %H:%M:%S"))}
         try:
             self.invoker.invoke(self.fn, trigger, trigger_metadata=meta)
@@ -124,10 +131,12 @@ class TimerTriggerListener:
             log.error("timer function %s could not run: %r", self.fn.name, exc)
             outcome = "error (the schedule continues)"
         self.runs += 1
-        log_invocation(self.fn.name, f"timer {self.expression}", outcome, (time.perf_counter() - started) * 1000.0)
+        kind = " (past due)" if past_due else ""
+        log_invocation(self.fn.name, f"timer {self.expression}{kind}", outcome, (time.perf_counter() - started) * 1000.0)
         adjusted = scheduled if scheduled is not None and scheduled > at else at
-        self.last = adjusted
-        self.next = self.schedule.next_after(adjusted)
+        self.status = ScheduleStatus(adjusted, self.schedule.next_after(adjusted), adjusted)
+        if self.monitor is not None:
+            self.monitor.update(self.timer, self.status)
 
 
 def _now() -> datetime:

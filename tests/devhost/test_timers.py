@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,8 @@ from devhost.invoke import FunctionFailed
 from devhost.loader import FunctionInfo
 from devhost.ncrontab import InvalidSchedule, parse
 from devhost.services import Service, start_devhost
-from devhost.timers import DOTNET_MIN_DATE, TimerTriggerListener, timer_info
+from devhost.timer_status import DOTNET_MIN_DATE, ScheduleStatus, StorageScheduleMonitor
+from devhost.timers import TimerTriggerListener, timer_info
 from devhost.worker import WorkerError
 
 APP_DIR = Path(__file__).parent / "apps" / "timer_app"
@@ -70,7 +72,7 @@ def _fn(schedule: str, **extra: Any) -> FunctionInfo:
 def test_the_listener_sends_timer_info_and_schedules_from_the_later_of_start_and_occurrence() -> None:
     invoker = _Invoker(fail=True)  # a failing run does not stop the schedule
     now = [T0]
-    listener = TimerTriggerListener(_fn("0 * * * * *"), invoker, clock=lambda: now[0])  # type: ignore[arg-type]
+    listener = TimerTriggerListener(_fn("0 * * * * *"), invoker, None, clock=lambda: now[0])  # type: ignore[arg-type]
     assert listener.use_monitor and not listener.run_on_startup
     assert listener.next == datetime(2026, 12, 2, 15, 5, tzinfo=UTC)
     first = listener.next
@@ -89,25 +91,53 @@ def test_the_listener_sends_timer_info_and_schedules_from_the_later_of_start_and
 
 def test_sub_minute_schedules_have_no_monitor_and_settings_can_override() -> None:
     now = lambda: T0  # noqa: E731
-    assert not TimerTriggerListener(_fn("*/10 * * * * *"), _Invoker(), clock=now).use_monitor  # type: ignore[arg-type]
-    forced = TimerTriggerListener(_fn("*/10 * * * * *", useMonitor=True, runOnStartup=True), _Invoker(), clock=now)  # type: ignore[arg-type]
+    assert not TimerTriggerListener(_fn("*/10 * * * * *"), _Invoker(), None, clock=now).use_monitor  # type: ignore[arg-type]
+    forced = TimerTriggerListener(_fn("*/10 * * * * *", useMonitor=True, runOnStartup=True), _Invoker(), None,
+                                  clock=now)  # type: ignore[arg-type]
     assert forced.use_monitor and forced.run_on_startup
     assert json.loads(timer_info(None))["ScheduleStatus"] is None
 
 
+def _status(**times: str) -> bytes:
+    return json.dumps({"Last": times.get("last", DOTNET_MIN_DATE), "Next": times["next"],
+                       "LastUpdated": times.get("updated", DOTNET_MIN_DATE)}).encode()
+
+
+def test_the_status_monitor_records_a_new_timer_and_finds_missed_occurrences(azurite: Service) -> None:
+    monitor = StorageScheduleMonitor(azurite.extra["connection_string"], "monitor-" + uuid.uuid4().hex[:8])
+    hourly = parse("0 0 * * * *")
+    past_due, status = monitor.check_past_due("Host.Functions.t", T0, hourly, monitor.get("Host.Functions.t"))
+    assert not past_due and status.next == datetime(2026, 12, 2, 16, tzinfo=UTC)  # a new timer: recorded, not run
+    assert monitor.get("Host.Functions.t") == status
+    later = T0 + timedelta(hours=3)  # the host was down over three occurrences: one past-due run
+    assert monitor.check_past_due("Host.Functions.t", later, hourly, monitor.get("Host.Functions.t"))[0]
+    # the schedule changed while the host was down: a new Next from now, not "past due"
+    daily = parse("0 30 6 * * *")
+    past_due, status = monitor.check_past_due("Host.Functions.t", later, daily, monitor.get("Host.Functions.t"))
+    assert not past_due and status.next == datetime(2026, 12, 3, 6, 30, tzinfo=UTC)
+
+
 @pytest.fixture(scope="module")
-def timer_app(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
+def timer_app(azurite: Service, artifacts_dir: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path, StorageScheduleMonitor]]:
     log = tmp_path_factory.mktemp("timer_app") / "runs.jsonl"
+    host = "timer-test-" + uuid.uuid4().hex[:8]
+    monitor = StorageScheduleMonitor(azurite.extra["connection_string"], host)
+    # `yearly` last ran on New Year 2025 and its host was down over New Year 2026: past due at start
+    monitor.update("Host.Functions.yearly", ScheduleStatus.from_json(json.loads(_status(
+        last="2025-01-01T00:00:00+00:00", next="2026-01-01T00:00:00+00:00", updated="2025-01-01T00:00:00+00:00"))))
     env = {"TICK_SCHEDULE": "*/1 * * * * *", "TIMER_LOG": str(log), "SLOW_SECONDS": "1.5",
-           "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+           "AzureWebJobsStorage": azurite.extra["connection_string"], "AzureFunctionsJobHost__id": host}
     svc = start_devhost(APP_DIR, env, log_path=artifacts_dir / "devhost-timer-app.log", ready_path="/api/ping")
-    yield svc, log
+    yield svc, log, monitor
     svc.stop()
 
 
 @pytest.mark.integration
-def test_timer_functions_run_under_devhost_one_at_a_time(timer_app: tuple[Service, Path]) -> None:
-    _svc, log = timer_app
+def test_timer_functions_run_under_devhost_one_at_a_time(
+    timer_app: tuple[Service, Path, StorageScheduleMonitor]
+) -> None:
+    _svc, log, monitor = timer_app
     deadline = time.monotonic() + 30
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -118,7 +148,16 @@ def test_timer_functions_run_under_devhost_one_at_a_time(timer_app: tuple[Servic
     ticks = [r for r in rows if r["fn"] == "tick"]
     slow = sorted((r for r in rows if r["fn"] == "slow"), key=lambda r: r["started"])
     assert len(ticks) >= 3 and len(slow) >= 3, rows
-    assert all(r["past_due"] is False and r["schedule"] == {"AdjustForDST": True} for r in rows)
-    assert all(r["schedule_status"] == {} for r in rows)  # sub-minute schedules: no monitor, status null
+    every_second = ticks + slow
+    assert all(r["past_due"] is False and r["schedule"] == {"AdjustForDST": True} for r in every_second)
+    assert all(r["schedule_status"] == {} for r in every_second)  # sub-minute schedules: no monitor, status null
     # every second, but a run of 1.5 s: never two at once, and the missed seconds do not pile up
     assert all(b["started"] >= a["ended"] for a, b in itertools.pairwise(slow))
+
+    yearly = [r for r in rows if r["fn"] == "yearly"]
+    assert len(yearly) == 1 and yearly[0]["past_due"] is True  # the missed New Year, once, at start
+    assert yearly[0]["schedule_status"] == {"Last": "2025-01-01T00:00:00+00:00", "Next": "2026-01-01T00:00:00+00:00",
+                                            "LastUpdated": "2025-01-01T00:00:00+00:00"}
+    after = monitor.get("Host.Functions.yearly")
+    assert after is not None and after.next == datetime(2027, 1, 1, tzinfo=UTC)  # stored after the run
+    assert monitor.get("Host.Functions.tick") is None  # not monitored: nothing stored

@@ -3,7 +3,8 @@
 The schedule comes from an app setting (`%TICK_SCHEDULE%`), as the real host resolves it. Every run
 appends the `TimerRequest` the worker built (past_due, schedule_status, schedule) and its start and end
 times to the file named by TIMER_LOG; the slow timer sleeps SLOW_SECONDS, so tests can see that runs of
-one function never overlap.
+one function never overlap. `yearly` is monitored: a status blob saying its last New Year was missed
+makes it run once at start, past due.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def slow(timer: func.TimerRequest) -> None:
     started = time.time()
     time.sleep(float(os.environ.get("SLOW_SECONDS", "1.5")))
     _record("slow", timer, started)
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 0 0 1 1 *")
+def yearly(timer: func.TimerRequest) -> None:
+    """Monitored (once a year): its status lives in blob storage, so a missed New Year runs at start."""
+    _record("yearly", timer, time.time())
 
 
 @app.route(route="ping", methods=["GET"])
