@@ -207,3 +207,35 @@ def test_confirms_and_captures_above_the_threshold_are_held_and_refunds_are_not(
                       timeout=30).json()
     # each reserved against the cap as any request: a refund too (docs/proxy.md), it just is not held
     assert spent["spent_cents"] == 9900 + 8000 + 9900
+
+
+def test_the_approvals_list_pages_over_http(app_stack: AppStack) -> None:
+    key = issue(app_stack, cap=500, above=5)
+    held = []
+    for n in range(3):
+        resp = charge(app_stack, key["vault_key"], f"page-{uuid.uuid4().hex}-{n}", 900 + n, uuid.uuid4().hex)
+        assert resp.status_code == 402
+        held.append(resp.json()["error"]["approval"])
+    assert decide(app_stack, held[0], "reject", approver="ops").status_code == 200
+
+    def page(**params: Any) -> httpx.Response:
+        return httpx.get(f"{app_stack.url}/api/approvals", params=params, headers=app_stack.admin_headers, timeout=30)
+
+    seen, after = [], None
+    while True:  # every pending approval of the session, one at a time, newest first
+        body = page(limit=1, **({"starting_after": after} if after else {})).json()
+        assert body["object"] == "list" and len(body["data"]) <= 1
+        seen += [a["id"] for a in body["data"]]
+        if not body["has_more"]:
+            break
+        after = body["data"][-1]["id"]
+    assert held[2] in seen and held[1] in seen and held[0] not in seen
+    assert seen.index(held[2]) < seen.index(held[1])  # newest first
+    assert len(seen) == len(set(seen))
+    rejected = page(state="rejected", limit=100).json()["data"]
+    assert held[0] in [a["id"] for a in rejected]
+    for bad in ({"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"state": "done"}):
+        resp = page(**bad)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "policy_invalid", resp.text
+    missing = page(starting_after="apr_" + "0" * 32)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "starting_after"
