@@ -10,10 +10,15 @@ Schema (version 1; fields are only ever added, docs/approvals.md "Alert payload"
 Types: `spend_threshold` (a key's spend reached a threshold of its binding cap),
 `run_stopped_by_cap`, `key_revoked`, `approval_requested` (a run or a charge waits for a person).
 No vault key, no Stripe secret: ids and amounts only.
+
+`id` is stable: derived from the fact the alert reports (`stable_id`: the key and threshold and
+window, the approval, the run), so every delivery of one alert carries the same id, whichever path
+sent it (the normal one, a retry, the sweeper). Delivery is at least once; consumers deduplicate on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from dataclasses import asdict, dataclass
@@ -56,6 +61,11 @@ class Alert:
     def from_dict(cls, data: dict[str, Any]) -> Alert:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**fields)
+
+
+def stable_id(*parts: str) -> str:
+    """The alert id of a fact: `alt_` + 24 hex digits of sha256 over its parts."""
+    return "alt_" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 def now_iso(now: datetime | None = None) -> str:

@@ -12,7 +12,9 @@ timestamps (replays). `verify` is that check, used by the tests and usable by re
 Delivery runs in the `deliver_alert` queue trigger (`alerts/routes.py`), never in the request
 that raised the alert: a few quick attempts here (`BACKOFF_SECONDS`), then the trigger raises and
 the Functions host redelivers the message (host.json `maxDequeueCount`, after its visibility
-timeout) until it lands in `<prefix>-alerts-webhook-poison`.
+timeout) until it lands in `<prefix>-alerts-webhook-poison`. A delivery can repeat (a retry after a
+timeout the receiver did answer, the sweeper re-sending an alert whose publish was cut short): the
+alert's `id` is stable per fact, and receivers deduplicate on it.
 """
 
 from __future__ import annotations

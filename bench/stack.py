@@ -90,6 +90,7 @@ def running_stack(name: str, **settings: str) -> Iterator[Stack]:
             "FUNCTIONS_WORKER_RUNTIME": "python", "AzureWebJobsStorage": conn, "STRIPE_API_BASE": localstripe.url,
             "STRIPE_SECRET_KEY": STRIPE_SECRET, "SPENDGATE_TABLE_PREFIX": prefix, "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
             "PYTHON_THREADPOOL_THREAD_COUNT": "64", "DEVHOST_HTTP_PER_INSTANCE_CONCURRENCY": "32",
+            "SPENDGATE_TOOL_QUEUE_PREFIX": "spendgate-tool",  # the agent tools' queue triggers resolve it at start
             **settings,
         }
         devhost = start_devhost(REPO_ROOT, env, log_path=ARTIFACTS / f"bench-{name}-devhost.log",

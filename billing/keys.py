@@ -101,15 +101,19 @@ def issue_run_key(vault: Vault, request: KeyRequest, marks: Marks) -> KeyIssued:
 
 
 def revoke_run_keys(
-    vault: Vault, labels: Iterable[str], on_revoked: Callable[[str, str], None] | None = None
+    vault: Vault, labels: Iterable[str], on_revoked: Callable[[str, str], None] | None = None,
+    before_revoke: Callable[[str, str], None] | None = None,
 ) -> list[str]:
     """Revoke every active key under the labels; returns the ids revoked now (idempotent).
 
-    `on_revoked(key_id, label)` follows each revoke (the stop route's alert)."""
+    `on_revoked(key_id, label)` follows each revoke (the stop route's alert), `before_revoke`
+    precedes it (the alert staged)."""
     revoked: list[str] = []
     for label in labels:
         for key in list(keys_with_label(vault, label)):
             if key.get("status") == "active":
+                if before_revoke is not None:
+                    before_revoke(key["key_id"], label)
                 vault.revoke(key["key_id"])
                 revoked.append(key["key_id"])
                 if on_revoked is not None:

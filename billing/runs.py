@@ -64,7 +64,8 @@ async def _existing(client: DurableClient, instance_id: str) -> Any:
 
 
 async def start_run(
-    client: DurableClient, run: RunRequest, instance_id: str | None, vault: Vault, marks: Marks, index: RunRecorder
+    client: DurableClient, run: RunRequest, instance_id: str | None, vault: Vault, marks: Marks, index: RunRecorder,
+    before_start: Callable[[str], None] | None = None,
 ) -> str:
     """Start a run; an instance id that was ever used answers 409 `run_exists` (bills no one).
 
@@ -87,6 +88,8 @@ async def start_run(
         )
     instance_id = instance_id or uuid.uuid4().hex
     await asyncio.to_thread(index.record, instance_id, datetime.now(UTC))
+    if before_start is not None:  # the alert staged (alerts/outbox.py), once the id is known to be new
+        await asyncio.to_thread(before_start, instance_id)
     return await client.start_new(ORCHESTRATOR, instance_id, run.to_dict())
 
 
@@ -283,6 +286,7 @@ class Decisions(Protocol):
 async def stop_run(
     client: DurableClient, vault: Vault, instance_id: str, marks: Marks, now: datetime,
     decisions: Decisions | None = None, on_revoked: Callable[[str, str], None] | None = None,
+    before_revoke: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Mark the run's labels stopped, revoke their keys (charging stops at once), then terminate.
 
@@ -295,7 +299,7 @@ async def stop_run(
     status = await _existing(client, instance_id)
     if status is None:
         raise SpendgateError("not_found", f"no billing run {instance_id}")
-    revoked = await asyncio.to_thread(_mark_and_revoke, vault, marks, instance_id, now, on_revoked)
+    revoked = await asyncio.to_thread(_mark_and_revoke, vault, marks, instance_id, now, on_revoked, before_revoke)
     if decisions is not None:
         stopped = ApprovalDecision("stopped", at=now.astimezone(UTC).isoformat(), reason="the run was stopped")
         await asyncio.to_thread(decisions.decide, instance_id, stopped)
@@ -307,11 +311,12 @@ async def stop_run(
 
 
 def _mark_and_revoke(
-    vault: Vault, marks: Marks, instance_id: str, now: datetime, on_revoked: Callable[[str, str], None] | None = None
+    vault: Vault, marks: Marks, instance_id: str, now: datetime, on_revoked: Callable[[str, str], None] | None = None,
+    before_revoke: Callable[[str, str], None] | None = None,
 ) -> list[str]:
     for label in run_labels(instance_id):
         marks.mark(label, now)
-    return revoke_run_keys(vault, run_labels(instance_id), on_revoked)
+    return revoke_run_keys(vault, run_labels(instance_id), on_revoked, before_revoke)
 
 
 async def run_spend(client: DurableClient, vault: Vault, instance_id: str) -> dict[str, Any]:

@@ -38,6 +38,10 @@ APPROVAL_TIMEOUT = "SPENDGATE_APPROVAL_TIMEOUT"
 ALERT_WEBHOOK_URL = "SPENDGATE_ALERT_WEBHOOK_URL"
 ALERT_WEBHOOK_SECRET = "SPENDGATE_ALERT_WEBHOOK_SECRET"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
+ALERT_SWEEP_GRACE_SECONDS = "SPENDGATE_ALERT_SWEEP_GRACE_SECONDS"  # optional (default 60); not set on Azure
+# Tests only, never set on Azure: makes the alert publish step fail in the process under test, so
+# the tests can prove the sweeper delivers what a crash or a failed queue send left behind.
+ALERT_FAULT = "SPENDGATE_ALERT_FAULT"
 
 APP_SETTING_NAMES: tuple[str, ...] = (
     STORAGE_CONNECTION,
@@ -252,6 +256,22 @@ class Settings:
     def alert_webhook_secret(self) -> str:
         """The HMAC-SHA256 key that signs alert webhooks (required once a webhook URL is set)."""
         return self._require(ALERT_WEBHOOK_SECRET, f"the key that signs POSTs to {ALERT_WEBHOOK_URL}")
+
+
+    @property
+    def alert_sweep_grace(self) -> timedelta:
+        """How old an unpublished alert (or an unrecorded threshold) must be before the sweeper
+        publishes it: the normal path needs well under a second, so it is never raced."""
+        return timedelta(seconds=self._number(ALERT_SWEEP_GRACE_SECONDS, 60.0, minimum=0.0))
+
+    @property
+    def alert_fault(self) -> str | None:
+        """Tests only: `crash` (the process exits right after a threshold's ledger commit) or `queue`
+        (every alert queue send fails)."""
+        value = self._get(ALERT_FAULT)
+        if value not in (None, "crash", "queue"):
+            raise InvalidSettingError(ALERT_FAULT, f"must be crash or queue (tests only), got {value!r}")
+        return value
 
 
 def get_settings() -> Settings:

@@ -2,8 +2,9 @@
 
 Start order follows the Functions host: settings into the environment (as Core Tools
 does with local.settings.json), load the app, start the durable engine (if the app has
-durable functions), the queue listeners, and last the HTTP server, so the first request
-already finds everything running. Stop order is the reverse.
+durable functions), the queue listeners, the HTTP server, and last the timer schedules
+(devhost/timers.py), so the first request already finds everything running. Stop order is
+the reverse.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ from devhost.invoke import Invoker, uses_durable
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.queue_io import QueueClients
 from devhost.queues import QueueTriggerListener
+from devhost.timer_status import StorageScheduleMonitor, host_id
+from devhost.timers import TimerTriggerListener
 
 log = logging.getLogger("devhost")
 
-SUPPORTED_TRIGGERS = ("httpTrigger", "queueTrigger", "orchestrationTrigger", "activityTrigger", "entityTrigger")
+SUPPORTED_TRIGGERS = (
+    "httpTrigger", "queueTrigger", "timerTrigger", "orchestrationTrigger", "activityTrigger", "entityTrigger",
+)
 
 
 class DurableEngineUnavailable(RuntimeError):
@@ -60,6 +65,7 @@ class Host:
         self.http: HttpHost | None = None
         self.rpc: DurableRpcHost | None = None
         self.listeners: list[QueueTriggerListener] = []
+        self.timers: list[TimerTriggerListener] = []
         self.queues = QueueClients()
 
     def start(self) -> None:
@@ -103,6 +109,15 @@ class Host:
             self.listeners.append(listener)
             log.info("queue trigger %s listening on queue %s", fn.name, listener.queue_name)
 
+        timer_functions = index.of_trigger("timerTrigger")
+        monitor = StorageScheduleMonitor(  # timers need the host's storage, as on Azure (KeyError otherwise)
+            storage_connection_string(None, self.environ), host_id(self.app_dir, self.environ)
+        ) if timer_functions else None
+        for fn in timer_functions:
+            timer = TimerTriggerListener(fn, invoker, monitor)  # a schedule that does not parse stops the start
+            self.timers.append(timer)
+            log.info("timer trigger %s on schedule %r, next at %s", fn.name, timer.expression, timer.next)
+
         self.http = HttpHost(
             index,
             invoker,
@@ -122,6 +137,8 @@ class Host:
                 route.template.template,
                 route.auth_level,
             )
+        for timer in self.timers:  # after the HTTP server, as the host starts listeners once it is up
+            timer.start()
         log.info("devhost ready on http://127.0.0.1:%d with %d functions", self.http.port, len(index.functions))
 
     def stop(self) -> None:
@@ -129,6 +146,9 @@ class Host:
         if self.http is not None:
             self.http.stop()
             self.http = None
+        for timer in self.timers:
+            timer.stop()
+        self.timers = []
         for listener in self.listeners:
             listener.stop()
         self.listeners = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -82,7 +83,9 @@ async def start_billing_run(req: func.HttpRequest, client: df.DurableOrchestrati
         )
         index = RunIndex(rt.tables, rt.settings.table_prefix)
         marks = await asyncio.to_thread(_marks)  # may create the billing table: never on the event loop
-        instance_id = await runs.start_run(client, run, instance_id, vault_service(), marks, index)
+        stage = partial(notify.run_approval_staged, budget_cents=run.budget_cents,  # before the start: a crash
+                        expires_at=run.approval_expires_at) if run.approval_expires_at else None  # cannot lose it
+        instance_id = await runs.start_run(client, run, instance_id, vault_service(), marks, index, stage)
     except SpendgateError as exc:
         return _error(exc)
     body = {**run_links(req.url, instance_id), "warnings": warnings(run)}
@@ -130,6 +133,7 @@ async def stop_billing_run(req: func.HttpRequest, client: df.DurableOrchestratio
                 datetime.now(UTC),
                 await asyncio.to_thread(_decisions),
                 notify.key_revoked,
+                notify.key_revoking,
             )
         )
     except SpendgateError as exc:

@@ -22,6 +22,10 @@ cap past the threshold* — and the reservation takes the new room in its next r
 - never early: it fires only once the rows below the threshold are proven (consistently) unable to
   hold the next reservation, i.e. usage + that reservation reaches it.
 
+The same write records `alerts_usage` (`usage_note`: the window, the percents, the usage with the
+reservation that crossed them, the time): no extra write, and the alert sweeper (alerts/sweeper.py)
+can rebuild the exact alert if the process died before recording it.
+
 The 100 % threshold is the cap itself: it fires when a reservation fills the cap exactly, or when a
 consistent read refuses a charge for the cap once every lower threshold has fired. A release after the crossing (a decline) can bring usage
 back below a threshold that fired; it does not fire again in that window.
@@ -29,7 +33,9 @@ back below a threshold that fired; it does not fire again in that window.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
@@ -111,8 +117,26 @@ def to_fire(key: KeyRecord, folded: Counters, day: str, need: int, true_room: in
     return out
 
 
-def op_mark_fired(key: KeyRecord, window: str, percents: set[int]) -> Operation:
-    """If-Match merge of the key row's `alerts_fired`: a concurrent marker (or any change) fails it."""
+def usage_note(window: str, percents: set[int], used: int, at: datetime) -> str:
+    """`alerts_usage`: what the marker's commit knew about the crossing, for the sweeper."""
+    iso = at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"window": window, "percents": sorted(percents), "used": used, "at": iso}, separators=(",", ":"))
+
+
+def read_usage_note(text: str | None) -> dict[str, object]:
+    try:
+        note = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def op_mark_fired(key: KeyRecord, window: str, percents: set[int], note: str = "") -> Operation:
+    """If-Match merge of the key row's `alerts_fired` (and `alerts_usage`): a concurrent marker (or any
+    change) fails it."""
     merged = fired(key, window) | percents
-    return ("update", {"PartitionKey": key.key_id, "RowKey": KEY_ROW, "alerts_fired": marker(window, merged)},
+    entity = {"PartitionKey": key.key_id, "RowKey": KEY_ROW, "alerts_fired": marker(window, merged)}
+    if note:
+        entity["alerts_usage"] = note
+    return ("update", entity,
             {"mode": UpdateMode.MERGE, "etag": key.etag, "match_condition": MatchConditions.IfNotModified})

@@ -1,13 +1,17 @@
 """Charges held for a person: a key's `approval_above_usd`, pending approvals, approve / reject.
 
 A metered charge priced from its own body (`POST /v1/payment_intents`, `POST /v1/charges`) on a
-key with `approval_above_usd` and an amount above it is not forwarded. `gate` answers
+key with `approval_above_usd` and an amount above it is not forwarded; nor is a confirm or capture
+of a payment intent whose amount (priced from Stripe, proxy/pricing.py) is above it. `gate` answers
 `402 approval_required` naming an approval, and records the request as a pending approval:
 
     table <prefix>approvals, PartitionKey "approval", RowKey = approval id
     apr_<sha256(key id, idempotency key)[:32]>: key_id, label, idempotency_key, fingerprint, method,
     path, amount_cents, customer, state (pending | approved | rejected), created_at, expires_at,
     decided_by, decided_at, reason
+
+(and in the `pending` / `decided` partitions of the same table, which list them:
+proxy/approval_index.py).
 
 The id is derived from (key, idempotency key), so a repeat of the request (a retry, a concurrent
 duplicate, the agent asking again) finds the same approval with one point read, and concurrent
@@ -21,8 +25,7 @@ under the key answers `idempotency_error`; a rejected one `approval_rejected`; o
 before `expires_at` (`SPENDGATE_APPROVAL_TIMEOUT`) `approval_expired`. All three are 402/400
 with `Stripe-Should-Retry: false` and change nothing.
 
-Not gated: confirms, captures and refunds, whose amount is read from Stripe just before the
-reservation (proxy/pricing.py); a key meant to be held should not be allowed those endpoints.
+Not gated: refunds, which return money.
 """
 
 from __future__ import annotations
@@ -30,22 +33,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from core.errors import SpendgateError
 from core.settings import Settings
+from proxy.approval_index import RETENTION_DAYS, ApprovalIndex, Page
 from proxy.keys import parse_vault_key, secret_matches
 
 PARTITION = "approval"
 PRINCIPAL_HEADER = "x-ms-client-principal-name"  # set by App Service Authentication (Easy Auth)
 MAX_REASON = 500
+log = logging.getLogger("spendgate.approvals")
 
 
 def _iso(t: datetime) -> str:
@@ -163,6 +169,13 @@ class ChargeApprovals:
         except ResourceNotFoundError:
             return None
 
+    @property
+    def index(self) -> ApprovalIndex:
+        """The pending / decided listing partitions (proxy/approval_index.py); decisions are kept at least
+        `RETENTION_DAYS`, and always longer than the proxy's idempotency records."""
+        days = max(RETENTION_DAYS, self._settings.idempotency_retention_days + 1)
+        return ApprovalIndex(self.table, timedelta(days=days))
+
     def gate(self, key_id: str, label: str, method: str, path: str, fingerprint: str, amount_cents: int,
              customer: str | None, idempotency_key: str, now: datetime) -> Approval | None:
         """None when this very request was approved; else raises `ApprovalHeld` (its `created` says
@@ -171,11 +184,16 @@ class ChargeApprovals:
         if found is None:
             fresh = Approval(approval_id(key_id, idempotency_key), key_id, label, idempotency_key, fingerprint, method,
                              path, amount_cents, customer, "pending", _iso(now), _iso(now + self.ttl))
+            # the pending index first: a crash after it leaves an orphan the sweeper drops, never an
+            # approval nobody can list
+            indexed = self._ensure_table(lambda: self.index.add_pending(fresh.view(now)))
             try:
                 self._create(_entity(fresh))
             except ResourceExistsError:  # a concurrent duplicate created it first
                 found = self.get(fresh.id)
             else:
+                if not indexed:  # a concurrent duplicate wrote the index row with its view: ours won
+                    self.index.add_pending(fresh.view(now), overwrite=True)
                 raise ApprovalHeld("approval_required", fresh, _held_message(fresh, created=True), created=True)
         assert found is not None
         if found.fingerprint != fingerprint:
@@ -196,12 +214,15 @@ class ChargeApprovals:
         raise ApprovalHeld("approval_required", found, _held_message(found, created=False))
 
     def _create(self, entity: dict[str, Any]) -> None:
+        self._ensure_table(lambda: self.table.create_entity(entity))
+
+    def _ensure_table[T](self, call: Callable[[], T]) -> T:
         try:
-            self.table.create_entity(entity)
+            return call()
         except ResourceNotFoundError:
             with contextlib.suppress(ResourceExistsError):
                 self._tables.create_table(self.name)
-            self.table.create_entity(entity)
+            return call()
 
     def decide(self, approval: str, decision: str, who: str, reason: str | None, now: datetime) -> dict[str, Any]:
         """Approve or reject a pending approval, once (If-Match); `NotPending` otherwise."""
@@ -217,19 +238,51 @@ class ChargeApprovals:
         except ResourceModifiedError:  # someone decided between our read and write
             now_there = self.get(approval)
             raise NotPending((now_there or found).view(now)) from None
+        try:  # the decision stands; the listing catches up here, or in the sweeper after a failure
+            self.index.record_decided(decided.view(now))
+        except AzureError as exc:
+            log.warning("approval %s decided but not re-indexed (the sweeper will): %s", approval, type(exc).__name__)
         return decided.view(now)
 
-    def list(self, state: str | None, now: datetime, limit: int = 100) -> list[dict[str, Any]]:
-        """Approvals newest first, optionally of one state (`pending`, `approved`, `rejected`, `expired`)."""
-        try:
-            rows = [_from(e) for e in self.table.query_entities(f"PartitionKey eq '{PARTITION}'")]
-        except ResourceNotFoundError:
-            return []
-        views = [a.view(now) for a in rows]
-        if state:
-            views = [v for v in views if v["state"] == state]
-        views.sort(key=lambda v: v["created_at"], reverse=True)
-        return views[:limit]
+    def list(self, state: str, now: datetime, limit: int = 20, starting_after: str | None = None) -> dict[str, Any]:
+        """A page of approvals (`pending`: newest first; decided states: newest decision first; `all`: what
+        waits, then what was decided), Stripe's list object (`data`, `has_more`)."""
+        after = None
+        if starting_after:
+            cursor = self.get(starting_after)
+            if cursor is None:
+                raise SpendgateError("policy_invalid", f"no approval {starting_after[:40]!r}", param="starting_after")
+            after = cursor.view(now)
+        if state == "pending":
+            return self.index.list_pending(now, limit, after).body()
+        if state != "all":
+            return self.index.list_decided(state, limit, after).body()
+        if after is None or after["state"] == "pending":
+            waiting = self.index.list_pending(now, limit, after)
+            if waiting.has_more:
+                return waiting.body()
+            rest = self.index.list_decided(None, limit - len(waiting.data), None)
+            return Page(waiting.data + rest.data, rest.has_more).body()
+        return self.index.list_decided(None, limit, after).body()
+
+    def sweep(self, now: datetime, grace: timedelta) -> dict[str, int]:
+        """Upkeep of the listing (the alert sweeper's timer): move pending rows whose approval was decided
+        or expired to `decided`, drop orphans, delete decisions past the retention."""
+        index, moved, dropped, forgotten = self.index, 0, 0, 0
+        for row in index.pending_rows():
+            if now - _dt(row["created_at"]) < grace:
+                continue  # its gate or decision may still be writing
+            found = self.get(row["RowKey"])
+            if found is None:
+                index.drop_pending(row["RowKey"])
+                dropped += 1
+            elif found.state_at(now) != "pending":
+                index.record_decided(found.view(now))
+                moved += 1
+        for approval, decided_key in list(index.stale_decided(now)):
+            index.forget(approval, decided_key, PARTITION)
+            forgotten += 1
+        return {"moved": moved, "dropped": dropped, "forgotten": forgotten}
 
 
 def view_for_key(

@@ -12,7 +12,8 @@ adapts to it), taking its storage, HTTP client, settings and clock as arguments:
    allowlist, then the request's own validation errors and `expand[]`. A charge above the
    key's `approval_above_usd` stops here with 402 `approval_required` unless a person approved
    this very request (proxy/approvals.py).
-4. POST: a confirm, capture or refund is priced from Stripe (proxy/pricing.py). A
+4. POST: a confirm, capture or refund is priced from Stripe (proxy/pricing.py); a confirm or
+   capture above `approval_above_usd` is then held as in 3 (a refund returns money: never). A
    completed record replays; an in-flight one answers 409; a different body answers
    idempotency_error; an ambiguous (or abandoned) one is taken over, looked up in Stripe
    (marker, or the intent's status) and settled, or forwarded again with the same key.
@@ -69,6 +70,9 @@ from proxy.upstream import LookupIncomplete, Upstream, find_created, send
 __all__ = ["ProxyDeps", "ProxyResponse", "handle_proxy_request", "new_request_id", "outcome_ops", "utcnow"]
 log = logging.getLogger("spendgate.proxy")
 MAX_ATTEMPTS = 60
+# Priced from Stripe, then held for approval like a charge priced from its body: a confirm or capture
+# moves the money. A refund returns it and is never held (docs/approvals.md).
+HELD_AFTER_PRICING = ("intent", "capture")
 _DUMMY_HASH = hash_secret("not-a-secret")
 
 
@@ -249,6 +253,9 @@ def _post(
             if record is None or not idem.is_live(record, now):
                 raise
             priced = err
+    if priced is None and request.kind in HELD_AFTER_PRICING and key.approval_above_cents is not None and \
+            request.metered_amount > key.approval_above_cents and deps.approvals is not None:
+        _gate(deps, key, request, idem_key, now)  # a confirm or capture above the threshold waits like a charge
     amount, day = request.metered_amount, now.date().isoformat()
     parsed_key_id = key.key_id
     for attempt in range(MAX_ATTEMPTS):

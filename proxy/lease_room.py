@@ -287,8 +287,11 @@ class RoomSearch:
                 self._learn(lane, key, leases)
                 return every_row  # (after a retry: what was read differs, so look again)
             b = alert_bands.binding(key, total, day)
+            marked = set(crossing)
+            used = b.used + need if need <= true_room else b.used  # with the reservation that reaches it, if it fits
+            note = alert_bands.usage_note(b.window, marked, used, self.clock())  # in the marker's write, for the sweeper
             try:
-                self.store.submit(self._grant_next_band(key, leases, day, b.window, set(crossing), need, every_row))
+                self.store.submit(self._grant_next_band(key, leases, day, b.window, marked, need, every_row, note))
                 self.key_commits += 1
                 break
             except Conflict:
@@ -302,7 +305,7 @@ class RoomSearch:
             return True  # the rows kept changing: the next round looks again
         if self.on_threshold is not None:
             try:  # usage as of the crossing: with the reservation that reaches it (unless the cap refuses it)
-                self.on_threshold(key, replace(b, used=b.used + need) if need <= true_room else b, crossing)
+                self.on_threshold(key, replace(b, used=used), crossing)
             except Exception:  # an alert never fails the ledger
                 log.exception("threshold alert for key_id=%s failed", key.key_id)
         self._refresh(lane, "threshold")
@@ -310,22 +313,23 @@ class RoomSearch:
 
     @staticmethod
     def _grant_next_band(key: KeyRecord, leases: list[Lease], day: str, window: str, marked: set[int], unit: int,
-                         every_row: bool) -> list[Any]:
+                         every_row: bool, note: str = "") -> list[Any]:
         """The threshold's marker as one If-Match write of the key row that also grants the room up to
         the next unfired threshold to today's leases, in whole multiples of the charge's size when the
-        room allows (If-Match on each as read; with `every_row`, on every other lease too, unchanged)."""
+        room allows (If-Match on each as read; with `every_row`, on every other lease too, unchanged).
+        `note`: the crossing's usage, kept on the key row for the alert sweeper (alerts/sweeper.py)."""
         fired_key = replace(key, alerts_fired=alert_bands.marker(window, alert_bands.fired(key, window) | marked))
         todays = [x for x in leases if x.day == day and x.revoked_at is None]
         counters = current(key.counters, day)
         shares = split(key_room(fired_key, counters, day), len(todays), unit) if todays else []
         others = [op_write_lease(x) for x in leases if x not in todays] if every_row else []
         if sum(shares) <= 0:
-            if not every_row:
-                return [alert_bands.op_mark_fired(key, window, marked)]
-            todays_ops = [op_write_lease(x) for x in todays]
-            return [alert_bands.op_mark_fired(key, window, marked), *todays_ops, *others]
+            marker = alert_bands.op_mark_fired(key, window, marked, note)
+            return [marker, *[op_write_lease(x) for x in todays], *others] if every_row else [marker]
         op_key = op_update_counters(key, granted(counters, sum(shares)))
         op_key[1]["alerts_fired"] = fired_key.alerts_fired
+        if note:
+            op_key[1]["alerts_usage"] = note
         return [op_key, *[op_write_lease(replace(x, grant=x.grant + g)) for x, g in zip(todays, shares, strict=True)],
                 *others]
 

@@ -1,7 +1,8 @@
 """HTTP triggers for the vault admin API and the Stripe proxy (thin: parse, call, shape).
 
 Admin routes use function auth (`x-functions-key` / `?code=`), among them the held-charge
-approvals (`GET /api/approvals`, `POST /api/approvals/{id}/approve|reject`; docs/approvals.md);
+approvals (`GET /api/approvals`, paged Stripe-style, and `POST /api/approvals/{id}/approve|reject`;
+docs/approvals.md);
 `GET /api/billing/approvals/{id}` answers the vault key that asked. The proxy routes are
 anonymous because the vault key in the request authenticates it. The proxy answers at
 Stripe's own paths, `/v1/...` at the root of the host (host.json's route prefix is empty,
@@ -84,7 +85,8 @@ def vault_describe_key(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="api/vault/keys/{key_id}", methods=["DELETE"], auth_level=_FUNCTION)
 def vault_revoke_key(req: func.HttpRequest) -> func.HttpResponse:
-    return _admin(lambda v: v.revoke(req.route_params["key_id"], on_revoked=notify.key_revoked))
+    return _admin(lambda v: v.revoke(req.route_params["key_id"], on_revoked=notify.key_revoked,
+                                     before_revoke=notify.key_revoking))
 
 
 @bp.route(route="api/vault/keys/{key_id}/audit", methods=["GET"], auth_level=_FUNCTION)
@@ -118,13 +120,20 @@ def _approvals() -> ChargeApprovals:
 
 @bp.route(route="api/approvals", methods=["GET"], auth_level=_FUNCTION)
 def list_approvals(req: func.HttpRequest) -> func.HttpResponse:
-    """Charges waiting for a person (`?state=pending|approved|rejected|expired`, default pending)."""
+    """Held charges (`?state=pending|approved|rejected|expired|all`, default pending), a page at a time
+    (`limit` 1-100, default 20; `starting_after` an approval id; the answer says `has_more`)."""
     state = req.params.get("state", "pending")
     if state not in ("pending", "approved", "rejected", "expired", "all"):
         return _error(SpendgateError("policy_invalid", "state must be pending, approved, rejected, expired or all",
                                      param="state"))
-    now = datetime.now(UTC)
-    return _admin(lambda _v: {"data": _approvals().list(None if state == "all" else state, now)})
+    try:
+        limit = _int_param(req, "limit", 20)
+        if not 1 <= limit <= 100:
+            raise SpendgateError("policy_invalid", "limit must be between 1 and 100", param="limit")
+    except SpendgateError as err:
+        return _error(err)
+    now, after = datetime.now(UTC), req.params.get("starting_after") or None
+    return _admin(lambda _v: _approvals().list(state, now, limit, after))
 
 
 def _decide_approval(req: func.HttpRequest, decision: str) -> func.HttpResponse:

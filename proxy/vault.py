@@ -44,13 +44,14 @@ class VaultService:
 
     def __init__(
         self, tables: TableServiceClient, settings: Settings, clock: Callable[[], datetime] = utcnow,
-        *, stripe_http: httpx.Client | None = None,
+        *, stripe_http: httpx.Client | None = None, watch: Callable[[str, datetime], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.store = LedgerStore(tables, settings)
         self._tables = tables
         self._stripe_http = stripe_http
+        self._watch = watch  # indexes a key for the alert sweeper before it is created (alerts/sweeper.py)
 
     # --- keys ------------------------------------------------------------------------
     def issue(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,6 +87,8 @@ class VaultService:
             metadata=policy.metadata, auto_idempotency=policy.auto_idempotency,
             approval_above_cents=policy.approval_above_cents, alert_thresholds=policy.alert_thresholds,
         )
+        if self._watch is not None:  # first: a key whose thresholds the sweeper would not find never exists
+            self._watch(key_id, policy.expires_at)
         # Issued with its lease rows, so instances that start a fan-out together only claim one each
         # (docs/ledger.md, "The cap across many instances").
         insert_key_with_leases(self.store, record, now.date().isoformat())
@@ -101,13 +104,17 @@ class VaultService:
         records, token = self.store.keys(label, int(limit), continuation)
         return {"data": [self._view(r, now) for r in records], "continuation": token}
 
-    def revoke(self, key_id: str, on_revoked: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    def revoke(self, key_id: str, on_revoked: Callable[[str, str], None] | None = None,
+               before_revoke: Callable[[str, str], None] | None = None) -> dict[str, Any]:
         """Revoke a key (idempotent). Once this returns, no request with the key is forwarded.
 
-        `on_revoked(key_id, label)` runs after a revoke that happened now (the route's alert)."""
+        `on_revoked(key_id, label)` runs after a revoke that happened now (the route's alert),
+        `before_revoke` just before it (the alert staged, alerts/outbox.py)."""
         record = self._get(key_id)
         if record.revoked_at is None:
             revoked_at = self.clock()
+            if before_revoke is not None:
+                before_revoke(key_id, record.label)
             self.store.mark_revoked(key_id, revoked_at)
             if on_revoked is not None:
                 on_revoked(key_id, record.label)
@@ -265,7 +272,8 @@ class VaultService:
 
 def vault_service() -> VaultService:
     """A VaultService on the process's runtime clients."""
+    from alerts.notify import watch_key
     from core.runtime import runtime
 
     rt = runtime()
-    return VaultService(rt.tables, rt.settings, stripe_http=rt.stripe_http)
+    return VaultService(rt.tables, rt.settings, stripe_http=rt.stripe_http, watch=watch_key)

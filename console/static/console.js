@@ -683,8 +683,20 @@
     return [decide("approve", "Approve", "btn-primary"), decide("reject", "Reject", "btn-danger")];
   }
 
+  // Every pending approval, a page of 100 at a time (Stripe-style: has_more, starting_after).
+  async function pendingApprovals() {
+    const all = [];
+    for (let after = null, page = 0; page < 50; page++) {
+      const got = await api("GET", "/approvals", { state: "pending", limit: 100, starting_after: after });
+      all.push(...(got.data || []));
+      if (!got.has_more || !(got.data || []).length) break;
+      after = got.data[got.data.length - 1].id;
+    }
+    return { data: all };
+  }
+
   async function loadApprovals() {
-    const [charges, runs] = await Promise.all([api("GET", "/approvals", { state: "pending" }), api("GET", "/billing/runs", { limit: 100 })]);
+    const [charges, runs] = await Promise.all([pendingApprovals(), api("GET", "/billing/runs", { limit: 100 })]);
     const waiting = (runs.data || []).map(runInfo).filter((x) => x.awaiting);
     const runBody = $("#run-approvals-table tbody");
     renderIfChanged(runBody, waiting.map((x) => [x.id, x.raw.progress]), () => runBody.replaceChildren(...waiting.map((x) => {

@@ -146,3 +146,96 @@ def test_the_agent_tools_wait_for_approval_and_then_charge_once(app_stack: AppSt
     paid = [pi for pi in iter_objects(app_stack.localstripe.url, STRIPE_TEST_SECRET, "payment_intents")
             if pi.get("customer") == customer and pi.get("status") == "succeeded"]
     assert [pi["amount"] for pi in paid] == [7500]
+
+
+def _stripe(stack: AppStack, path: str, **data: Any) -> dict[str, Any]:
+    """Straight to localstripe with the real secret: an intent created outside the proxy."""
+    resp = httpx.post(f"{stack.localstripe.url}{path}", data=data, timeout=30,
+                      headers={"Authorization": f"Bearer {STRIPE_TEST_SECRET}"})
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def _intent(stack: AppStack, intent_id: str) -> dict[str, Any]:
+    resp = httpx.get(f"{stack.localstripe.url}/v1/payment_intents/{intent_id}", timeout=30,
+                     headers={"Authorization": f"Bearer {STRIPE_TEST_SECRET}"})
+    return dict(resp.json())
+
+
+def test_confirms_and_captures_above_the_threshold_are_held_and_refunds_are_not(app_stack: AppStack) -> None:
+    key = issue(app_stack, cap=500, above=50, endpoints=[
+        "POST /v1/payment_intents/*/confirm", "POST /v1/payment_intents/*/capture", "POST /v1/refunds"])
+    auth = {"Authorization": f"Bearer {key['vault_key']}"}
+    # created elsewhere (not through this key, so never held at creation): $99 waiting to be confirmed,
+    # and $80 authorized and waiting to be captured
+    to_confirm = _stripe(app_stack, "/v1/payment_intents", amount="9900", currency="usd", payment_method="pm_card_visa")
+    to_capture = _stripe(app_stack, "/v1/payment_intents", amount="8000", currency="usd", payment_method="pm_card_visa",
+                         capture_method="manual", confirm="true")
+    assert (to_confirm["status"], to_capture["status"]) == ("requires_confirmation", "requires_capture")
+
+    def post(path: str, idem: str, **data: str) -> httpx.Response:
+        return httpx.post(f"{app_stack.url}{path}", headers={**auth, "Idempotency-Key": idem}, data=data, timeout=60)
+
+    confirm_path = f"/v1/payment_intents/{to_confirm['id']}/confirm"
+    capture_path = f"/v1/payment_intents/{to_capture['id']}/capture"
+    held = [post(confirm_path, "confirm-1"), post(capture_path, "capture-1")]
+    assert [r.status_code for r in held] == [402, 402], [r.text for r in held]
+    assert all(r.json()["error"]["code"] == "approval_required" for r in held)
+    assert all(r.headers.get("Stripe-Should-Retry") == "false" for r in held)
+    # nothing moved: both intents are as they were
+    assert _intent(app_stack, to_confirm["id"])["status"] == "requires_confirmation"
+    assert _intent(app_stack, to_capture["id"])["status"] == "requires_capture"
+    approvals = [r.json()["error"]["approval"] for r in held]
+    waiting = pending(app_stack)
+    assert {waiting[a]["amount_cents"] for a in approvals} == {9900, 8000}  # priced from Stripe
+    assert {waiting[a]["path"] for a in approvals} == {confirm_path, capture_path}
+
+    for a in approvals:
+        assert decide(app_stack, a, "approve", approver="ops@example.com").status_code == 200
+    done = [post(confirm_path, "confirm-1"), post(capture_path, "capture-1")]
+    assert [r.status_code for r in done] == [200, 200], [r.text for r in done]
+    assert _intent(app_stack, to_confirm["id"])["status"] == "succeeded"
+    assert _intent(app_stack, to_capture["id"])["status"] == "succeeded"
+    again = post(confirm_path, "confirm-1")  # a repeat replays: the intent is confirmed once
+    assert again.status_code == 200 and again.json()["id"] == to_confirm["id"]
+
+    # a refund returns money: $99 back, above the threshold, is not held
+    refund = post("/v1/refunds", "refund-1", payment_intent=to_confirm["id"])
+    assert refund.status_code == 200, refund.text
+    assert refund.json()["amount"] == 9900
+    spent = httpx.get(f"{app_stack.url}/api/vault/keys/{key['key_id']}", headers=app_stack.admin_headers,
+                      timeout=30).json()
+    # each reserved against the cap as any request: a refund too (docs/proxy.md), it just is not held
+    assert spent["spent_cents"] == 9900 + 8000 + 9900
+
+
+def test_the_approvals_list_pages_over_http(app_stack: AppStack) -> None:
+    key = issue(app_stack, cap=500, above=5)
+    held = []
+    for n in range(3):
+        resp = charge(app_stack, key["vault_key"], f"page-{uuid.uuid4().hex}-{n}", 900 + n, uuid.uuid4().hex)
+        assert resp.status_code == 402
+        held.append(resp.json()["error"]["approval"])
+    assert decide(app_stack, held[0], "reject", approver="ops").status_code == 200
+
+    def page(**params: Any) -> httpx.Response:
+        return httpx.get(f"{app_stack.url}/api/approvals", params=params, headers=app_stack.admin_headers, timeout=30)
+
+    seen, after = [], None
+    while True:  # every pending approval of the session, one at a time, newest first
+        body = page(limit=1, **({"starting_after": after} if after else {})).json()
+        assert body["object"] == "list" and len(body["data"]) <= 1
+        seen += [a["id"] for a in body["data"]]
+        if not body["has_more"]:
+            break
+        after = body["data"][-1]["id"]
+    assert held[2] in seen and held[1] in seen and held[0] not in seen
+    assert seen.index(held[2]) < seen.index(held[1])  # newest first
+    assert len(seen) == len(set(seen))
+    rejected = page(state="rejected", limit=100).json()["data"]
+    assert held[0] in [a["id"] for a in rejected]
+    for bad in ({"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"state": "done"}):
+        resp = page(**bad)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "policy_invalid", resp.text
+    missing = page(starting_after="apr_" + "0" * 32)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "starting_after"

@@ -72,7 +72,7 @@ def test_the_approvals_view_approves_and_rejects_held_charges(
 
     decide_in_dialog(tab, row, "approve", "ops@example.com")
     expect(row).to_have_count(0, timeout=10_000)
-    decided = {a["id"]: a for a in admin.get("/api/approvals", params={"state": "all"}).json()["data"]}[approval]
+    decided = {a["id"]: a for a in admin.get("/api/approvals", params={"state": "approved"}).json()["data"]}[approval]
     assert decided["state"] == "approved" and decided["decided_by"] == "ops@example.com"
     with ProxyClient(f"{app_stack.url}/api/stripe", key["vault_key"], max_retries=0) as client:
         assert client.post("/v1/payment_intents", pi_params(4200, tag), idempotency_key=idem).outcome is Outcome.SUCCEEDED
@@ -81,7 +81,7 @@ def test_the_approvals_view_approves_and_rejects_held_charges(
     other_row = page.locator(f'tr[data-approval-id="{other}"]')
     decide_in_dialog(tab, other_row, "reject", "finance@example.com")
     expect(other_row).to_have_count(0, timeout=10_000)
-    rejected = {a["id"]: a for a in admin.get("/api/approvals", params={"state": "all"}).json()["data"]}[other]
+    rejected = {a["id"]: a for a in admin.get("/api/approvals", params={"state": "rejected"}).json()["data"]}[other]
     assert rejected["state"] == "rejected" and rejected["decided_by"] == "finance@example.com"
 
     # The key's page lists its alerts: the approval request.

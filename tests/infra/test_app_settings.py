@@ -32,6 +32,8 @@ NOT_SET_ON_AZURE: dict[str, str] = {
     "SPENDGATE_PROXY_URL": "optional; core/settings.py builds it from WEBSITE_HOSTNAME, which the platform sets "
     "to the app's real host name (set it only behind a custom domain)",
     "WEBSITE_HOSTNAME": "platform-provided on Azure Functions",
+    "SPENDGATE_ALERT_SWEEP_GRACE_SECONDS": "optional, default 60 (docs/approvals.md, the sweeper); tests shorten it",
+    "SPENDGATE_ALERT_FAULT": "tests only: makes the alert publish step fail so the sweeper can be proven",
 }
 
 # Set by main.bicep but read by the Functions host, not by spendgate's code.

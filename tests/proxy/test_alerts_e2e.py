@@ -90,8 +90,9 @@ def issue(base: str, **policy: Any) -> dict[str, Any]:
     return dict(resp.json())
 
 
-def queued(azurite: Service, key_id: str) -> list[dict[str, Any]]:
-    """The key's alerts on `spendgate-alerts` (peeked in pages of 32: the app never consumes this queue)."""
+def queued(azurite: Service, key_id: str | None) -> list[dict[str, Any]]:
+    """The key's alerts (None: every alert) on `spendgate-alerts`, received in pages of 32 and left there
+    (the app never consumes this queue); what was read stays invisible for a minute."""
     client = QueueClient.from_connection_string(azurite.extra["connection_string"], "spendgate-alerts")
     seen, out = set(), []
     for _ in range(200):  # received (not deleted) in turn, so every message is looked at once
@@ -102,7 +103,7 @@ def queued(azurite: Service, key_id: str) -> list[dict[str, Any]]:
             if m.id not in seen:
                 seen.add(m.id)
                 alert = json.loads(base64.b64decode(m.content))
-                if alert.get("key_id") == key_id:
+                if key_id is None or alert.get("key_id") == key_id:
                     out.append(alert)
     return out
 

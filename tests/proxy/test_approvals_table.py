@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from azure.data.tables import UpdateMode
 
 from core.errors import SpendgateError
 from core.settings import Settings
 from core.storage import table_service_from_connection_string
 from devhost.services import Service
-from proxy.approvals import ApprovalHeld, ChargeApprovals, NotPending, approval_id
+from proxy.approval_index import RETENTION_DAYS
+from proxy.approvals import ApprovalHeld, ChargeApprovals, NotPending, _entity, approval_id
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -43,7 +46,7 @@ def test_concurrent_first_requests_create_one_pending_approval(approvals: Charge
     assert all(h is not None and h.code == "approval_required" for h in held)
     assert {h.approval.id for h in held if h} == {approval_id("k1", "order-1")}
     assert sum(1 for h in held if h and h.created) == 1  # one alert, whoever created it
-    listed = approvals.list("pending", NOW)
+    listed = approvals.list("pending", NOW)["data"]
     assert [a["id"] for a in listed] == [approval_id("k1", "order-1")] and listed[0]["expires_at"] == "2026-12-02T12:30:00Z"
 
 
@@ -85,5 +88,63 @@ def test_nobody_deciding_in_time_expires_it(approvals: ChargeApprovals) -> None:
     with pytest.raises(NotPending) as err:
         approvals.decide(apr.approval.id, "approved", "ops", None, late)
     assert err.value.state["state"] == "expired"
-    assert approvals.list("expired", late)[0]["id"] == apr.approval.id
+    assert approvals.list("pending", late)["data"] == []  # expired: no longer listed as waiting
+    assert approvals.sweep(late, timedelta(0)) == {"moved": 1, "dropped": 0, "forgotten": 0}
+    assert approvals.list("expired", late)["data"][0]["id"] == apr.approval.id
     assert approvals.get("apr_not-an-id") is None
+
+
+def _rows(a: ChargeApprovals, partition: str) -> list[str]:
+    return [e["RowKey"] for e in a.table.query_entities("PartitionKey eq @pk", parameters={"pk": partition})]
+
+
+def test_lists_page_stripe_style_and_pending_never_reads_decided_rows(approvals: ChargeApprovals) -> None:
+    ids = []
+    for n in range(7):  # created a minute apart: newest first is the reverse
+        held = hold(approvals, now=NOW + timedelta(minutes=n), idem=f"order-{n}")
+        assert held is not None
+        ids.append(held.approval.id)
+    t = NOW + timedelta(minutes=10)
+    for n in (0, 2, 4):  # decided in this order: the newest decision is order-4's
+        approvals.decide(ids[n], "approved" if n != 2 else "rejected", "ops", None, t + timedelta(seconds=n))
+    assert sorted(_rows(approvals, "pending")) == sorted(ids[n] for n in (1, 3, 5, 6))  # what a pending list reads
+
+    first = approvals.list("pending", t, limit=3)
+    assert [a["id"] for a in first["data"]] == [ids[6], ids[5], ids[3]] and first["has_more"] is True
+    rest = approvals.list("pending", t, limit=3, starting_after=ids[3])
+    assert [a["id"] for a in rest["data"]] == [ids[1]] and rest["has_more"] is False
+
+    decided = approvals.list("all", t, limit=10)  # what waits, then the decisions, newest first
+    assert [a["id"] for a in decided["data"]] == [ids[6], ids[5], ids[3], ids[1], ids[4], ids[2], ids[0]]
+    page = approvals.list("approved", t, limit=1)
+    assert [a["id"] for a in page["data"]] == [ids[4]] and page["has_more"] is True
+    page = approvals.list("approved", t, limit=1, starting_after=ids[4])
+    assert [a["id"] for a in page["data"]] == [ids[0]] and page["has_more"] is False
+    assert approvals.list("all", t, limit=2, starting_after=ids[4])["data"][0]["id"] == ids[2]
+    with pytest.raises(SpendgateError) as err:
+        approvals.list("approved", t, starting_after="apr_" + "0" * 32)
+    assert err.value.param == "starting_after"
+
+
+def test_decisions_are_deleted_only_past_the_retention_and_crashes_are_repaired(approvals: ChargeApprovals) -> None:
+    held = hold(approvals)
+    assert held is not None
+    approvals.decide(held.approval.id, "approved", "ops", None, NOW + timedelta(minutes=1))
+    assert approvals.index.retention == timedelta(days=RETENTION_DAYS)  # 90 > the 30-day idempotency retention
+    assert approvals.sweep(NOW + timedelta(days=RETENTION_DAYS - 1), timedelta(0))["forgotten"] == 0
+    assert approvals.get(held.approval.id) is not None
+    assert approvals.sweep(NOW + timedelta(days=RETENTION_DAYS, minutes=2), timedelta(0))["forgotten"] == 1
+    assert approvals.get(held.approval.id) is None and _rows(approvals, "decided") == []
+
+    # a crash between the decision and the index: the pending row stays until the sweeper moves it
+    other = hold(approvals, idem="order-crash")
+    assert other is not None
+    decided = replace(other.approval, state="rejected", decided_by="ops", decided_at="2026-12-02T12:05:00Z")
+    approvals.table.update_entity(_entity(decided), mode=UpdateMode.REPLACE)  # the decision alone
+    assert approvals.sweep(NOW + timedelta(minutes=6), timedelta(seconds=30))["moved"] == 1
+    assert _rows(approvals, "pending") == [] and approvals.list("rejected", NOW)["data"][0]["id"] == other.approval.id
+
+    # a crash between the pending row and the approval row: an orphan, dropped after the grace
+    approvals.index.add_pending({**other.approval.view(NOW), "id": "apr_" + "1" * 32})
+    assert approvals.sweep(NOW + timedelta(seconds=10), timedelta(seconds=30))["dropped"] == 0
+    assert approvals.sweep(NOW + timedelta(minutes=1), timedelta(seconds=30))["dropped"] == 1
