@@ -303,8 +303,9 @@ class LeaseLedger(RoomSearch, GroupLedger):
                     raise Conflict("the key is gone")
             elif lease_written and exc.index == n_ledger - 1:
                 self._reread_own(lane)
-            else:  # that lease moved, so others may have too: the next shortage reads them all (`_pool`)
-                lane.others_stale = True
+            else:  # that lease moved, so others may have too: the next shortage reads them all (`_pool`),
+                lane.others_stale = True  # after a pause: its owner is using it, or another taker won it,
+                self._wait(lane)  # and reading again at once mostly meets the same race (a storm at a band's edge)
             return
         before = (lane.known.etag if lane.known else None, lane.lease.etag if lane.lease else None)
         self._refresh(lane, "conflict")
