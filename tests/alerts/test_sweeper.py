@@ -25,8 +25,16 @@ from proxy.approvals import ApprovalHeld, ChargeApprovals
 from proxy.store import KEY_ROW, KeyRecord, LedgerStore, key_to_entity
 
 pytestmark = pytest.mark.integration
-NOW = datetime.now(UTC)
+NOW = datetime.now(UTC)  # set again before each test (below)
 GRACE = timedelta(seconds=30)
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """Rows are stamped with the real clock and compared with NOW: taken once at import, NOW was
+    minutes old when this module ran after slow ones, and a staged row looked too young to sweep."""
+    global NOW
+    NOW = datetime.now(UTC)
 
 
 @pytest.fixture
