@@ -3,16 +3,18 @@
 The search half of `LeaseLedger` (proxy/leases.py commits). An instance without a lease claims
 one: a free lease it knows of, else one of a few slots probed with point reads (the key row
 says how many lease rows exist), else one seen in a read of the whole partition. A lease that
-runs short takes room from others in the same transaction as the reservation: all of a free
-(or expired) one's, half of a roomy one's, a fragment (less than the taker needs) of any, and
-nothing from an owner busy with its last few reservations; each with a point read first,
-and at most `TAKE_READS` reads per attempt that find nothing to take. With nothing within
-reach, a short instance waits, reading the whole partition at most every `READ_SPACING`
-seconds per instance owning a lease (a fleet of waiting instances reads it ~30 times a second,
-however many there are); a refusal comes only from a consistent read of the partition
-(`_snapshot`). Why each rule: docs/ledger.md, "Candidates measured for many instances".
+runs short takes room from others in the same transaction as the reservation, from the rows as
+read at most `FRESH_SECONDS` ago (else it reads the key's lease range first, `_pool`; If-Match
+checks what it takes): all of a free (or idle) one's, half of a roomy one's, a fragment (less
+than the taker needs) of any, nothing from an owner busy with its last few reservations, up to
+a fair share, in whole units of the charge. A take that loses its race pauses before the next
+read. With nothing within reach, a short instance waits, point-reads its own lease (a band's
+grant lands there), and reads the whole partition at most every `READ_SPACING` seconds per
+instance owning a lease (a fleet of waiting instances reads it ~30 times a second, however many
+there are). A refusal comes only from a consistent read of the partition (`_snapshot`); an alert
+threshold is fired by a commit with If-Match on every row, which proves its read current. Why
+each rule: docs/ledger.md, "Candidates measured for many instances" and "Fourth round".
 """
-
 from __future__ import annotations
 
 import logging
@@ -65,7 +67,6 @@ class _LeaseLane(_Lane):
         self.others: dict[str, Lease] = {}  # the other leases as last read (If-Match bases for taking room)
         self.others_stale = False  # taking room from one of them failed: read them all before trying again
         self.backoff = 0.0  # seconds to wait before the next read of the partition while the room is with others
-        self.seen: dict[str, datetime] = {}  # when each other lease was last read
         self.read_gap = 0.0  # seconds between reads of the whole partition while nothing is within reach
         self.read_at = 0.0  # when the whole partition was last read (monotonic)
         self.last_used = time.monotonic()
@@ -168,7 +169,6 @@ class RoomSearch:
                 lane.lease = lease
             else:
                 lane.others[lease.slot] = lease
-                lane.seen[lease.slot] = seen
 
     # --- lease rows: creation, adoption, the new day, the pool ---------------------------
 
@@ -208,7 +208,6 @@ class RoomSearch:
                 lane.lease = replace(lease, owner=lane.owner)  # claimed by our first write to it (If-Match)
                 return True
             lane.others[slot] = lease
-            lane.seen[slot] = now
         return False
 
     def _pool(self, lane: _LeaseLane, pending: list[_Intent], short: list[_Intent], day: str, now: datetime) -> None:

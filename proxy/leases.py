@@ -328,7 +328,6 @@ class LeaseLedger(RoomSearch, GroupLedger):
             lane.lease = replace(lease, owner=lane.owner)
         else:  # someone else claimed it first: the next round picks another
             lane.others[lease.slot] = lease
-            lane.seen[lease.slot] = self.clock()
 
     def _create_leases(self, lane: _LeaseLane, key: KeyRecord, day: str, amount: int) -> None:
         """Spread the key row's headroom over S new lease rows (one transaction, If-Match on the key row)."""
