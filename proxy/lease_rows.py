@@ -177,11 +177,12 @@ def first_leases(key: KeyRecord, day: str, unit: int, rounding: int = 0) -> tupl
 
 
 def split(room: int, n: int, unit: int) -> list[int]:
-    """`room` as `n` near-equal shares in whole multiples of `unit` where the room allows, so no lease
-    is left holding a fragment that a charge of that size cannot use; what is left over (less than
-    one unit, or less than one unit per share) stays with the caller (the key row)."""
+    """`room` as `n` near-equal shares in whole multiples of `unit` (the first shares one unit more
+    when they do not divide evenly; with less than one unit per share, a unit each to the first
+    ones and nothing to the rest), so no lease is left holding a fragment that a charge of that
+    size cannot use; what is left over, less than one unit, stays with the caller (the key row)."""
     n = max(1, n)
-    if unit <= 0 or room < unit * n:
+    if unit <= 0:
         return [room // n] * n
     units, extra = divmod(room // unit, n)
     return [(units + (1 if i < extra else 0)) * unit for i in range(n)]

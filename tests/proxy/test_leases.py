@@ -26,6 +26,7 @@ from core.errors import SpendgateError
 from core.settings import Settings
 from core.storage import table_service_from_connection_string
 from devhost.services import REPO_ROOT, Service
+from proxy.lease_rows import split
 from proxy.leases import LeaseLedger, partition_counters, read_partition
 from proxy.ledger import current
 from proxy.store import Conflict, KeyRecord, LedgerStore
@@ -387,3 +388,15 @@ def test_the_vault_issues_a_key_with_its_lease_rows(table: Table) -> None:
     assert [x.grant for x in leases] == [1_200] and row.counters.window_leased == 1_200  # whole dollars
     described = vault.describe(issued["key_id"])
     assert (described["spent_cents"], described["pending_cents"], described["remaining_cents"]) == (0, 0, 2_500)
+
+
+def test_grants_are_split_in_whole_charges_and_never_into_fragments() -> None:
+    """A band's room over the leases in use (proxy/lease_room.py `_grant_next_band`): whole units,
+    the remainder (less than one unit) left on the key row; with less than a unit per lease, a unit
+    each to the first ones rather than a few cents to every one, which no charge could use."""
+    assert split(35_999, 32, 100) == [1_200] * 7 + [1_100] * 25  # 359 charges of $1; 99 cents stay
+    assert split(100, 32, 100) == [100] + [0] * 31  # the cap's last charge: whole, in one lease
+    assert split(250, 4, 100) == [100, 100, 0, 0]
+    assert split(99, 3, 100) == [0, 0, 0]
+    assert split(1_000, 3, 0) == [333, 333, 333]  # no unit known: equal cents
+
