@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -24,6 +25,13 @@ CHROMIUM_ARGS = [
 ]
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def admin(app_stack: AppStack) -> Iterator[httpx.Client]:
+    """The operator's HTTP client (function key), for setting up what a browser test then looks at."""
+    with httpx.Client(base_url=app_stack.url, headers=app_stack.admin_headers, timeout=30) as client:
+        yield client
 
 
 # Module scope: Playwright's sync API keeps an event loop running on this thread while it

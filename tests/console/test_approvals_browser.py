@@ -7,7 +7,7 @@ localstripe after approval, the run's outcome.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,12 +23,6 @@ from tests.proxy.conftest import key_request, new_tag, pi_params, tagged_objects
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 OpenConsole = Callable[..., ConsolePage]
-
-
-@pytest.fixture(scope="module")
-def admin(app_stack: AppStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=app_stack.url, headers=app_stack.admin_headers, timeout=30) as client:
-        yield client
 
 
 def held_charge(stack: AppStack, admin: httpx.Client, amount: int) -> tuple[dict[str, Any], str, str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -26,12 +26,6 @@ from tests.proxy.conftest import key_request, new_tag, pi_params, tagged_objects
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 OpenConsole = Callable[..., ConsolePage]
-
-
-@pytest.fixture(scope="module")
-def admin(app_stack: AppStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=app_stack.url, headers=app_stack.admin_headers, timeout=30) as client:
-        yield client
 
 
 def issue_key(admin: httpx.Client, **overrides: Any) -> dict[str, Any]:
