@@ -203,12 +203,16 @@ class AlertOutbox:
             return False
         return True
 
-    def pending(self) -> list[Any]:
-        """The `_outbox` rows: alerts not yet known to be published (one partition)."""
+    def _partition(self, pk: str) -> list[Any]:
+        """Every row of one partition (none while the table does not exist yet)."""
         try:
-            return list(self.table.query_entities("PartitionKey eq @pk", parameters={"pk": OUTBOX}))
+            return list(self.table.query_entities("PartitionKey eq @pk", parameters={"pk": pk}))
         except ResourceNotFoundError:
             return []
+
+    def pending(self) -> list[Any]:
+        """The `_outbox` rows: alerts not yet known to be published (one partition)."""
+        return self._partition(OUTBOX)
 
     def watch_key(self, key_id: str, expires_at: datetime) -> None:
         """Add a key to the `_keys` index the sweeper reads (raises: the issue fails rather than go unwatched)."""
@@ -216,10 +220,7 @@ class AlertOutbox:
                                                        "expires_at": _iso(expires_at), "checked": ""}))
 
     def watched_keys(self) -> list[Any]:
-        try:
-            return list(self.table.query_entities("PartitionKey eq @pk", parameters={"pk": KEYS}))
-        except ResourceNotFoundError:
-            return []
+        return self._partition(KEYS)
 
     def mark_checked(self, key_id: str, marker: str) -> None:
         self.table.update_entity({"PartitionKey": KEYS, "RowKey": key_id, "checked": marker}, mode=UpdateMode.MERGE)
@@ -230,10 +231,6 @@ class AlertOutbox:
 
     def of(self, subject: str, limit: int = 50) -> list[dict[str, Any]]:
         """The alerts recorded for a key id (or `run-<id>`), newest first (pending ones too: recorded facts)."""
-        try:
-            rows = list(self.table.query_entities("PartitionKey eq @pk", parameters={"pk": subject}))
-        except ResourceNotFoundError:
-            return []
-        alerts = [json.loads(r["alert"]) for r in rows if r.get("alert")]
+        alerts = [json.loads(r["alert"]) for r in self._partition(subject) if r.get("alert")]
         alerts.sort(key=lambda a: str(a.get("created_at")), reverse=True)
         return alerts[:limit]
