@@ -208,8 +208,7 @@ def _handle(
     if caller_key is None and not key.auto_idempotency:
         candidate = idem.random_key()
     draft.idempotency_key = candidate
-    if key.approval_above_cents is not None and request.kind == "body" and \
-            request.metered_amount > key.approval_above_cents and deps.approvals is not None:
+    if request.kind == "body":
         _gate(deps, key, request, candidate, now)  # type: ignore[arg-type]
     return _post(deps, draft, key, request, candidate, now,  # type: ignore[arg-type]
                  key_is_known=known is not None, caller_key=caller_key is not None)
@@ -217,8 +216,11 @@ def _handle(
 
 def _gate(deps: ProxyDeps, key: KeyRecord, request: StripeRequest, idem_key: str, now: datetime) -> None:
     """A charge above the key's `approval_above_usd` goes on only once a person approved this very
-    request (proxy/approvals.py); otherwise 402 `approval_required` and nothing is reserved."""
-    assert deps.approvals is not None
+    request (proxy/approvals.py); otherwise 402 `approval_required` and nothing is reserved. At or
+    below it (or without the setting, or without an approvals table) it goes on at once."""
+    if key.approval_above_cents is None or request.metered_amount <= key.approval_above_cents \
+            or deps.approvals is None:
+        return
     customer = next((v for k, v in request.params if k == "customer"), None)
     try:
         deps.approvals.gate(key.key_id, key.label, request.method, request.path, request.fingerprint(),
@@ -253,8 +255,7 @@ def _post(
             if record is None or not idem.is_live(record, now):
                 raise
             priced = err
-    if priced is None and request.kind in HELD_AFTER_PRICING and key.approval_above_cents is not None and \
-            request.metered_amount > key.approval_above_cents and deps.approvals is not None:
+    if priced is None and request.kind in HELD_AFTER_PRICING:
         _gate(deps, key, request, idem_key, now)  # a confirm or capture above the threshold waits like a charge
     amount, day = request.metered_amount, now.date().isoformat()
     parsed_key_id = key.key_id
