@@ -375,7 +375,7 @@ def _transaction_error(status: int, text: str) -> TableTransactionError:
 # Query Entities GET (learn.microsoft.com/rest/api/storageservices/query-entities), sent through
 # the table client's own pipeline (authentication, retries, logging); errors are the SDK's own.
 
-_INT_TYPES = {"Edm.Int64"}
+_INT64 = "Edm.Int64"  # sent as a string (JSON numbers lose precision past 2**53); Int32 comes as a number
 
 
 def query_rows(table: TableClient, flt: str) -> list[TableEntity]:
@@ -414,7 +414,7 @@ def _entity(raw: dict[str, Any]) -> TableEntity:
     for name, value in raw.items():
         if "@odata." in name or name.startswith("odata."):
             continue
-        if raw.get(f"{name}@odata.type") in _INT_TYPES:
+        if raw.get(f"{name}@odata.type") == _INT64:
             value = int(value)
         entity[name] = value
     entity._metadata = {"etag": etag, "timestamp": timestamp}

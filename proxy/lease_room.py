@@ -220,13 +220,13 @@ class RoomSearch:
         self._count_read("pool")
         if key is None:
             raise Conflict("the key is gone")
-        room = room_of(key, leases, day)
-        if room >= short[0].amount > room_of(key, leases, day, banded=True):
+        room, banded = room_of(key, leases, day), room_of(key, leases, day, banded=True)
+        if room >= short[0].amount > banded:
             # a threshold, the cap open past it: fired by a commit with If-Match on every row, which
             # proves the read consistent (no second collect: at a band's edge every instance is here)
-            self._fire_thresholds(lane, key, leases, day, short[0].amount, room, every_row=True)
+            self._fire_thresholds(lane, key, leases, day, short[0].amount, every_row=True)
             return  # the next round takes the new band's room (or, the cap spent meanwhile, refuses)
-        if short[0].amount > room_of(key, leases, day, banded=True):
+        if short[0].amount > banded:
             # a refusal (or a threshold) needs a consistent read: collect again until two agree
             key, leases, consistent = self._snapshot(lane.key_id, (key, leases))
             room = room_of(key, leases, day)
@@ -234,7 +234,7 @@ class RoomSearch:
                 self._learn(lane, key, leases)
                 self._wait(lane)
                 return  # the rows kept changing: the next round tries again with what was read last
-            if self._fire_thresholds(lane, key, leases, day, short[0].amount, room):
+            if self._fire_thresholds(lane, key, leases, day, short[0].amount):
                 return  # the cap is open past the threshold now: the next round takes the room
         self._learn(lane, key, leases)
         if lane.lease is None:
@@ -272,7 +272,7 @@ class RoomSearch:
         lane.others.pop(pick.slot, None)
 
     def _fire_thresholds(self, lane: _LeaseLane, key: KeyRecord, leases: list[Lease], day: str, need: int,
-                         true_room: int, *, every_row: bool = False) -> bool:
+                         *, every_row: bool = False) -> bool:
         """On a consistent read: commit the thresholds the next reservation crosses (If-Match on the key
         row as read) with the next band's room granted to today's leases, then tell `on_threshold`.
         True when the band moved (re-read, try again).
