@@ -111,9 +111,14 @@ def folded(c: Counters, lease: Lease) -> Counters:
 def folded_all(key: KeyRecord, leases: list[Lease], day: str) -> Counters:
     """The key row's counters as of `day` with every lease in `leases` folded in."""
     c = current(key.counters, day)
+    grant = spent = pending = w_grant = w_spent = w_pending = 0  # summed first: one `replace`, not two per lease
     for lease in leases:
-        c = folded(c, lease)
-    return c
+        grant, spent, pending = grant + lease.grant, spent + lease.spent, pending + lease.pending
+        if lease.day == c.window_day:
+            w_grant, w_spent, w_pending = w_grant + lease.grant, w_spent + lease.spent, w_pending + lease.pending
+    return replace(c, total_leased=c.total_leased - grant, total_spent=c.total_spent + spent,
+                   total_pending=c.total_pending + pending, window_leased=c.window_leased - w_grant,
+                   window_spent=c.window_spent + w_spent, window_pending=c.window_pending + w_pending)
 
 
 def granted(c: Counters, cents: int) -> Counters:
