@@ -121,6 +121,13 @@ class RoomSearch:
             victims = kept  # instances would pass them back and forth
         return counters, gained, victims, key_took
 
+    def _could_take(self, lane: _LeaseLane, key: KeyRecord, day: str, need: int, unit: int, now: datetime) -> bool:
+        """Would the next round's take (`_take_room`, from the rows as just read) gain anything?"""
+        if lane.lease is None:
+            return True  # it claims one first
+        _counters, gained, _victims, _key_took = self._take_room(lane, key, key.counters, lane.lease, day, need, unit, now)
+        return gained > 0
+
     def _idle(self, lane: _LeaseLane, victim: Lease, now: datetime) -> bool:
         """Free, expired, or not written by its owner for `BUSY_SECONDS`."""
         last_write = (victim.expires_at or now) - self.ttl
@@ -240,9 +247,9 @@ class RoomSearch:
         if lane.lease is None:
             self._adopt_from(lane, day, now)
         need = max(1, short[0].amount - (lane.lease.room if lane.lease is not None else 0))  # what it lacks
-        if short[0].amount <= room and not any(self._eligible(lane, x, need, now) for x in lane.others.values()
-                                               if x.day == day) and key_room(key, key.counters, day) < need:
-            self._wait(lane)  # the room is with owners using it: let them, then look again
+        if short[0].amount <= room and not self._could_take(lane, key, day, need, short[0].amount, now):
+            self._wait(lane)  # the room is with owners using it: let them, then look again (at once, the
+            # next round would find the same and read again: a spin of reads)
         for intent in short:
             # Each is judged against the whole room on its own: the others in the batch have not
             # committed, and a refusal must mean "there was no room for this one" (they race for it
@@ -296,7 +303,7 @@ class RoomSearch:
             note = alert_bands.usage_note(b.window, marked, used, self.clock())  # in the marker's write, for the sweeper
             try:
                 self.store.submit(self._grant_next_band(key, leases, day, b.window, marked, need, every_row, note,
-                                                        self.clock()))
+                                                        self.clock(), lane.lease.slot if lane.lease else None))
                 self.key_commits += 1
                 break
             except Conflict:
@@ -318,10 +325,10 @@ class RoomSearch:
 
     @staticmethod
     def _grant_next_band(key: KeyRecord, leases: list[Lease], day: str, window: str, marked: set[int], unit: int,
-                         every_row: bool, note: str, now: datetime) -> list[Any]:
+                         every_row: bool, note: str, now: datetime, firer: str | None = None) -> list[Any]:
         """The threshold's marker as one If-Match write of the key row that also grants the room up to
         the next unfired threshold to today's leases that have a live owner (all of today's when none
-        has), in whole multiples of the charge's size when the room allows (If-Match on each as read;
+        has; `firer`'s own lease first), in whole multiples of the charge's size when the room allows (If-Match on each as read;
         with `every_row`, on every other lease too, unchanged). `note`: the crossing's usage, kept on
         the key row for the alert sweeper (alerts/sweeper.py).
 
@@ -332,6 +339,9 @@ class RoomSearch:
         fired_key = replace(key, alerts_fired=alert_bands.marker(window, alert_bands.fired(key, window) | marked))
         live = [x for x in leases if x.day == day and x.revoked_at is None]
         todays = [x for x in live if not x.claimable("", now)] or live
+        todays.sort(key=lambda x: x.slot != firer)  # the firing instance's own lease first: with fewer whole
+        # units than leases (the cap's last charge), they go to the instance that is here to use them,
+        # not to one asleep in its back-off
         counters = current(key.counters, day)
         shares = split(key_room(fired_key, counters, day), len(todays), unit) if todays else []
         others = [op_write_lease(x) for x in leases if x not in todays] if every_row else []

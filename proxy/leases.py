@@ -153,6 +153,13 @@ class LeaseLedger(RoomSearch, GroupLedger):
                 if not pending:
                     return
                 self._round_on_leases(lane, pending)
+                if pending and lane.leader is not None and lane.leader.finished:
+                    # our caller's call is done: it returns now, and one of the rest leads their next round
+                    # (a committed reservation is not held up by a batch-mate waiting for room, or refused)
+                    with lane.lock:
+                        lane.queue.extendleft(reversed(pending))
+                    pending.clear()
+                    return
             for intent in pending:
                 intent.finish(error=Conflict("the key's rows are too contended"))
         except Exception as exc:  # storage down or a bug: fail every intent still waiting (closed)

@@ -164,6 +164,7 @@ class _Lane:
         self.lock = threading.Lock()
         self.queue: deque[_Intent] = deque()
         self.leading = False
+        self.leader: _Intent | None = None  # the intent whose caller leads now
         self.known: KeyRecord | None = None
 
 
@@ -238,6 +239,7 @@ class GroupLedger:
                 if not batch:  # cannot happen (we are first in line); never spin
                     mine.finish(error=Conflict("not queued"))
                     break
+                lane.leader = mine
                 self._commit(lane, batch)
         finally:
             with lane.lock:
