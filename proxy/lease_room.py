@@ -71,6 +71,8 @@ class _LeaseLane(_Lane):
         self.read_at = 0.0  # when the whole partition was last read (monotonic)
         self.last_used = time.monotonic()
         self.key_id = ""
+        self.band_left = 0  # the room below the next alert threshold in the partition, as last read (`_pool`)
+        self.edge_near = 1  # below this much of it, a dry instance polls its own lease for the next band's grant
 
 
 class RoomSearch:
@@ -88,9 +90,9 @@ class RoomSearch:
                    unit: int, now: datetime) -> tuple[Counters, int, list[Lease], bool]:
         """Headroom for `need` more cents, from the rows as last read (`lane.others`, fresh: no reads
         here; each taken row is written with If-Match on the version read): first what the key row
-        still holds, then free leases whole, then roomy owners' (half, at most), up to a fair share
-        of the room in sight, in multiples of `unit` (the charge's size), so no lease is left with a
-        fragment no such charge can use."""
+        still holds, then free leases whole, then owners' (half, at most; those that wrote longest ago
+        first), up to a fair share of the room in sight, in multiples of `unit` (the charge's size), so
+        no lease is left with a fragment no such charge can use."""
         gained, victims, key_took = 0, [], False
         room = key_room(key, counters, day)  # below the next unfired alert threshold
         if room > 0:
@@ -102,10 +104,12 @@ class RoomSearch:
         owners = 1 + sum(1 for v in lane.others.values() if v.day == day and not v.claimable(lane.owner, now))
         in_sight = mine.room + room + sum(v.room for v in candidates)
         target = max(need, _units(in_sight // owners, unit))  # a fair share: taken rarely, and left for others
-        # unowned leases first, in random order (instances looking at once pick different ones),
-        # then the roomiest owned ones, with some randomness so takers reading together spread out
+        # unowned leases first, in random order (instances looking at once pick different ones), then
+        # owned ones written longest ago first (within 50 ms at random, so takers reading together spread
+        # out): an owner that has not written lately is the least likely to write before our take commits
+        # (roomiest first lost most of its takes to the owner's own next write; docs/ledger.md, fifth round)
         candidates.sort(key=lambda v: (0, random.random()) if v.claimable(lane.owner, now)
-                        else (1, -v.room * random.uniform(0.5, 1.0)))
+                        else (1, (v.expires_at or now).timestamp() + random.uniform(0, 0.05)))
         for v in candidates:
             if gained >= target or len(victims) >= MAX_VICTIMS:
                 break
@@ -228,6 +232,8 @@ class RoomSearch:
         if key is None:
             raise Conflict("the key is gone")
         room, banded = room_of(key, leases, day), room_of(key, leases, day, banded=True)
+        lane.band_left = banded  # (a band's grant can land in our lease only once the others have used this)
+        lane.edge_near = short[0].amount * max(2, sum(1 for x in leases if not x.claimable("", now)))
         if room >= short[0].amount > banded:
             # a threshold, the cap open past it: fired by a commit with If-Match on every row, which
             # proves the read consistent (no second collect: at a band's edge every instance is here)
