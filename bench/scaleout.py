@@ -10,7 +10,10 @@ Consumption an instance often holds a single proxied charge):
   until it is refused; the key's cap is K reservations. The ledger is the one the proxy builds
   (`proxy.ledger.shared_group_ledger`), or with ``--ledger group`` the plain `GroupLedger`;
 - raw: every caller upserts distinct rows for a fixed time: the machine's ceiling for that
-  many processes and callers (no contention, nothing shared).
+  many processes and callers (no contention, nothing shared);
+- floor (with ``--floor``): every caller commits what one admitted reservation on a lease held
+  alone costs, over and over: its own lease row (If-Match) and an idempotency record, ONE
+  transaction, nothing shared. What the ledger would reach if finding room cost nothing.
 
 Throughput is admitted reservations per second from the start signal to the last admission.
 After each ledger trial it reads the partition back (the key row and every lease row) and checks
@@ -27,7 +30,8 @@ seconds per admission of the workers and of Azurite, for the ledger and for raw:
 machine whose speed drifts, CPU per admission says where the time went when rates cannot. With
 ``SCALEOUT_PROFILE=1`` it also shows one worker's mean time per storage call; with
 ``SCALEOUT_TIMELINE=1``, each ledger trial's admissions per quarter second (where it stalls: the
-alert thresholds' band edges and the cap's last cents).
+alert thresholds' band edges and the cap's last cents); ``SCALEOUT_TRACE`` and ``SCALEOUT_CPROFILE``:
+bench/scaleout_trace.py.
 """
 
 from __future__ import annotations
@@ -40,14 +44,17 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
+from bench import scaleout_trace
 from bench.common import new_key, reserve_ops, utcnow
 from bench.stack import cpu_seconds
 from core.errors import SpendgateError
 from core.settings import Settings
-from core.storage import table_service_from_connection_string
+from core.storage import submit_transaction, table_service_from_connection_string
+from proxy.lease_rows import Lease, op_write_lease
 
 AMOUNT = 100
 LAYOUTS = ((1, 32), (2, 16), (4, 8), (8, 4), (16, 2), (32, 1))
@@ -85,10 +92,13 @@ def worker(spec: dict[str, Any]) -> None:
             setattr(store, name, _timed(getattr(store, name), timings.setdefault(name, [])))
     ledger: Any = None
     key = None
+    trace = scaleout_trace.install(store) if mode == "ledger" else []
     if mode == "ledger":
         ledger = GroupLedger(store) if spec["ledger"] == "group" else shared_group_ledger(tables, store)
         key = store.read_key(spec["key_id"])  # warm the connection and learn the row (as the proxy does)
         assert key is not None
+    elif mode == "floor":
+        raw = tables.create_table_if_not_exists("benchscalefloor")
     else:
         raw = tables.create_table_if_not_exists("benchscaleraw")
         raw.upsert_entity({"PartitionKey": "warm", "RowKey": spec["tag"], "v": 0})
@@ -141,7 +151,23 @@ def worker(spec: dict[str, Any]) -> None:
                 admitted.append((began, time.time()))
             seq += 1
 
-    body = reserve_until_refused if mode == "ledger" else upsert_for
+    def floor_for(i: int) -> None:
+        lease = Lease("floor", f"lease-{spec['tag']}-{i}", day, 10**12, owner=spec["tag"],
+                      expires_at=utcnow() + timedelta(seconds=30))
+        lease = replace(lease, etag=submit_transaction(raw, [op_write_lease(lease)])[0]["etag"])
+        seq = 0
+        stop = t0 + spec["seconds"]
+        while time.time() < stop:
+            began = time.time()
+            lease = replace(lease, pending=lease.pending + AMOUNT, expires_at=utcnow() + timedelta(seconds=30))
+            ops = [op_write_lease(lease), *reserve_ops("floor", f"{spec['tag']}-{i}-{seq}", AMOUNT, day)]
+            lease = replace(lease, etag=submit_transaction(raw, ops)[0]["etag"])
+            with lock:
+                admitted.append((began, time.time()))
+            seq += 1
+
+    body = {"ledger": reserve_until_refused, "floor": floor_for}.get(mode, upsert_for)
+    body = scaleout_trace.profiled(body, f"{mode}-{spec['tag']}")
     threads = [threading.Thread(target=body, args=(i,)) for i in range(callers)]
     for t in threads:
         t.start()
@@ -157,7 +183,7 @@ def worker(spec: dict[str, Any]) -> None:
     if ledger is not None and hasattr(ledger, "close"):
         ledger.close()  # an instance that stops gives its lease back
     print(json.dumps({"admitted": admitted, "refusals": refusals, "commits": commits, "ledger": extra, "cpu": cpu,
-                      **stats}),
+                      "trace": trace, **stats}),
           flush=True)
 
 
@@ -241,6 +267,7 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str, server_
     specs = [{"mode": "ledger", "conn": conn, "key_id": key.key_id, "callers": callers, "ledger": kind,
               "tag": f"{tag}-{p}", "prefix": prefix} for p in range(procs)]
     start, reports = run_workers(specs, WORKER_DEADLINE + 60, server_pid)
+    scaleout_trace.print_bands(f"{procs}x{callers}", reports, k)
     starts = [began for r in reports for began, _ in r["admitted"]]
     last_end = max((ended for r in reports for _, ended in r["admitted"]), default=start)
     refusals = [t for r in reports for t in r["refusals"]]
@@ -272,13 +299,14 @@ def ledger_trial(conn: str, procs: int, callers: int, k: int, kind: str, server_
                  sum(r["timed_out"] for r in reports), sum(r["errors"] for r in reports), detail)
 
 
-def raw_trial(conn: str, procs: int, callers: int, seconds: float, server_pid: int) -> Trial:
-    tag = "raw" + uuid.uuid4().hex[:8]
-    specs = [{"mode": "raw", "conn": conn, "callers": callers, "seconds": seconds, "tag": f"{tag}{p}", "prefix": "bench"}
+def raw_trial(conn: str, procs: int, callers: int, seconds: float, server_pid: int, mode: str = "raw") -> Trial:
+    """Raw upserts (or, `mode="floor"`, the floor's transactions) for `seconds`."""
+    tag = mode + uuid.uuid4().hex[:8]
+    specs = [{"mode": mode, "conn": conn, "callers": callers, "seconds": seconds, "tag": f"{tag}{p}", "prefix": "bench"}
              for p in range(procs)]
     start, reports = run_workers(specs, seconds + 60, server_pid)
     ends = [ended for r in reports for _, ended in r["admitted"]]
-    return Trial("raw", procs, callers, len(ends), max(ends, default=start) - start, detail=cpu_per(reports, len(ends)))
+    return Trial(mode, procs, callers, len(ends), max(ends, default=start) - start, detail=cpu_per(reports, len(ends)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", default=",".join(f"{p}x{c}" for p, c in LAYOUTS))
     parser.add_argument("--reservations", type=int, default=1200, help="the key's cap, in reservations")
     parser.add_argument("--raw-seconds", type=float, default=2.5)
+    parser.add_argument("--floor", action="store_true", help="also measure the floor: one transaction per admission")
     parser.add_argument("--ledger", choices=("proxy", "group"), default="proxy",
                         help="proxy: the ledger the proxy builds; group: the plain GroupLedger (before leases)")
     args = parser.parse_args(argv)
@@ -304,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             led = ledger_trial(conn, procs, callers, args.reservations, args.ledger, azurite.proc.pid)
             raw = raw_trial(conn, procs, callers, args.raw_seconds, azurite.proc.pid)
             trials += [led, raw]
+            floor = ""
+            if args.floor:
+                fl = raw_trial(conn, procs, callers, args.raw_seconds, azurite.proc.pid, mode="floor")
+                trials.append(fl)
+                floor = f"; floor {fl.rate:.1f}/s = {fl.rate / raw.rate:.2f} of raw ({fl.detail})"
             print(f"  measured {procs:>2} x {callers:<2} ledger {led.rate:7.1f}/s  raw {raw.rate:7.1f}/s  ({led.detail}; "
-                  f"raw: {raw.detail})", flush=True)
+                  f"raw: {raw.detail}{floor})", flush=True)
     finally:
         azurite.stop()
     return report(trials, args.ledger)

@@ -5,13 +5,14 @@ one: a free lease it knows of, else one of a few slots probed with point reads (
 says how many lease rows exist), else one seen in a read of the whole partition. A lease that
 runs short takes room from others in the same transaction as the reservation, from the rows as
 read at most `FRESH_SECONDS` ago (else it reads the key's lease range first, `_pool`; If-Match
-checks what it takes): all of a free (or idle) one's, half of a roomy one's, a fragment (less
-than the taker needs) of any, nothing from an owner busy with its last few reservations, up to
-a fair share, in whole units of the charge. A take that loses its race pauses before the next
-read. With nothing within reach, a short instance waits, point-reads its own lease (a band's
-grant lands there), and reads the whole partition at most every `READ_SPACING` seconds per
-instance owning a lease (a fleet of waiting instances reads it ~30 times a second, however many
-there are). A refusal comes only from a consistent read of the partition (`_snapshot`); an alert
+checks what it takes): all of a free (or idle) one's, half of an owner's (those that wrote
+longest ago first), a fragment (less than the taker needs) of any, nothing from an owner busy
+with its last few reservations, up to a fair share, in whole units of the charge. A take that
+loses its race pauses before the next read. With nothing within reach (nothing a take from the
+read would gain), a short instance waits, near a band's edge point-reads its own lease (a band's
+grant lands there; 100 ms at most between looks), and reads the whole partition at most every
+`READ_SPACING` seconds per instance owning a lease (a fleet of waiting instances reads it ~30
+times a second, however many there are). A refusal comes only from a consistent read of the partition (`_snapshot`); an alert
 threshold is fired by a commit with If-Match on every row, which proves its read current. Why
 each rule: docs/ledger.md, "Candidates measured for many instances" and "Fourth round".
 """
@@ -46,6 +47,7 @@ SNAPSHOT_TRIES = 3  # collects of the partition before a refusal is given up for
 PROBES = 3  # point reads of lease slots an instance without a lease tries before it reads the whole partition
 READ_SPACING = 0.03  # seconds between a dry lane's reads of the partition, per instance owning a lease (the
 READ_GAP_MIN, READ_GAP_MAX = 0.1, 1.5  # fleet's reads stay ~30/s however many instances wait), within these
+MAX_BACKOFF, EDGE_BACKOFF = 0.4, 0.1  # seconds a dry instance waits at most (`_wait`): mid-band, near a band's edge
 FRESH_SECONDS = 0.25  # room is taken from other leases as read at most this long ago, else the partition is read first
 
 
@@ -267,8 +269,11 @@ class RoomSearch:
     @staticmethod
     def _wait(lane: _LeaseLane) -> None:
         """Back off before reading the partition again (50 ms doubling to 400 ms, jittered): the
-        instances still holding room are using it, and every read slows everyone's storage."""
-        lane.backoff = min(0.4, max(0.05, lane.backoff * 2))
+        instances still holding room are using it, and every read slows everyone's storage. Near a
+        band's edge at most 100 ms: the next band's grant lands in our lease any moment, and with every
+        instance dry a long sleep is time nobody uses (a poll of our own lease is one point read)."""
+        limit = EDGE_BACKOFF if lane.band_left < lane.edge_near else MAX_BACKOFF
+        lane.backoff = min(limit, max(0.05, lane.backoff * 2))
         time.sleep(random.uniform(lane.backoff / 2, lane.backoff))
 
     def _adopt_from(self, lane: _LeaseLane, day: str, now: datetime) -> None:

@@ -16,6 +16,9 @@ the key's partition, which no other instance writes in the steady state:
 - A lease that runs short takes headroom from other leases in the same transaction as the
   reservation (which ones: proxy/lease_room.py), so leases shrink as the cap runs low. Moving
   headroom between leases leaves the key row alone.
+- A batch's leader returns as soon as its own call is done: batch-mates still short of room go
+  back to the head of the queue and one of them leads their next round, so a committed
+  reservation never waits for another's search for room, its back-off or its refusal.
 - Settles and releases land on the instance's own lease (pending is fungible: the partition's
   sum is what counts, see `proxy.ledger.settled`), on the key row otherwise.
 - A lease unused for `IDLE_RETURN_SECONDS`, or held by a process that stops (`close`), is

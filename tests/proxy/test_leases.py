@@ -28,7 +28,7 @@ from core.storage import table_service_from_connection_string
 from devhost.services import REPO_ROOT, Service
 from proxy.lease_rows import split
 from proxy.leases import LeaseLedger, partition_counters, read_partition
-from proxy.ledger import current
+from proxy.ledger import _Intent, current
 from proxy.store import Conflict, KeyRecord, LedgerStore
 
 pytestmark = pytest.mark.integration
@@ -332,6 +332,28 @@ def test_the_hot_path_is_one_transaction_per_reservation_while_a_lease_is_held(t
         ledger.reserve(key, AMOUNT, day, reserve_ops(key.key_id, f"hot-{n}", AMOUNT, day))
         ledger.settle(key, AMOUNT, day, [])
     assert calls == {"submit": 40}
+
+
+def test_a_leader_whose_reservation_committed_hands_a_short_batch_mate_to_the_next_leader(table: Table) -> None:
+    """Group commit on a lease (proxy/leases.py `_commit`): a batch's leader returns as soon as its own
+    call is done; a batch-mate still short of room goes back to the head of the queue, to lead its own
+    next round, instead of holding the leader's caller through its wait or its refusal."""
+    day = utcnow().date().isoformat()
+    key = new_key(table.store, 100 * AMOUNT)
+    ledger = LeaseLedger(table.new_store(), reaper=False)
+    ledger.reserve(key, AMOUNT, day, reserve_ops(key.key_id, "warm", AMOUNT, day))  # creates and claims a lease
+    lane = ledger._lane(key.key_id)
+    mine = _Intent("reserve", key, AMOUNT, day, reserve_ops(key.key_id, "fits", AMOUNT, day))
+    big = _Intent("reserve", key, 99 * AMOUNT, day, reserve_ops(key.key_id, "too-big", 99 * AMOUNT, day))
+    lane.leader = mine
+    ledger._commit(lane, [mine, big])
+    assert mine.finished and mine.error is None
+    assert not big.finished and list(lane.queue) == [big]  # it leads next: refused only in its own round
+    lane.queue.clear()
+    lane.leader = big
+    ledger._commit(lane, [big])
+    assert isinstance(big.error, SpendgateError) and big.error.code == "spend_cap_exceeded"  # 98 left, not 99
+    assert partition_counters(table.store, key.key_id, day).window_pending == 2 * AMOUNT  # "warm" and "fits"
 
 
 def test_conflict_for_a_stale_row_is_not_a_refusal(table: Table) -> None:
