@@ -12,9 +12,10 @@ loses its race pauses before the next read. With nothing within reach (nothing a
 read would gain), a short instance waits, near a band's edge point-reads its own lease (a band's
 grant lands there; 100 ms at most between looks), and reads the whole partition at most every
 `READ_SPACING` seconds per instance owning a lease (a fleet of waiting instances reads it ~30
-times a second, however many there are). A refusal comes only from a consistent read of the partition (`_snapshot`); an alert
-threshold is fired by a commit with If-Match on every row, which proves its read current. Why
-each rule: docs/ledger.md, "Candidates measured for many instances" and "Fourth round".
+times a second, however many there are). A refusal comes only from a consistent read of the
+partition (`_snapshot`); an alert threshold is fired by a commit with If-Match on every row,
+which proves its read current. Why each rule: docs/ledger.md, "Candidates measured for many
+instances", "Fourth round" and "Fifth round".
 """
 from __future__ import annotations
 
@@ -339,8 +340,8 @@ class RoomSearch:
                          every_row: bool, note: str, now: datetime, firer: str | None = None) -> list[Any]:
         """The threshold's marker as one If-Match write of the key row that also grants the room up to
         the next unfired threshold to today's leases that have a live owner (all of today's when none
-        has; `firer`'s own lease first), in whole multiples of the charge's size when the room allows (If-Match on each as read;
-        with `every_row`, on every other lease too, unchanged). `note`: the crossing's usage, kept on
+        has; `firer`'s own lease first), in whole multiples of the charge's size when the room allows
+        (If-Match on each as read; with `every_row`, on every other lease too, unchanged). `note`: the crossing's usage, kept on
         the key row for the alert sweeper (alerts/sweeper.py).
 
         Why only owned leases: the instances using the key are the ones that crossed the band, and a
