@@ -62,7 +62,8 @@ def print_bands(layout: str, reports: list[dict[str, Any]], cap: int) -> None:
     for r in reports:
         for at, what in r.get("trace", []):
             n = bisect.bisect_left(ends, at)
-            band = "after" if n >= len(ends) else "0-50%" if n < cap // 2 else "50-80%" if n < cap * 4 // 5 else "80-100%"
+            band = ("after" if n >= len(ends) else "0-50%" if n < cap // 2
+                    else "50-80%" if n < cap * 4 // 5 else "80-100%")
             bands[band][what] += 1
     for band, calls in bands.items():
         print(f"  trace {layout} {band}: " + ", ".join(f"{k}={v}" for k, v in sorted(calls.items())), flush=True)

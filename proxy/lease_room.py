@@ -132,7 +132,7 @@ class RoomSearch:
         """Would the next round's take (`_take_room`, from the rows as just read) gain anything?"""
         if lane.lease is None:
             return True  # it claims one first
-        _counters, gained, _victims, _key_took = self._take_room(lane, key, key.counters, lane.lease, day, need, unit, now)
+        gained = self._take_room(lane, key, key.counters, lane.lease, day, need, unit, now)[1]
         return gained > 0
 
     def _idle(self, lane: _LeaseLane, victim: Lease, now: datetime) -> bool:
@@ -341,8 +341,8 @@ class RoomSearch:
         """The threshold's marker as one If-Match write of the key row that also grants the room up to
         the next unfired threshold to today's leases that have a live owner (all of today's when none
         has; `firer`'s own lease first), in whole multiples of the charge's size when the room allows
-        (If-Match on each as read; with `every_row`, on every other lease too, unchanged). `note`: the crossing's usage, kept on
-        the key row for the alert sweeper (alerts/sweeper.py).
+        (If-Match on each as read; with `every_row`, on every other lease too, unchanged). `note`: the
+        crossing's usage, kept on the key row for the alert sweeper (alerts/sweeper.py).
 
         Why only owned leases: the instances using the key are the ones that crossed the band, and a
         share of the next band each is all they need until its edge; room given to unowned leases
