@@ -8,10 +8,12 @@ fixture keeps the developer's own environment out of every test.
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,17 @@ FUNCTION_KEY = "test-function-key"
 ARTIFACTS = REPO_ROOT / "artifacts"
 
 _LEAKY_PREFIXES = ("SPENDGATE_", "STRIPE_", "AzureWebJobs", "DEVHOST_", "WEBSITE_")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.2) -> Any:
+    """The first truthy value of `predicate`, polled every `every` seconds; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy, QueueClient
 
 from devhost.services import Service, start_devhost
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +67,6 @@ def queue_app(azurite: Service, artifacts_dir: Path, tmp_path_factory: pytest.Te
     app.devhost = start_devhost(APP_DIR, env, log_path=artifacts_dir / "devhost-queue-app.log")
     yield app
     app.devhost.stop()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class ResultReader:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,19 +31,10 @@ from alerts.webhook import verify
 from core.storage import table_service_from_connection_string
 from devhost.services import Service, free_port
 from tests.billing.test_billing_e2e import _own_devhost
+from tests.conftest import wait_for
 from tests.proxy.test_alerts_e2e import SECRET, Receiver, issue, queued
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def charge(base: str, vault_key: str, cents: int) -> int | None:
@@ -82,8 +72,8 @@ def test_a_crash_after_the_threshold_commit_and_failed_queue_sends_are_delivered
         try:
             failed = issue(host.url, daily_usd_cap=10)
             assert charge(host.url, failed["vault_key"], 600) == 200
-            pending = wait_for("the pending alert row", lambda: [r for r in rows(failed["key_id"])
-                                                                   if r["RowKey"] == row_key], 30)[0]
+            pending = wait_for(lambda: [r for r in rows(failed["key_id"]) if r["RowKey"] == row_key], 30,
+                               "the pending alert row", every=0.5)[0]
             assert pending["state"] == "pending"
         finally:
             host.stop()
@@ -94,7 +84,7 @@ def test_a_crash_after_the_threshold_commit_and_failed_queue_sends_are_delivered
         try:
             crashed = issue(host.url, daily_usd_cap=10)
             charge(host.url, crashed["vault_key"], 600)
-            wait_for("the host to exit", lambda: host.proc.poll() is not None, 30)
+            wait_for(lambda: host.proc.poll() is not None, 30, "the host to exit", every=0.5)
             assert host.proc.returncode == 70
         finally:
             host.stop()
@@ -106,7 +96,7 @@ def test_a_crash_after_the_threshold_commit_and_failed_queue_sends_are_delivered
         host = _own_devhost(azurite, localstripe, "sweeper-ok", free_port(), **common)
         try:
             for key in (failed, crashed):  # the timer fires at second 0 of each minute; grace 2 s
-                wait_for(f"the sweeper to publish {key['key_id']}", lambda k=key: posted(k["key_id"]), 150)
+                wait_for(lambda k=key: posted(k["key_id"]), 150, f"the sweeper to publish {key['key_id']}", every=0.5)
             time.sleep(3)  # any duplicate delivery would arrive now
         finally:
             host.stop()
