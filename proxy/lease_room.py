@@ -74,8 +74,8 @@ class _LeaseLane(_Lane):
         self.read_at = 0.0  # when the whole partition was last read (monotonic)
         self.last_used = time.monotonic()
         self.key_id = ""
-        self.band_left = 0  # the room below the next alert threshold in the partition, as last read (`_pool`)
-        self.edge_near = 1  # below this much of it, a dry instance polls its own lease for the next band's grant
+        self.near_edge = True  # the last read (`_pool`) showed less of the band left than a charge per owner: a
+        # dry instance polls its own lease for the next band's grant (mid-band nothing can land there)
 
 
 class RoomSearch:
@@ -235,8 +235,7 @@ class RoomSearch:
         if key is None:
             raise Conflict("the key is gone")
         room, banded = room_of(key, leases, day), room_of(key, leases, day, banded=True)
-        lane.band_left = banded  # (a band's grant can land in our lease only once the others have used this)
-        lane.edge_near = short[0].amount * max(2, sum(1 for x in leases if not x.claimable("", now)))
+        lane.near_edge = banded < short[0].amount * max(2, sum(1 for x in leases if not x.claimable("", now)))
         if room >= short[0].amount > banded:
             # a threshold, the cap open past it: fired by a commit with If-Match on every row, which
             # proves the read consistent (no second collect: at a band's edge every instance is here)
@@ -273,7 +272,7 @@ class RoomSearch:
         instances still holding room are using it, and every read slows everyone's storage. Near a
         band's edge at most 100 ms: the next band's grant lands in our lease any moment, and with every
         instance dry a long sleep is time nobody uses (a poll of our own lease is one point read)."""
-        limit = EDGE_BACKOFF if lane.band_left < lane.edge_near else MAX_BACKOFF
+        limit = EDGE_BACKOFF if lane.near_edge else MAX_BACKOFF
         lane.backoff = min(limit, max(0.05, lane.backoff * 2))
         time.sleep(random.uniform(lane.backoff / 2, lane.backoff))
 

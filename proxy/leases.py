@@ -247,7 +247,7 @@ class LeaseLedger(RoomSearch, GroupLedger):
         if short and not admitted and not moves and not gained:
             if lane.backoff > 0 and time.monotonic() - lane.read_at < lane.read_gap:
                 self._wait(lane)  # the room is with owners using it (as last read): let them, reading little,
-                if lane.lease is not None and lane.band_left < lane.edge_near:  # then, near a band's edge, one
+                if lane.lease is not None and lane.near_edge:  # then, near a band's edge, one
                     self._reread_own(lane)  # point read of our own lease: the commit that fires an alert
                 return  # threshold grants the next band's room to the leases in use (mid-band nothing lands there)
             self._pool(lane, pending, short, day, now)  # read the partition: room to take, or a refusal
